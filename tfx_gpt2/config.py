@@ -1,0 +1,223 @@
+"""Typed configuration: frozen dataclasses with presets, and their JSON round trip.
+
+Configs travel into TFX components as JSON strings (component properties, the Trainer's
+`custom_config`) and come back typed with `from_json`, which refuses unknown or mistyped fields
+with an error that names the field, the value and what is accepted.
+
+Presets:
+    * `GPT2Config` presets: `tiny` (tests and CPU demos) and OpenAI's four published sizes
+      `124M`, `355M`, `774M`, `1558M` (their `hparams.json` values).
+    * `TrainConfig` presets: `tiny` (about a minute on a 2-core CPU) and `finetune` (a sane default
+      for fine-tuning a published checkpoint on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any, Dict, Type, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _check_field_types(obj: Any) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        expected = hints[field.name]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, field.name, float(value))
+            continue
+        if expected in (int, float, str, bool):
+            ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+            if not ok:
+                raise ConfigError(
+                    f"{type(obj).__name__}.{field.name} = {value!r} has type {type(value).__name__}; "
+                    f"it must be a {expected.__name__}."
+                )
+
+
+def to_json(config: Any) -> str:
+    """Serialises a config dataclass as a JSON object (sorted keys, so it is stable for caching)."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def from_dict(cls: Type[T], values: Dict[str, Any]) -> T:
+    """Builds `cls` from a dict, refusing fields `cls` does not have.
+
+    Raises:
+        ConfigError: an unknown field, or a value of the wrong type or range.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{cls.__name__} must be given as a JSON object, got {values!r}.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__} has no field(s) {unknown}; known fields are {sorted(known)}."
+        )
+    return cls(**values)
+
+
+def from_json(cls: Type[T], text: str) -> T:
+    """Inverse of `to_json`."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cls.__name__}: not valid JSON ({e}): {text[:200]!r}") from e
+    return from_dict(cls, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """The shape of a GPT-2 model, with OpenAI's `hparams.json` names.
+
+    Attributes:
+        n_vocab: vocabulary size (50257 for OpenAI's vocabulary).
+        n_ctx: the longest sequence the model takes (learned position embeddings).
+        n_embd: width of the residual stream.
+        n_layer: number of transformer blocks.
+        n_head: attention heads per block; must divide `n_embd`.
+        dropout: dropout rate on embeddings, attention weights and residual branches (training only).
+        layer_norm_epsilon: epsilon of every layer norm (GPT-2 uses 1e-5).
+    """
+
+    n_vocab: int = 50257
+    n_ctx: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        _check_field_types(self)
+        for name in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"GPT2Config.{name} = {getattr(self, name)} must be positive.")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"GPT2Config.n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}; "
+                "choose n_head among the divisors of n_embd."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"GPT2Config.dropout = {self.dropout} must be in [0, 1).")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def num_params(self) -> int:
+        """Parameter count (tied embeddings counted once)."""
+        d, v, t, n = self.n_embd, self.n_vocab, self.n_ctx, self.n_layer
+        per_block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+        return v * d + t * d + n * per_block + 2 * d
+
+
+MODEL_PRESETS: Dict[str, GPT2Config] = {
+    # Small enough to train in about a minute on a 2-core CPU, with the full GPT-2 vocabulary.
+    "tiny": GPT2Config(n_ctx=64, n_embd=64, n_layer=2, n_head=2),
+    # OpenAI's published sizes (hparams.json of each release).
+    "124M": GPT2Config(n_ctx=1024, n_embd=768, n_layer=12, n_head=12),
+    "355M": GPT2Config(n_ctx=1024, n_embd=1024, n_layer=24, n_head=16),
+    "774M": GPT2Config(n_ctx=1024, n_embd=1280, n_layer=36, n_head=20),
+    "1558M": GPT2Config(n_ctx=1024, n_embd=1600, n_layer=48, n_head=25),
+}
+
+
+def model_preset(name: str) -> GPT2Config:
+    """Returns the `GPT2Config` preset called `name`.
+
+    Raises:
+        ConfigError: `name` is not a preset.
+    """
+    try:
+        return MODEL_PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"model preset {name!r} does not exist; choose one of {sorted(MODEL_PRESETS)}."
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        batch_size: sequences per optimizer step.
+        max_steps: optimizer steps to run.
+        learning_rate: peak learning rate, reached after `warmup_steps`, then cosine decay to
+            `min_learning_rate` at `max_steps`.
+        min_learning_rate: the learning rate at the end of the cosine decay.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW's decoupled weight decay (not applied to biases, gains or embeddings
+            of positions).
+        beta1, beta2: Adam's moment decay rates.
+        grad_clip: clip the global gradient norm to this value (0 disables clipping).
+        eval_every: evaluate on `eval_batches` batches of the eval split every this many steps.
+        eval_batches: batches per evaluation.
+        log_every: log progress (loss, tokens/s) every this many steps.
+        seed: seed for initialisation, shuffling and dropout.
+        shuffle_buffer: blocks held for shuffling the training stream.
+    """
+
+    batch_size: int = 8
+    max_steps: int = 1000
+    learning_rate: float = 3e-4
+    min_learning_rate: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 20
+    log_every: int = 20
+    seed: int = 1337
+    shuffle_buffer: int = 10000
+
+    def __post_init__(self):
+        _check_field_types(self)
+        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)} must be positive.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"TrainConfig.learning_rate = {self.learning_rate} must be in (0, 1).")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ConfigError(
+                f"TrainConfig.min_learning_rate = {self.min_learning_rate} must be in "
+                f"[0, learning_rate = {self.learning_rate}]."
+            )
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ConfigError(
+                f"TrainConfig.warmup_steps = {self.warmup_steps} must be in [0, max_steps = {self.max_steps}]."
+            )
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("TrainConfig.grad_clip and weight_decay must not be negative.")
+
+
+TRAIN_PRESETS: Dict[str, TrainConfig] = {
+    # About a minute on a 2-core CPU with the `tiny` model on the bundled corpus.
+    "tiny": TrainConfig(
+        batch_size=16, max_steps=160, learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=16,
+        eval_every=80, eval_batches=8, log_every=20, shuffle_buffer=2048,
+    ),
+    "finetune": TrainConfig(
+        batch_size=8, max_steps=2000, learning_rate=1e-4, min_learning_rate=1e-5, warmup_steps=100,
+    ),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    """Returns the `TrainConfig` preset called `name`."""
+    try:
+        return TRAIN_PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"train preset {name!r} does not exist; choose one of {sorted(TRAIN_PRESETS)}."
+        ) from None

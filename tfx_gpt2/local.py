@@ -1,0 +1,161 @@
+"""Running the pipeline locally with Beam, and reading back what a run produced.
+
+Local layout under `output_dir` (default `./tfx_gpt2_output`):
+    pipelines/<name>/     component outputs (the pipeline root)
+    metadata/<name>.db    ML Metadata (sqlite)
+    mlflow/mlflow.db      MLflow tracking and registry store (sqlite); artifacts in mlflow/mlartifacts/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from typing import Dict, Optional
+
+from tfx_gpt2.progress import get_logger
+
+logger = get_logger("tfx_gpt2.local")
+
+DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalPaths:
+    output_dir: str
+    pipeline_name: str
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "pipelines", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_dir, "metadata", f"{self.pipeline_name}.db")
+
+    @property
+    def mlflow_db(self) -> str:
+        return os.path.join(self.output_dir, "mlflow", "mlflow.db")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return "sqlite:///" + self.mlflow_db
+
+    @classmethod
+    def create(cls, output_dir: str, pipeline_name: str) -> "LocalPaths":
+        paths = cls(os.path.abspath(output_dir), pipeline_name)
+        for d in (paths.pipeline_root, os.path.dirname(paths.metadata_path), os.path.dirname(paths.mlflow_db)):
+            os.makedirs(d, exist_ok=True)
+        return paths
+
+
+def metadata_config(path: str):
+    from tfx import v1 as tfx
+
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+
+
+def run_local(pipeline) -> None:
+    """Runs a pipeline from `create_pipeline()` with TFX's BeamDagRunner."""
+    from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
+    BeamDagRunner().run(pipeline)
+
+
+def _latest(store, type_name: str, context_id: int):
+    artifacts = [a for a in store.get_artifacts_by_context(context_id) if a.type == type_name]
+    return max(artifacts, key=lambda a: a.id) if artifacts else None
+
+
+def _props(artifact) -> Dict[str, object]:
+    out = {}
+    for key, value in artifact.custom_properties.items():
+        kind = value.WhichOneof("value")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+def execution_states(store, pipeline_name: str) -> Dict[str, str]:
+    """Component id -> state ('COMPLETE', 'CACHED', 'FAILED', ...) in the latest run of the pipeline."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")
+            if any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(c.id))]
+    if not runs:
+        return {}
+    latest = max(runs, key=lambda c: c.id)
+    states = {}
+    for execution in store.get_executions_by_context(latest.id):
+        node = [c.name for c in store.get_contexts_by_execution(execution.id) if c.type == "node"]
+        name = node[0].split(".", 1)[-1] if node else str(execution.id)
+        states[name] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+    return states
+
+
+def summarize(paths: LocalPaths) -> Dict[str, object]:
+    """What the latest run of the pipeline registered and measured, read from ML Metadata."""
+    from ml_metadata.metadata_store import metadata_store
+
+    store = metadata_store.MetadataStore(metadata_config(paths.metadata_path))
+    context = store.get_context_by_type_and_name("pipeline", paths.pipeline_name)
+    if context is None:
+        raise RuntimeError(f"ML Metadata at {paths.metadata_path} has no pipeline {paths.pipeline_name!r}.")
+    pushed = _latest(store, "PushedModel", context.id)
+    evaluation = _latest(store, "ModelEvaluation", context.id)
+    model_run = _latest(store, "ModelRun", context.id)
+    blessing = _latest(store, "ModelBlessing", context.id)
+    if pushed is None or evaluation is None:
+        raise RuntimeError("the pipeline has not pushed a model yet; did the run fail?")
+    summary = {**_props(pushed), **_props(evaluation)}
+    summary["blessed"] = bool(_props(blessing).get("blessed")) if blessing else False
+    summary["tensorboard_logdir"] = model_run.uri if model_run else None
+    summary["mlflow_db"] = paths.mlflow_db
+    summary["executions"] = execution_states(store, paths.pipeline_name)
+    return summary
+
+
+def report(summary: Dict[str, object]) -> str:
+    """The lines printed at the end of a local run."""
+    q = shlex.quote
+    states = summary.get("executions") or {}
+    cached = sorted(n for n, s in states.items() if s == "CACHED")
+    lines = [
+        "",
+        "=" * 72,
+        f"Components:       {len(states)} in this run, {len(cached)} reused from the cache"
+        + (f" ({', '.join(cached)})" if 0 < len(cached) < len(states) else ""),
+        f"Registered model: {summary['registered_model_name']} version {summary['model_version']}"
+        f" (aliases: {summary.get('aliases', '')}; blessed: {summary['blessed']})",
+        f"Eval perplexity:  {summary['eval_perplexity']:.2f}"
+        f"   (unigram baseline on the same tokens: {summary['eval_unigram_perplexity']:.2f})",
+        f"MLflow run:       {summary['mlflow_run_id']}",
+        "",
+        "Open the results:",
+        f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {q('sqlite:///' + str(summary['mlflow_db']))}"
+        " --port 5000",
+        f"  TensorBoard: .venv/bin/tensorboard --logdir {q(str(summary['tensorboard_logdir']))} --port 6006",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def run_and_report(pipeline_name: str, data_root: str, output_dir: str, beam_args: Optional[list] = None,
+                   **pipeline_kwargs) -> Dict[str, object]:
+    """Builds the pipeline with local paths, runs it with Beam, prints and returns the summary."""
+    from tfx_gpt2.pipeline import create_pipeline
+
+    paths = LocalPaths.create(output_dir, pipeline_name)
+    pipeline = create_pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=paths.pipeline_root,
+        data_root=os.path.abspath(data_root),
+        mlflow_tracking_uri=paths.mlflow_tracking_uri,
+        metadata_connection_config=metadata_config(paths.metadata_path),
+        beam_pipeline_args=beam_args if beam_args is not None else DEFAULT_BEAM_ARGS,
+        **pipeline_kwargs,
+    )
+    logger.info("running pipeline %r with Beam; outputs in %s", pipeline_name, paths.output_dir)
+    run_local(pipeline)
+    summary = summarize(paths)
+    print(report(summary), flush=True)
+    return summary

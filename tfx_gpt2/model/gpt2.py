@@ -1,0 +1,224 @@
+"""GPT-2 as a Keras 3 model, with OpenAI's parameter names.
+
+The architecture of "Language Models are Unsupervised Multitask Learners" (Radford et al., 2019):
+token embeddings `wte` plus learned position embeddings `wpe`, `n_layer` pre-norm transformer blocks
+
+    x = x + attn(ln_1(x))      # causal multi-head self-attention
+    x = x + mlp(ln_2(x))       # GELU (tanh approximation), 4x wider hidden layer
+
+then a final layer norm `ln_f`, and logits from the transposed token embeddings (tied weights).
+
+Every weight keeps the name it has in OpenAI's TensorFlow checkpoint, relative to `model/`:
+`wte`, `wpe`, `h{i}/ln_1/{g,b}`, `h{i}/attn/c_attn/{w,b}`, `h{i}/attn/c_proj/{w,b}`,
+`h{i}/ln_2/{g,b}`, `h{i}/mlp/c_fc/{w,b}`, `h{i}/mlp/c_proj/{w,b}`, `ln_f/{g,b}`.
+Shapes follow Hugging Face's `Conv1D` convention, `w: (n_in, n_out)` (OpenAI stores a leading 1).
+
+Shape letters in comments: B batch, T time (sequence), C channels (`n_embd`), H heads,
+D head size (`C / H`), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfx_gpt2.config import GPT2Config
+
+
+def gelu(x):
+    """GPT-2's GELU: the tanh approximation (Hendrycks & Gimpel), as in OpenAI's code."""
+    return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * ops.power(x, 3))))
+
+
+class Conv1D(keras.layers.Layer):
+    """OpenAI's `conv1d` with width 1, i.e. an affine map: `x @ w + b`, `w: (n_in, n_out)`."""
+
+    def __init__(self, n_out: int, init_std: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.n_out = n_out
+        self.init_std = init_std
+
+    def build(self, input_shape):
+        n_in = input_shape[-1]
+        self.w = self.add_weight(
+            name="w", shape=(n_in, self.n_out),
+            initializer=keras.initializers.RandomNormal(stddev=self.init_std),
+        )
+        self.b = self.add_weight(name="b", shape=(self.n_out,), initializer="zeros")
+
+    def call(self, x):
+        return ops.matmul(x, ops.cast(self.w, x.dtype)) + ops.cast(self.b, x.dtype)
+
+
+class LayerNorm(keras.layers.Layer):
+    """Layer normalisation over the last axis with gain `g` and bias `b` (OpenAI's names).
+
+    Statistics are computed in float32 even when activations are half precision.
+    """
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.g = self.add_weight(name="g", shape=(input_shape[-1],), initializer="ones")
+        self.b = self.add_weight(name="b", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        dtype = x.dtype
+        x = ops.cast(x, "float32")
+        mean = ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+        x = (x - mean) * ops.rsqrt(var + self.epsilon)
+        return ops.cast(x * self.g + self.b, dtype)
+
+
+class Attention(keras.layers.Layer):
+    """Causal multi-head self-attention: one projection to q, k, v (`c_attn`), one out (`c_proj`)."""
+
+    def __init__(self, config: GPT2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        # GPT-2 scales the init of residual projections by 1/sqrt(2 * n_layer).
+        self.c_attn = Conv1D(3 * config.n_embd, name="c_attn")
+        self.c_proj = Conv1D(config.n_embd, init_std=0.02 / math.sqrt(2 * config.n_layer), name="c_proj")
+        self.attn_dropout = keras.layers.Dropout(config.dropout)
+        self.resid_dropout = keras.layers.Dropout(config.dropout)
+
+    def build(self, input_shape):
+        self.c_attn.build(input_shape)
+        self.c_proj.build(input_shape)
+
+    def split_heads(self, x):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+        x = ops.reshape(x, (b, t, self.config.n_head, self.config.head_size))  # (B, T, H, D)
+        return ops.transpose(x, (0, 2, 1, 3))  # (B, H, T, D)
+
+    def call(self, x, training=False):
+        b, t = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        q, k, v = ops.split(qkv, 3, axis=-1)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, T, D)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, H, T, T)
+        scores = ops.cast(scores, "float32") / math.sqrt(self.config.head_size)
+        # Position i attends to positions <= i only.
+        causal = ops.tril(ops.ones((t, t), dtype="bool"))
+        scores = ops.where(causal[None, None], scores, -1e9)
+        weights = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
+        weights = self.attn_dropout(weights, training=training)
+        y = ops.matmul(weights, v)  # (B, H, T, D)
+        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, t, self.config.n_embd))  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y), training=training)
+
+
+class MLP(keras.layers.Layer):
+    """The position-wise feed-forward layer: `c_proj(gelu(c_fc(x)))`, hidden width 4C."""
+
+    def __init__(self, config: GPT2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.c_fc = Conv1D(4 * config.n_embd, name="c_fc")
+        self.c_proj = Conv1D(config.n_embd, init_std=0.02 / math.sqrt(2 * config.n_layer), name="c_proj")
+        self.dropout = keras.layers.Dropout(config.dropout)
+
+    def build(self, input_shape):
+        self.c_fc.build(input_shape)
+        self.c_proj.build(tuple(input_shape[:-1]) + (4 * input_shape[-1],))
+
+    def call(self, x, training=False):
+        return self.dropout(self.c_proj(gelu(self.c_fc(x))), training=training)
+
+
+class Block(keras.layers.Layer):
+    """One pre-norm transformer block."""
+
+    def __init__(self, config: GPT2Config, **kwargs):
+        super().__init__(**kwargs)
+        self.ln_1 = LayerNorm(config.layer_norm_epsilon, name="ln_1")
+        self.attn = Attention(config, name="attn")
+        self.ln_2 = LayerNorm(config.layer_norm_epsilon, name="ln_2")
+        self.mlp = MLP(config, name="mlp")
+
+    def build(self, input_shape):
+        for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, training=False):
+        x = x + self.attn(self.ln_1(x), training=training)
+        x = x + self.mlp(self.ln_2(x), training=training)
+        return x
+
+
+class GPT2(keras.Model):
+    """GPT-2: token ids `(B, T)` in, next-token logits `(B, T, V)` out (float32).
+
+    Args:
+        config: the model's shape; see `tfx_gpt2.config.GPT2Config` and its presets.
+
+    Example:
+        >>> model = GPT2(model_preset("tiny"))
+        >>> logits = model(np.zeros((2, 8), "int32"))   # (2, 8, 50257)
+    """
+
+    def __init__(self, config: GPT2Config, **kwargs):
+        super().__init__(name=kwargs.pop("name", "model"), **kwargs)
+        self.config = config
+        self.h = [Block(config, name=f"h{i}") for i in range(config.n_layer)]
+        self.ln_f = LayerNorm(config.layer_norm_epsilon, name="ln_f")
+        self.drop = keras.layers.Dropout(config.dropout)
+        self.wte = self.add_weight(
+            name="wte", shape=(config.n_vocab, config.n_embd),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+        self.wpe = self.add_weight(
+            name="wpe", shape=(config.n_ctx, config.n_embd),
+            initializer=keras.initializers.RandomNormal(stddev=0.01),
+        )
+        for block in self.h:
+            block.build((None, None, config.n_embd))
+        self.ln_f.build((None, None, config.n_embd))
+        self.built = True
+
+    def hidden_states(self, tokens, training=False):
+        """The final layer-normed hidden states `(B, T, C)` for token ids `(B, T)`."""
+        t = ops.shape(tokens)[1]
+        dtype = self.compute_dtype
+        x = ops.take(ops.cast(self.wte, dtype), tokens, axis=0) + ops.cast(self.wpe, dtype)[None, :t]
+        x = self.drop(x, training=training)
+        for block in self.h:
+            x = block(x, training=training)
+        return self.ln_f(x)
+
+    def call(self, tokens, training=False):
+        x = self.hidden_states(tokens, training=training)
+        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # tied: (B, T, V)
+        return ops.cast(logits, "float32")
+
+    def get_config(self):
+        from tfx_gpt2.config import to_json
+
+        return {"config": to_json(self.config)}
+
+    @classmethod
+    def from_config(cls, config):
+        from tfx_gpt2.config import from_json
+
+        return cls(from_json(GPT2Config, config["config"]))
+
+    def weights_by_name(self) -> Dict[str, np.ndarray]:
+        """All weights as numpy arrays keyed by their OpenAI name (`h0/attn/c_attn/w`, ...)."""
+        return {weight_name(v): np.asarray(v.numpy()) for v in self.weights}
+
+
+def weight_name(variable) -> str:
+    """The OpenAI name of a model variable: its Keras path without the model's own prefix."""
+    path = variable.path
+    return path.split("/", 1)[1] if path.startswith("model/") else path
+
+
+def token_loss(logits, targets):
+    """Per-token cross-entropy `(B, T)` in nats, from float32 logits `(B, T, V)`."""
+    return keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)

@@ -1,0 +1,69 @@
+"""The MLflow `pyfunc` flavour of a trained model: prompts in, generated text out.
+
+`predict` takes a DataFrame with a `prompt` column, a list of strings, or one string, and the
+sampling settings as MLflow params (`max_new_tokens`, `temperature`, `top_k`, `seed`); it returns
+a list with the generated continuation of each prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import mlflow.pyfunc
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+MODEL_DIR_ARTIFACT = "model_dir"
+
+DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "seed": -1}
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "prompt")]),
+    outputs=Schema([ColSpec("string", "generated_text")]),
+    params=ParamSchema([
+        ParamSpec("max_new_tokens", "long", DEFAULT_PARAMS["max_new_tokens"]),
+        ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),
+        ParamSpec("top_k", "long", DEFAULT_PARAMS["top_k"]),
+        ParamSpec("seed", "long", DEFAULT_PARAMS["seed"]),
+    ]),
+)
+
+
+def prompts_of(model_input: Any) -> List[str]:
+    """The prompts in a DataFrame (`prompt` column, or its only column), a list, or a string."""
+    if isinstance(model_input, str):
+        return [model_input]
+    if hasattr(model_input, "columns"):
+        column = "prompt" if "prompt" in model_input.columns else (
+            model_input.columns[0] if len(model_input.columns) == 1 else None)
+        if column is None:
+            raise ValueError(
+                f"the input has columns {list(model_input.columns)}; send a 'prompt' column of strings."
+            )
+        return [str(p) for p in model_input[column].tolist()]
+    if isinstance(model_input, (list, tuple)):
+        return [str(p) for p in model_input]
+    raise ValueError(f"cannot read prompts from a {type(model_input).__name__}; send a list of strings.")
+
+
+class GPT2PyFunc(mlflow.pyfunc.PythonModel):
+    """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact."""
+
+    def load_context(self, context):
+        from tfx_gpt2.model.io import load_model_dir
+        from tfx_gpt2.text.bpe import BPETokenizer
+
+        path = context.artifacts[MODEL_DIR_ARTIFACT]
+        self.model = load_model_dir(path)
+        self.tokenizer = BPETokenizer.from_dir(path)
+
+    def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None) -> List[str]:
+        from tfx_gpt2.model.generate import generate_text
+
+        settings = {**DEFAULT_PARAMS, **(params or {})}
+        seed = int(settings["seed"])
+        return generate_text(
+            self.model, self.tokenizer, prompts_of(model_input),
+            max_new_tokens=int(settings["max_new_tokens"]), temperature=float(settings["temperature"]),
+            top_k=int(settings["top_k"]), seed=None if seed < 0 else seed,
+        )
