@@ -72,3 +72,10 @@ def test_toy_vocabulary_merges_in_rank_order(tmp_path):
     tok = bpe.BPETokenizer(encoder, [("a", "b"), ("b", "c")])
     assert tok.encode("abc") == [3, 2]
     assert tok.encode("bc") == [4]
+
+
+def test_tokenizer_pickles(tokenizer):
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(tokenizer))
+    assert clone.encode(HARD_TEXT) == tokenizer.encode(HARD_TEXT)

@@ -1,7 +1,14 @@
 import pytest
 
 from tfx_gpt2.config import (
-    MODEL_PRESETS, ConfigError, GPT2Config, TrainConfig, from_json, model_preset, to_json, train_preset,
+    MODEL_PRESETS,
+    ConfigError,
+    GPT2Config,
+    TrainConfig,
+    from_json,
+    model_preset,
+    to_json,
+    train_preset,
 )
 
 

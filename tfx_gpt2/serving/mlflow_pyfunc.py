@@ -18,8 +18,8 @@ MODEL_DIR_ARTIFACT = "model_dir"
 DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "seed": -1}
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "prompt")]),
-    outputs=Schema([ColSpec("string", "generated_text")]),
+    inputs=Schema([ColSpec("string")]),
+    outputs=Schema([ColSpec("string")]),
     params=ParamSchema([
         ParamSpec("max_new_tokens", "long", DEFAULT_PARAMS["max_new_tokens"]),
         ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),

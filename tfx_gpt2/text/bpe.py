@@ -130,6 +130,16 @@ class BPETokenizer:
         )
         self._word_ids = functools.lru_cache(maxsize=1 << 16)(self._encode_word)
 
+    def __getstate__(self):
+        # The per-instance word cache is not picklable; it is rebuilt empty (Beam ships tokenizers).
+        state = dict(self.__dict__)
+        del state["_word_ids"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._word_ids = functools.lru_cache(maxsize=1 << 16)(self._encode_word)
+
     @classmethod
     def from_dir(cls, path: str, special_tokens: Iterable[str] = ()) -> "BPETokenizer":
         """Loads `encoder.json` and `vocab.bpe` from `path` (GPT-2's own file formats).
