@@ -5,14 +5,19 @@ registered version, its metrics and aliases, the logged pyfunc generating text),
 (training loss in the event files) and that the model beats a unigram baseline.
 """
 
+import json
 import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tfx_gpt2.local import LocalPaths, metadata_config, run_and_report
+from tfx_gpt2.local import LocalPaths, metadata_config, run_and_report, ui_commands
 
 NAME = "e2e-tiny"
 COMPONENTS = {"TextExampleGen", "BpeEncoder", "Trainer", "PerplexityEvaluator", "MlflowPusher"}
@@ -85,3 +90,40 @@ def test_tensorboard_has_training_loss(runs):
     acc.Reload()
     losses = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json_when_up(url, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+def test_printed_ui_commands_serve_the_results(runs):
+    _, first, _ = runs
+    mlflow_port, tb_port = free_port(), free_port()
+    commands = ui_commands(first, mlflow_port=mlflow_port, tensorboard_port=tb_port)
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+             for argv in commands.values()]
+    try:
+        mlflow_proc, tb_proc = procs
+        model = get_json_when_up(
+            f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/registered-models/get?name={NAME}", mlflow_proc)
+        assert model["registered_model"]["aliases"]
+        tags = get_json_when_up(f"http://127.0.0.1:{tb_port}/data/plugin/scalars/tags", tb_proc)
+        assert "loss" in tags["train"] and "perplexity" in tags["eval"]
+    finally:
+        for p in procs:
+            os.killpg(p.pid, 15)
+            p.wait(30)

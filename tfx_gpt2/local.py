@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-from typing import Dict, Optional
+import sys
+from typing import Dict, List, Optional
 
 from tfx_gpt2.progress import get_logger
 
@@ -114,9 +115,19 @@ def summarize(paths: LocalPaths) -> Dict[str, object]:
     return summary
 
 
+def ui_commands(summary: Dict[str, object], mlflow_port: int = 5000, tensorboard_port: int = 6006) -> Dict[str, List[str]]:
+    """The commands that open the MLflow UI and TensorBoard on a run's results (argv lists)."""
+    bin_dir = os.path.dirname(sys.executable)
+    return {
+        "MLflow UI": [os.path.join(bin_dir, "mlflow"), "ui", "--backend-store-uri",
+                      "sqlite:///" + str(summary["mlflow_db"]), "--port", str(mlflow_port)],
+        "TensorBoard": [os.path.join(bin_dir, "tensorboard"), "--logdir", str(summary["tensorboard_logdir"]),
+                        "--port", str(tensorboard_port)],
+    }
+
+
 def report(summary: Dict[str, object]) -> str:
     """The lines printed at the end of a local run."""
-    q = shlex.quote
     states = summary.get("executions") or {}
     cached = sorted(n for n, s in states.items() if s == "CACHED")
     lines = [
@@ -131,11 +142,9 @@ def report(summary: Dict[str, object]) -> str:
         f"MLflow run:       {summary['mlflow_run_id']}",
         "",
         "Open the results:",
-        f"  MLflow UI:   .venv/bin/mlflow ui --backend-store-uri {q('sqlite:///' + str(summary['mlflow_db']))}"
-        " --port 5000",
-        f"  TensorBoard: .venv/bin/tensorboard --logdir {q(str(summary['tensorboard_logdir']))} --port 6006",
-        "=" * 72,
     ]
+    lines += [f"  {name + ':':<13}{shlex.join(argv)}" for name, argv in ui_commands(summary).items()]
+    lines.append("=" * 72)
     return "\n".join(lines)
 
 
