@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from typing import Any, Dict, Type, TypeVar
+from typing import Any, Dict, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -40,6 +40,19 @@ def _check_field_types(obj: Any) -> None:
                     f"{type(obj).__name__}.{field.name} = {value!r} has type {type(value).__name__}; "
                     f"it must be a {expected.__name__}."
                 )
+
+
+def _require_positive(obj: Any, names: Tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} = {getattr(obj, name)} must be positive.")
+
+
+def _preset(table: Dict[str, T], kind: str, name: str) -> T:
+    try:
+        return table[name]
+    except KeyError:
+        raise ConfigError(f"{kind} preset {name!r} does not exist; choose one of {sorted(table)}.") from None
 
 
 def to_json(config: Any) -> str:
@@ -97,9 +110,7 @@ class GPT2Config:
 
     def __post_init__(self):
         _check_field_types(self)
-        for name in ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"GPT2Config.{name} = {getattr(self, name)} must be positive.")
+        _require_positive(self, ("n_vocab", "n_ctx", "n_embd", "n_layer", "n_head"))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"GPT2Config.n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}; "
@@ -136,12 +147,7 @@ def model_preset(name: str) -> GPT2Config:
     Raises:
         ConfigError: `name` is not a preset.
     """
-    try:
-        return MODEL_PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"model preset {name!r} does not exist; choose one of {sorted(MODEL_PRESETS)}."
-        ) from None
+    return _preset(MODEL_PRESETS, "model", name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +189,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_field_types(self)
-        for name in ("batch_size", "max_steps", "eval_every", "eval_batches", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)} must be positive.")
+        _require_positive(self, ("batch_size", "max_steps", "eval_every", "eval_batches", "log_every"))
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"TrainConfig.learning_rate = {self.learning_rate} must be in (0, 1).")
         if not 0 <= self.min_learning_rate <= self.learning_rate:
@@ -215,9 +219,4 @@ TRAIN_PRESETS: Dict[str, TrainConfig] = {
 
 def train_preset(name: str) -> TrainConfig:
     """Returns the `TrainConfig` preset called `name`."""
-    try:
-        return TRAIN_PRESETS[name]
-    except KeyError:
-        raise ConfigError(
-            f"train preset {name!r} does not exist; choose one of {sorted(TRAIN_PRESETS)}."
-        ) from None
+    return _preset(TRAIN_PRESETS, "train", name)
