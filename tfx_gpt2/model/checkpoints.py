@@ -1,0 +1,306 @@
+"""GPT-2 checkpoints in the formats users have: OpenAI's TF1 release and Hugging Face's directories.
+
+Formats:
+    OpenAI (as published for 124M, 355M, 774M, 1558M):
+        checkpoint, model.ckpt.{index,data-00000-of-00001,meta}, hparams.json, encoder.json, vocab.bpe
+        variables `model/wte`, `model/h0/attn/c_attn/w` (shape (1, n_in, n_out)), ...
+    Hugging Face (`GPT2LMHeadModel.save_pretrained`):
+        config.json, model.safetensors (PyTorch names: `transformer.h.0.attn.c_attn.weight`, ...),
+        vocab.json + merges.txt (the same files as encoder.json + vocab.bpe, other names)
+    tfx-gpt2 model directory: see `tfx_gpt2.model.io`.
+
+Every loader checks that names, shapes and the vocabulary agree with the model and fails loudly
+(`CheckpointError`, naming both sizes) rather than leaving any weight at its random initial value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.model.gpt2 import GPT2
+from tfx_gpt2.model.io import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, assign_weights, load_model_dir
+from tfx_gpt2.progress import get_logger
+from tfx_gpt2.text.bpe import ENCODER_FILE, MERGES_FILE, BPETokenizer
+
+logger = get_logger("tfx_gpt2.checkpoints")
+
+OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+OPENAI_SIZES = ("124M", "355M", "774M", "1558M")
+OPENAI_FILES = (
+    "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
+    "model.ckpt.index", "model.ckpt.meta", "vocab.bpe",
+)
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_VOCAB = "vocab.json"
+HF_MERGES = "merges.txt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Format detection
+# ---------------------------------------------------------------------------------------------
+
+def detect_format(path: str) -> str:
+    """'openai', 'hf', 'tfx-gpt2' or 'savedmodel' for a model directory.
+
+    Raises:
+        CheckpointError: `path` is none of them (the message lists what each format holds).
+    """
+    def has(*names):
+        return all(os.path.exists(os.path.join(path, n)) for n in names)
+
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is not a directory; a model is a directory of files.")
+    if has("saved_model.pb"):
+        return "savedmodel"
+    if has(CONFIG_FILE, WEIGHTS_FILE):
+        return "tfx-gpt2"
+    if has(HF_CONFIG, HF_WEIGHTS):
+        return "hf"
+    if has("hparams.json", "checkpoint"):
+        return "openai"
+    raise CheckpointError(
+        f"{path!r} holds no model this tool reads: expected an OpenAI GPT-2 directory (checkpoint, "
+        "model.ckpt.*, hparams.json, encoder.json, vocab.bpe), a Hugging Face directory (config.json + "
+        "model.safetensors), a tfx-gpt2 model directory (gpt2_config.json + model.weights.npz), or a "
+        "SavedModel (saved_model.pb)."
+    )
+
+
+def vocab_files_of(path: str) -> Tuple[str, str]:
+    """(encoder.json, vocab.bpe) paths in `path`, accepting Hugging Face's names too."""
+    for enc, merges in ((ENCODER_FILE, MERGES_FILE), (HF_VOCAB, HF_MERGES)):
+        e, m = os.path.join(path, enc), os.path.join(path, merges)
+        if os.path.isfile(e) and os.path.isfile(m):
+            return e, m
+    raise CheckpointError(
+        f"{path!r} has no vocabulary: expected {ENCODER_FILE} + {MERGES_FILE} (OpenAI) or "
+        f"{HF_VOCAB} + {HF_MERGES} (Hugging Face)."
+    )
+
+
+def copy_vocab(src_dir: str, dst_dir: str, hf_names: bool = False) -> None:
+    """Copies the vocabulary of `src_dir` to `dst_dir`, under OpenAI's or Hugging Face's names."""
+    enc, merges = vocab_files_of(src_dir)
+    os.makedirs(dst_dir, exist_ok=True)
+    names = (HF_VOCAB, HF_MERGES) if hf_names else (ENCODER_FILE, MERGES_FILE)
+    shutil.copyfile(enc, os.path.join(dst_dir, names[0]))
+    shutil.copyfile(merges, os.path.join(dst_dir, names[1]))
+
+
+def load_tokenizer_of(path: str) -> BPETokenizer:
+    """The tokenizer stored beside a checkpoint (either naming)."""
+    enc, merges = vocab_files_of(path)
+    if os.path.basename(enc) == ENCODER_FILE:
+        return BPETokenizer.from_dir(path)
+    with open(enc, encoding="utf-8") as f:
+        encoder = json.load(f)
+    with open(merges, encoding="utf-8") as f:
+        lines = [ln for ln in f.read().split("\n") if ln and not ln.startswith("#version")]
+    return BPETokenizer(encoder, [tuple(ln.split(" ")) for ln in lines])
+
+
+def check_vocab(config: GPT2Config, tokenizer: BPETokenizer, source: str) -> None:
+    """Raises CheckpointError when the tokenizer's size differs from the model's `n_vocab`."""
+    if tokenizer.vocab_size != config.n_vocab:
+        raise CheckpointError(
+            f"{source}: the vocabulary has {tokenizer.vocab_size} tokens but the model's n_vocab is "
+            f"{config.n_vocab}; use the vocabulary the checkpoint was trained with."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI
+# ---------------------------------------------------------------------------------------------
+
+def download_openai_checkpoint(size: str, out_dir: str, base_url: str = OPENAI_BASE_URL,
+                               timeout: float = 60.0) -> str:
+    """Downloads one of OpenAI's GPT-2 releases (what the original `DownloadPretrainedModel` did).
+
+    Files already present with a non-zero size are kept, so an interrupted download resumes.
+
+    Raises:
+        CheckpointError: an unknown size, or the server cannot be reached (offline machines:
+            copy the directory in by hand and point `--model` at it).
+    """
+    if size not in OPENAI_SIZES:
+        raise CheckpointError(f"OpenAI released GPT-2 sizes {OPENAI_SIZES}, not {size!r}.")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in OPENAI_FILES:
+        dst = os.path.join(out_dir, name)
+        if os.path.exists(dst) and os.path.getsize(dst) > 0:
+            continue
+        url = f"{base_url}/{size}/{name}"
+        logger.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(dst + ".part", "wb") as f:
+                shutil.copyfileobj(r, f, length=1 << 20)
+        except (urllib.error.URLError, OSError) as e:
+            raise CheckpointError(
+                f"cannot download {url}: {e}. This machine may be offline: download the {size} files "
+                f"{list(OPENAI_FILES)} elsewhere into one directory and pass that directory instead."
+            ) from e
+        os.replace(dst + ".part", dst)
+    return out_dir
+
+
+def read_openai_config(path: str) -> GPT2Config:
+    with open(os.path.join(path, "hparams.json")) as f:
+        h = json.load(f)
+    try:
+        return GPT2Config(n_vocab=h["n_vocab"], n_ctx=h["n_ctx"], n_embd=h["n_embd"], n_layer=h["n_layer"],
+                          n_head=h["n_head"])
+    except KeyError as e:
+        raise CheckpointError(f"{path}/hparams.json has no {e.args[0]!r}.") from None
+
+
+def load_openai_checkpoint(path: str) -> GPT2:
+    """Loads an OpenAI GPT-2 directory (TF1 checkpoint + hparams.json + vocabulary)."""
+    import tensorflow as tf
+
+    config = read_openai_config(path)
+    ckpt = tf.train.latest_checkpoint(path)
+    if ckpt is None:
+        raise CheckpointError(f"{path}/checkpoint names no readable model.ckpt; is the download complete?")
+    reader = tf.train.load_checkpoint(ckpt)
+    weights = {}
+    for name in reader.get_variable_to_shape_map():
+        if not name.startswith("model/"):
+            continue
+        value = reader.get_tensor(name)
+        short = name[len("model/"):]
+        if short.endswith("/w") and value.ndim == 3:  # conv1d weights are stored as (1, n_in, n_out)
+            value = value[0]
+        weights[short] = value
+    model = GPT2(config)
+    assign_weights(model, weights, f"OpenAI checkpoint {ckpt}")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face
+# ---------------------------------------------------------------------------------------------
+
+def hf_to_openai_name(name: str) -> Optional[str]:
+    """`transformer.h.0.attn.c_attn.weight` -> `h0/attn/c_attn/w`; None for buffers and the tied head."""
+    if name.startswith("transformer."):
+        name = name[len("transformer."):]
+    if name == "lm_head.weight" or name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+        return None
+    parts = name.split(".")
+    if parts[0] == "h":
+        parts = [f"h{parts[1]}"] + parts[2:]
+    leaf = parts[-1]
+    layer = parts[-2]
+    if layer in ("wte", "wpe"):
+        return layer
+    if leaf == "weight":
+        parts[-1] = "g" if layer.startswith("ln_") else "w"
+    elif leaf == "bias":
+        parts[-1] = "b"
+    return "/".join(parts)
+
+
+def openai_to_hf_name(name: str) -> str:
+    """Inverse of `hf_to_openai_name` (without the `transformer.` prefix, as GPT2Model saves)."""
+    if name in ("wte", "wpe"):
+        return f"{name}.weight"
+    parts = name.split("/")
+    if parts[0].startswith("h") and parts[0][1:].isdigit():
+        parts = ["h", parts[0][1:]] + parts[1:]
+    parts[-1] = {"w": "weight", "g": "weight", "b": "bias"}[parts[-1]]
+    return ".".join(parts)
+
+
+def read_hf_config(path: str) -> GPT2Config:
+    with open(os.path.join(path, HF_CONFIG)) as f:
+        h = json.load(f)
+    if h.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{path}/config.json is a {h.get('model_type')!r} model, not 'gpt2'.")
+    act = h.get("activation_function", "gelu_new")
+    if act != "gelu_new":
+        raise CheckpointError(
+            f"{path}/config.json uses activation_function {act!r}; tfx-gpt2 implements GPT-2's 'gelu_new'."
+        )
+    return GPT2Config(
+        n_vocab=h["vocab_size"], n_ctx=h.get("n_positions", h.get("n_ctx", 1024)), n_embd=h["n_embd"],
+        n_layer=h["n_layer"], n_head=h["n_head"], layer_norm_epsilon=float(h.get("layer_norm_epsilon", 1e-5)),
+    )
+
+
+def load_hf_checkpoint(path: str) -> GPT2:
+    """Loads a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
+    from safetensors.numpy import load_file
+
+    config = read_hf_config(path)
+    tensors = load_file(os.path.join(path, HF_WEIGHTS))
+    weights: Dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        short = hf_to_openai_name(name)
+        if short is not None:
+            weights[short] = value.astype(np.float32)
+    model = GPT2(config)
+    assign_weights(model, weights, f"Hugging Face checkpoint {path}/{HF_WEIGHTS}")
+    return model
+
+
+def hf_config_dict(config: GPT2Config) -> Dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "vocab_size": config.n_vocab, "n_positions": config.n_ctx, "n_ctx": config.n_ctx,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+        "layer_norm_epsilon": config.layer_norm_epsilon, "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "initializer_range": 0.02,
+        "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+
+
+def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> str:
+    """Writes `model` as a Hugging Face GPT-2 directory: config.json, model.safetensors (PyTorch
+    names and layout), vocab.json + merges.txt, tokenizer_config.json."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {openai_to_hf_name(k): np.ascontiguousarray(v) for k, v in model.weights_by_name().items()}
+    save_file(tensors, os.path.join(out_dir, HF_WEIGHTS), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, HF_CONFIG), "w") as f:
+        json.dump(hf_config_dict(model.config), f, indent=2)
+    if vocab_dir:
+        copy_vocab(vocab_dir, out_dir, hf_names=True)
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.n_ctx,
+                       "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                       "unk_token": "<|endoftext|>", "add_prefix_space": False}, f, indent=2)
+    return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Any format
+# ---------------------------------------------------------------------------------------------
+
+def load_checkpoint(path: str) -> Tuple[GPT2, BPETokenizer]:
+    """Loads a model and its tokenizer from an OpenAI, Hugging Face or tfx-gpt2 directory."""
+    fmt = detect_format(path)
+    if fmt == "openai":
+        model = load_openai_checkpoint(path)
+    elif fmt == "hf":
+        model = load_hf_checkpoint(path)
+    elif fmt == "tfx-gpt2":
+        model = load_model_dir(path)
+    else:
+        raise CheckpointError(
+            f"{path!r} is a SavedModel: it generates text itself (tfx-gpt2 generate --model {path}) "
+            "but holds no weights by name to convert or fine-tune from."
+        )
+    tokenizer = load_tokenizer_of(path)
+    check_vocab(model.config, tokenizer, path)
+    return model, tokenizer
