@@ -9,7 +9,11 @@ import pytest
 from reference_models import hf_reference_logits, write_hf_checkpoint, write_openai_checkpoint
 
 from tfx_gpt2.model.checkpoints import (
-    OPENAI_FILES, CheckpointError, detect_format, download_openai_checkpoint, load_checkpoint,
+    OPENAI_FILES,
+    CheckpointError,
+    detect_format,
+    download_openai_checkpoint,
+    load_checkpoint,
     save_hf_checkpoint,
 )
 

@@ -44,12 +44,15 @@ def test_attention_is_causal(model):
     assert not np.allclose(la[:, 3:], lb[:, 3:])
 
 
-def test_embeddings_are_tied(model):
-    # With the final norm and blocks fixed, logits are hidden @ wte^T: check on one position.
-    x = np.array([[3, 4]], "int32")
-    hidden = np.asarray(model.hidden_states(x))
-    logits = np.asarray(model(x))
-    np.testing.assert_allclose(logits, hidden @ model.wte.numpy().T, rtol=1e-4, atol=1e-4)
+def test_padding_and_positions_match_unpadded(model):
+    # A left-padded row with masked padding and positions from 0 gives the unpadded row's logits.
+    ids = np.array([[5, 6, 7]], "int32")
+    padded = np.array([[0, 0, 5, 6, 7]], "int32")
+    mask = np.array([[False, False, True, True, True]])
+    positions = np.array([[0, 0, 0, 1, 2]], "int32")
+    expected = np.asarray(model(ids))
+    got, _ = model.forward(padded, position_ids=positions, key_mask=mask)
+    np.testing.assert_allclose(np.asarray(got)[:, 2:], expected, atol=1e-5)
 
 
 def test_save_and_load_give_identical_logits(model, tmp_path):

@@ -1,71 +1,243 @@
-"""Text generation with a GPT-2 model: temperature and top-k sampling, or greedy decoding.
+"""Text generation with a key/value cache, compiled with XLA.
 
-This loop re-runs the model on the whole (cropped) context for each new token; it is simple and
-exact, and serves the pipeline's samples and the MLflow model.
+A batch of prompts of different lengths is left-padded to one length P; padding slots are masked
+out of attention and each row's positions start at 0 at its first real token. The prompt is run
+once (prefill), filling a fixed-size cache of `P + max_new_tokens` slots; each new token then costs
+one position's forward pass (decode step). Both steps are `tf.function(jit_compile=True)` with the
+sampling settings as tensors, so changing them does not recompile.
+
+Next-token choice, in order: repetition penalty (CTRL / Hugging Face style: a seen token's logit is
+divided by the penalty when positive, multiplied when negative), temperature, top-k, top-p
+(nucleus), then a sample from the stateless RNG seeded by `(seed, step)`; temperature 0 is greedy.
+Generation stops at `<|endoftext|>`, at a stop string, or after `max_new_tokens`.
+
+`use_cache=False` runs the whole sequence through the model for each new token instead: slower,
+the same result (a test checks greedy outputs are equal token for token).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.text.bpe import BPETokenizer
 
 
 class GenerationError(ValueError):
-    """A sampling setting is out of range."""
+    """A sampling setting is out of range, or a prompt does not fit the model."""
 
 
-def check_settings(max_new_tokens: int, temperature: float, top_k: int) -> None:
-    """Raises GenerationError naming the setting when one is out of range."""
-    if max_new_tokens < 0:
-        raise GenerationError(f"max_new_tokens = {max_new_tokens} must be >= 0.")
-    if temperature < 0:
-        raise GenerationError(f"temperature = {temperature} must be >= 0 (0 means greedy).")
-    if top_k < 0:
-        raise GenerationError(f"top_k = {top_k} must be >= 0 (0 means no top-k filtering).")
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to continue prompts.
+
+    Attributes:
+        max_new_tokens: tokens to generate at most (per sequence).
+        temperature: softmax temperature; 0 means greedy (argmax).
+        top_k: keep only the k most likely tokens (0: no limit).
+        top_p: keep the smallest set of tokens whose probability reaches top_p (1: no limit).
+        repetition_penalty: > 1 discourages tokens already in the sequence (1: off).
+        num_return_sequences: continuations per prompt.
+        seed: seed of the sampler (None: a random one); the same seed gives the same text.
+        stop: strings that end a continuation (the stop string is not returned).
+        stop_at_eot: end a continuation at `<|endoftext|>`.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    num_return_sequences: int = 1
+    seed: Optional[int] = None
+    stop: Tuple[str, ...] = ()
+    stop_at_eot: bool = True
+
+    def __post_init__(self):
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)"),
+            ("top_k", self.top_k >= 0, "must be >= 0 (0 means no top-k filtering)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0 (1 means off)"),
+            ("num_return_sequences", self.num_return_sequences >= 1, "must be >= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise GenerationError(f"{name} = {getattr(self, name)!r} {rule}.")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
-    """Picks the next id from float logits `(V,)`: argmax if temperature == 0, else a sample."""
-    if temperature == 0:
-        return int(np.argmax(logits))
-    logits = logits.astype(np.float64) / temperature
-    if top_k and top_k < logits.shape[0]:
-        kth = np.partition(logits, -top_k)[-top_k]
-        logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    return int(rng.choice(p.shape[0], p=p))
+def _choose(logits, seen, temperature, top_k, top_p, penalty, seed, step):
+    """Next ids `(B,)` from float32 logits `(B, V)`; `seen` `(B, V)` marks tokens in the sequence."""
+    logits = tf.where(seen > 0, tf.where(logits > 0, logits / penalty, logits * penalty), logits)
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def sample():
+        scaled = logits / tf.maximum(temperature, 1e-6)
+        vocab = tf.shape(scaled)[-1]
+
+        def filtered():
+            # Sort once; top-k and top-p both cut the sorted list.
+            sorted_logits = tf.sort(scaled, direction="DESCENDING", axis=-1)
+            k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+            kth = tf.gather(sorted_logits, k - 1, axis=-1)[:, None]
+            probs = tf.nn.softmax(sorted_logits, axis=-1)
+            # Keep tokens whose preceding cumulative probability is below top_p (the first always).
+            before = tf.cumsum(probs, axis=-1, exclusive=True)
+            kept = tf.where(before < top_p, sorted_logits, tf.float32.max)
+            pth = tf.reduce_min(kept, axis=-1, keepdims=True)
+            cut = tf.maximum(kth, pth)
+            return tf.where(scaled < cut, tf.float32.min, scaled)
+
+        use_filter = tf.logical_or(top_k > 0, top_p < 1.0)
+        final = tf.cond(use_filter, filtered, lambda: scaled)
+        return tf.random.stateless_categorical(final, 1, seed=tf.stack([seed, step]), dtype=tf.int32)[:, 0]
+
+    return tf.cond(temperature > 0, sample, lambda: greedy)
 
 
-def generate_ids(model: GPT2, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int = 0, rng: Optional[np.random.Generator] = None,
-                 stop_id: Optional[int] = None) -> List[int]:
-    """Returns the new ids after `prompt_ids` (without the prompt), stopping at `stop_id`."""
-    check_settings(max_new_tokens, temperature, top_k)
-    rng = rng or np.random.default_rng()
-    ids = list(prompt_ids) or ([stop_id] if stop_id is not None else [0])
-    n_prompt = len(ids)
-    for _ in range(max_new_tokens):
-        context = np.asarray([ids[-model.config.n_ctx:]], dtype=np.int32)  # (1, T)
-        logits = np.asarray(model(context, training=False))[0, -1]  # (V,)
-        nxt = sample_next(logits, temperature, top_k, rng)
-        if stop_id is not None and nxt == stop_id:
-            break
-        ids.append(nxt)
-    return ids[n_prompt:]
+class Generator:
+    """Generates with a model; compiled functions are built once per Generator and reused.
+
+    Args:
+        model: a GPT-2 model.
+        tokenizer: its tokenizer (for text in and out, `<|endoftext|>` and stop strings).
+        jit_compile: compile the prefill and decode steps with XLA.
+
+    Example:
+        >>> gen = Generator(model, tokenizer)
+        >>> gen.generate(["The meaning of life is"], SamplingConfig(max_new_tokens=20, seed=0))
+    """
+
+    def __init__(self, model: GPT2, tokenizer: Optional[BPETokenizer] = None, jit_compile: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eot_id = tokenizer.eot_id if tokenizer is not None else model.config.n_vocab - 1
+        model_ = model
+
+        def seen_of(tokens, key_mask):
+            v = model_.config.n_vocab
+            hits = tf.one_hot(tokens, v) * tf.cast(key_mask[:, :tf.shape(tokens)[1], None], tf.float32)
+            return tf.reduce_max(hits, axis=1)
+
+        # The forward passes are compiled with XLA; the choice of the next token is a separate
+        # (non-XLA) function shared by both paths, so a seed gives the same sample with or without
+        # the cache (XLA and TensorFlow kernels draw different random numbers).
+        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+        def prefill(tokens, positions, key_mask, cache):
+            logits, cache = model_.forward(tokens, positions, key_mask, cache, 0, last_only=True)
+            return logits[:, -1], cache
+
+        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+        def decode(token, position, key_mask, cache, index):
+            logits, cache = model_.forward(token[:, None], position[:, None], key_mask, cache, index, last_only=True)
+            return logits[:, -1], cache
+
+        @tf.function(reduce_retracing=True)
+        def full(tokens, positions, key_mask):
+            return model_.forward(tokens, positions, key_mask, last_only=True)[0][:, -1]
+
+        @tf.function(reduce_retracing=True)
+        def choose(logits, seen, temperature, top_k, top_p, penalty, seed, step):
+            nxt = _choose(logits, seen, temperature, top_k, top_p, penalty, seed, step)
+            return nxt, tf.maximum(seen, tf.one_hot(nxt, model_.config.n_vocab))
+
+        self._prefill, self._decode, self._full, self._choose, self._seen_of = prefill, decode, full, choose, seen_of
+
+    def _fit_prompts(self, prompts: Sequence[Sequence[int]], max_new: int) -> List[List[int]]:
+        n_ctx = self.model.config.n_ctx
+        if max_new >= n_ctx:
+            raise GenerationError(
+                f"max_new_tokens = {max_new} leaves no room for the prompt in the model's context of "
+                f"{n_ctx} tokens; ask for at most {n_ctx - 1}."
+            )
+        room = n_ctx - max_new
+        # Keep the end of a long prompt (the part next to the continuation); empty prompts start
+        # from <|endoftext|>, as GPT-2 does for unconditional samples.
+        return [list(p)[-room:] if p else [self.eot_id] for p in prompts]
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], config: SamplingConfig = SamplingConfig(),
+                     use_cache: bool = True) -> List[List[int]]:
+        """New ids for each (prompt, sequence) pair, prompt-major; each list ends before any
+        `<|endoftext|>` when `config.stop_at_eot`."""
+        cfg = config
+        rows = [p for p in self._fit_prompts(prompts, cfg.max_new_tokens) for _ in range(cfg.num_return_sequences)]
+        b, p_len = len(rows), max(len(r) for r in rows)
+        pads = np.array([p_len - len(r) for r in rows], np.int32)
+        total = p_len + cfg.max_new_tokens
+        tokens = np.zeros((b, p_len), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, pads[i]:] = r
+        slots = np.arange(total, dtype=np.int32)[None, :]
+        key_mask = slots >= pads[:, None]  # (B, T): padding slots are False
+        positions = np.maximum(slots - pads[:, None], 0).astype(np.int32)  # (B, T)
+        seed = np.random.randint(0, 2**31 - 1) if cfg.seed is None else cfg.seed
+        settings = (tf.constant(cfg.temperature, tf.float32), tf.constant(cfg.top_k, tf.int32),
+                    tf.constant(cfg.top_p, tf.float32), tf.constant(cfg.repetition_penalty, tf.float32),
+                    tf.constant(seed, tf.int32))
+        key_mask_t = tf.constant(key_mask)
+        out = np.zeros((b, cfg.max_new_tokens), np.int32)
+        done = np.zeros(b, bool)
+        seen = self._seen_of(tf.constant(tokens), key_mask_t)
+        if use_cache:
+            cache = self.model.empty_cache(b, total)
+            logits, cache = self._prefill(tf.constant(tokens), tf.constant(positions[:, :p_len]), key_mask_t, cache)
+        else:
+            seq = tokens
+            logits = self._full(tf.constant(seq), tf.constant(positions[:, :p_len]), key_mask_t[:, :p_len])
+        for step in range(cfg.max_new_tokens):
+            index = p_len + step  # the slot of the token chosen now
+            nxt, seen = self._choose(logits, seen, *settings, tf.constant(index, tf.int32))
+            ids = nxt.numpy()
+            out[:, step] = ids
+            if cfg.stop_at_eot:
+                done |= ids == self.eot_id
+            if done.all() or step == cfg.max_new_tokens - 1:
+                out = out[:, :step + 1]
+                break
+            if use_cache:
+                logits, cache = self._decode(nxt, tf.constant(positions[:, index]), key_mask_t, cache,
+                                             tf.constant(index, tf.int32))
+            else:
+                seq = np.concatenate([seq, ids[:, None]], axis=1)
+                logits = self._full(tf.constant(seq), tf.constant(positions[:, :index + 1]),
+                                    key_mask_t[:, :index + 1])
+        results = []
+        for row in out.tolist():
+            if cfg.stop_at_eot and self.eot_id in row:
+                row = row[:row.index(self.eot_id)]
+            results.append(row)
+        return results
+
+    def generate(self, prompts: Sequence[str], config: SamplingConfig = SamplingConfig(),
+                 use_cache: bool = True) -> List[str]:
+        """Continuations of each prompt (`num_return_sequences` per prompt, prompt-major), cut at
+        the first stop string."""
+        if self.tokenizer is None:
+            raise GenerationError("this Generator has no tokenizer; use generate_ids() with token ids.")
+        ids = self.generate_ids([self.tokenizer.encode(p) for p in prompts], config, use_cache)
+        texts = [self.tokenizer.decode(r) for r in ids]
+        return [cut_at_stop(t, config.stop) for t in texts]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first occurrence of any stop string."""
+    end = len(text)
+    for s in stops:
+        i = text.find(s)
+        if s and i != -1:
+            end = min(end, i)
+    return text[:end]
 
 
 def generate_text(model: GPT2, tokenizer: BPETokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
-                  temperature: float = 1.0, top_k: int = 0, seed: Optional[int] = None) -> List[str]:
-    """Continues each prompt; returns only the generated text of each."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for prompt in prompts:
-        new = generate_ids(model, tokenizer.encode(prompt), max_new_tokens, temperature, top_k, rng,
-                           stop_id=tokenizer.eot_id)
-        out.append(tokenizer.decode(new))
-    return out
+                  temperature: float = 1.0, top_k: int = 0, seed: Optional[int] = None, **kwargs) -> List[str]:
+    """One-call helper: continues each prompt once; see `SamplingConfig` for the settings."""
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed, **kwargs)
+    return Generator(model, tokenizer).generate(prompts, config)

@@ -98,21 +98,50 @@ class Attention(keras.layers.Layer):
         x = ops.reshape(x, (b, t, self.config.n_head, self.config.head_size))  # (B, T, H, D)
         return ops.transpose(x, (0, 2, 1, 3))  # (B, H, T, D)
 
-    def call(self, x, training=False):
-        b, t = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = self.c_attn(x)  # (B, T, 3C)
+    def call(self, x, training=False, key_mask=None, cache=None, write_index=0):
+        """Attends each position of `x` `(B, S, C)` to itself and the positions before it.
+
+        Args:
+            key_mask: optional `(B, T)` bool, False for key slots to ignore (left padding).
+            cache: optional `(k, v)`, each `(B, H, T, D)`: keys and values of earlier slots. The new
+                keys and values are written at slots `write_index ... write_index + S - 1`, and the
+                queries attend over all T slots (causally). Without a cache, T = S.
+            write_index: the slot of the first position of `x` (an int or scalar tensor).
+
+        Returns:
+            `(y, new_cache)`: `y` is `(B, S, C)`; `new_cache` is None without a cache.
+        """
+        b, s = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = self.c_attn(x)  # (B, S, 3C)
         q, k, v = ops.split(qkv, 3, axis=-1)
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, T, D)
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (B, H, T, T)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
+        q_slots = write_index + ops.arange(s)  # (S,)
+        if cache is None:
+            keys, values, new_cache = k, v, None
+            k_slots = q_slots
+        else:
+            k_cache, v_cache = cache
+            t = ops.shape(k_cache)[2]
+            # Write the new keys/values into their (empty) slots: a one-hot scatter that XLA compiles
+            # to a fixed-shape update, so the cache never changes shape while generating.
+            scatter = ops.cast(ops.one_hot(q_slots, t), k.dtype)  # (S, T)
+            k_cache = k_cache + ops.einsum("st,bhsd->bhtd", scatter, k)
+            v_cache = v_cache + ops.einsum("st,bhsd->bhtd", scatter, v)
+            keys, values, new_cache = k_cache, v_cache, (k_cache, v_cache)
+            k_slots = ops.arange(t)
+        scores = ops.matmul(q, ops.transpose(keys, (0, 1, 3, 2)))  # (B, H, S, T)
         scores = ops.cast(scores, "float32") / math.sqrt(self.config.head_size)
-        # Position i attends to positions <= i only.
-        causal = ops.tril(ops.ones((t, t), dtype="bool"))
-        scores = ops.where(causal[None, None], scores, -1e9)
+        # A query attends to keys at its own slot or before (causal), and never to padding.
+        allowed = k_slots[None, :] <= q_slots[:, None]  # (S, T)
+        allowed = allowed[None, None]
+        if key_mask is not None:
+            allowed = ops.logical_and(allowed, key_mask[:, None, None, :])
+        scores = ops.where(allowed, scores, -1e9)
         weights = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
         weights = self.attn_dropout(weights, training=training)
-        y = ops.matmul(weights, v)  # (B, H, T, D)
-        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, t, self.config.n_embd))  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y), training=training)
+        y = ops.matmul(weights, values)  # (B, H, S, D)
+        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, s, self.config.n_embd))  # (B, S, C)
+        return self.resid_dropout(self.c_proj(y), training=training), new_cache
 
 
 class MLP(keras.layers.Layer):
@@ -146,10 +175,13 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, training=False):
-        x = x + self.attn(self.ln_1(x), training=training)
+    def call(self, x, training=False, key_mask=None, cache=None, write_index=0):
+        """Returns `(x, new_cache)`; see `Attention.call` for the arguments."""
+        a, new_cache = self.attn(self.ln_1(x), training=training, key_mask=key_mask, cache=cache,
+                                 write_index=write_index)
+        x = x + a
         x = x + self.mlp(self.ln_2(x), training=training)
-        return x
+        return x, new_cache
 
 
 class GPT2(keras.Model):
@@ -182,20 +214,49 @@ class GPT2(keras.Model):
         self.ln_f.build((None, None, config.n_embd))
         self.built = True
 
-    def hidden_states(self, tokens, training=False):
-        """The final layer-normed hidden states `(B, T, C)` for token ids `(B, T)`."""
-        t = ops.shape(tokens)[1]
+    def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
+                training=False, last_only=False):
+        """The general forward pass: padding masks, explicit positions and a key/value cache.
+
+        Args:
+            tokens: `(B, S)` ids.
+            position_ids: `(B, S)` positions (default `write_index + 0 ... S-1`); with left padding,
+                a row's positions start at 0 at its first real token.
+            key_mask: `(B, T)` bool, False for padding slots.
+            cache: None, or a `(n_layer, 2, B, H, T, D)` tensor of keys and values (see
+                `empty_cache`); the new positions are written at `write_index ...`.
+            last_only: return the logits of the last position only, `(B, 1, V)`.
+
+        Returns:
+            `(logits, new_cache)`: float32 logits `(B, S, V)` and the updated cache (or None).
+        """
+        s = ops.shape(tokens)[1]
         dtype = self.compute_dtype
-        x = ops.take(ops.cast(self.wte, dtype), tokens, axis=0) + ops.cast(self.wpe, dtype)[None, :t]
+        if position_ids is None:
+            position_ids = (write_index + ops.arange(s))[None, :]
+        x = ops.take(ops.cast(self.wte, dtype), tokens, axis=0) + ops.take(ops.cast(self.wpe, dtype),
+                                                                          position_ids, axis=0)
         x = self.drop(x, training=training)
-        for block in self.h:
-            x = block(x, training=training)
-        return self.ln_f(x)
+        new_layers = []
+        for i, block in enumerate(self.h):
+            layer_cache = None if cache is None else (cache[i, 0], cache[i, 1])
+            x, layer_new = block(x, training=training, key_mask=key_mask, cache=layer_cache,
+                                 write_index=write_index)
+            if layer_new is not None:
+                new_layers.append(ops.stack(layer_new))
+        x = self.ln_f(x)
+        if last_only:
+            x = x[:, -1:]
+        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # tied: (B, S, V)
+        return ops.cast(logits, "float32"), (ops.stack(new_layers) if cache is not None else None)
+
+    def empty_cache(self, batch_size: int, length: int):
+        """A zero key/value cache `(n_layer, 2, B, H, T, D)` for `length` slots."""
+        c = self.config
+        return ops.zeros((c.n_layer, 2, batch_size, c.n_head, length, c.head_size), dtype=self.compute_dtype)
 
     def call(self, tokens, training=False):
-        x = self.hidden_states(tokens, training=training)
-        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # tied: (B, T, V)
-        return ops.cast(logits, "float32")
+        return self.forward(tokens, training=training)[0]
 
     def get_config(self):
         from tfx_gpt2.config import to_json

@@ -1,8 +1,9 @@
 """The MLflow `pyfunc` flavour of a trained model: prompts in, generated text out.
 
 `predict` takes a DataFrame with a `prompt` column, a list of strings, or one string, and the
-sampling settings as MLflow params (`max_new_tokens`, `temperature`, `top_k`, `seed`); it returns
-a list with the generated continuation of each prompt.
+sampling settings as MLflow params (`max_new_tokens`, `temperature`, `top_k`, `top_p`,
+`repetition_penalty`, `seed`; see `tfx_gpt2.model.generate.SamplingConfig`); it returns a list with
+the generated continuation of each prompt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 MODEL_DIR_ARTIFACT = "model_dir"
 
-DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "seed": -1}
+DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "top_p": 1.0,
+                  "repetition_penalty": 1.0, "seed": -1}
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -24,6 +26,8 @@ SIGNATURE = ModelSignature(
         ParamSpec("max_new_tokens", "long", DEFAULT_PARAMS["max_new_tokens"]),
         ParamSpec("temperature", "double", DEFAULT_PARAMS["temperature"]),
         ParamSpec("top_k", "long", DEFAULT_PARAMS["top_k"]),
+        ParamSpec("top_p", "double", DEFAULT_PARAMS["top_p"]),
+        ParamSpec("repetition_penalty", "double", DEFAULT_PARAMS["repetition_penalty"]),
         ParamSpec("seed", "long", DEFAULT_PARAMS["seed"]),
     ]),
 )
@@ -50,20 +54,21 @@ class GPT2PyFunc(mlflow.pyfunc.PythonModel):
     """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact."""
 
     def load_context(self, context):
+        from tfx_gpt2.model.generate import Generator
         from tfx_gpt2.model.io import load_model_dir
         from tfx_gpt2.text.bpe import BPETokenizer
 
         path = context.artifacts[MODEL_DIR_ARTIFACT]
-        self.model = load_model_dir(path)
-        self.tokenizer = BPETokenizer.from_dir(path)
+        self.generator = Generator(load_model_dir(path), BPETokenizer.from_dir(path))
 
     def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None) -> List[str]:
-        from tfx_gpt2.model.generate import generate_text
+        from tfx_gpt2.model.generate import SamplingConfig
 
         settings = {**DEFAULT_PARAMS, **(params or {})}
         seed = int(settings["seed"])
-        return generate_text(
-            self.model, self.tokenizer, prompts_of(model_input),
+        config = SamplingConfig(
             max_new_tokens=int(settings["max_new_tokens"]), temperature=float(settings["temperature"]),
-            top_k=int(settings["top_k"]), seed=None if seed < 0 else seed,
+            top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
+            repetition_penalty=float(settings["repetition_penalty"]), seed=None if seed < 0 else seed,
         )
+        return self.generator.generate(prompts_of(model_input), config)
