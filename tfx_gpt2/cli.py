@@ -1,0 +1,100 @@
+"""The `tfx-gpt2` command line.
+
+    tfx-gpt2 generate --model PATH --prompt TEXT [--prompt TEXT ...] [sampling options]
+    tfx-gpt2 convert --from PATH --to PATH --format hf
+
+PATH is an OpenAI GPT-2 directory, a Hugging Face directory or a tfx-gpt2 model directory
+(see `tfx_gpt2.model.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default 1.0)")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (0: all; default 40)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (default 1.0)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    p.add_argument("--num-return-sequences", type=int, default=1, help="continuations per prompt (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", default=[], help="a string that ends a continuation (repeatable)")
+
+
+def _sampling_config(args):
+    from tfx_gpt2.model.generate import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        num_return_sequences=args.num_return_sequences, seed=args.seed, stop=tuple(args.stop),
+    )
+
+
+def cmd_generate(args) -> int:
+    from tfx_gpt2.model.checkpoints import load_checkpoint
+    from tfx_gpt2.model.generate import Generator
+
+    config = _sampling_config(args)
+    model, tokenizer = load_checkpoint(args.model)
+    texts = Generator(model, tokenizer).generate(args.prompt, config)
+    n = config.num_return_sequences
+    for i, text in enumerate(texts):
+        prompt = args.prompt[i // n]
+        if len(texts) > 1:
+            print(f"=== prompt {i // n + 1}, sequence {i % n + 1} ===")
+        print(prompt + text)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from tfx_gpt2.model.checkpoints import load_checkpoint, save_hf_checkpoint
+
+    model, _ = load_checkpoint(args.src)
+    if args.format == "hf":
+        save_hf_checkpoint(model, args.dst, vocab_dir=args.src)
+    print(f"wrote {args.format} model to {args.dst}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfx-gpt2", description="GPT-2 models made with tfx-gpt2.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="continue prompts with a model")
+    g.add_argument("--model", required=True, help="an OpenAI, Hugging Face or tfx-gpt2 model directory")
+    g.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    _add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("convert", help="convert a model directory to another format")
+    c.add_argument("--from", dest="src", required=True, help="an OpenAI, Hugging Face or tfx-gpt2 model directory")
+    c.add_argument("--to", dest="dst", required=True, help="the directory to write")
+    c.add_argument("--format", required=True, choices=["hf"], help="hf: a Hugging Face GPT-2 directory")
+    c.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tfx_gpt2.model.checkpoints import CheckpointError
+    from tfx_gpt2.model.generate import GenerationError
+    from tfx_gpt2.text.bpe import VocabularyError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, GenerationError, VocabularyError) as e:
+        print(f"tfx-gpt2 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
