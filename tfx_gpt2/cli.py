@@ -1,10 +1,11 @@
 """The `tfx-gpt2` command line.
 
     tfx-gpt2 generate --model PATH --prompt TEXT [--prompt TEXT ...] [sampling options]
-    tfx-gpt2 convert --from PATH --to PATH --format hf
+    tfx-gpt2 convert --from PATH --to PATH --format hf|savedmodel
 
-PATH is an OpenAI GPT-2 directory, a Hugging Face directory or a tfx-gpt2 model directory
-(see `tfx_gpt2.model.checkpoints`).
+PATH is an OpenAI GPT-2 directory, a Hugging Face directory, a tfx-gpt2 model directory
+(see `tfx_gpt2.model.checkpoints`) or, for `generate`, an exported SavedModel
+(see `tfx_gpt2.serving.export`).
 """
 
 from __future__ import annotations
@@ -39,13 +40,36 @@ def _sampling_config(args):
     )
 
 
+def _generate_with_savedmodel(path: str, prompts: List[str], config) -> List[str]:
+    import tensorflow as tf
+
+    from tfx_gpt2.model.generate import cut_at_stop
+    from tfx_gpt2.serving.export import load_savedmodel
+
+    serve = load_savedmodel(path).signatures["serving_default"]
+    texts = []
+    for k in range(config.num_return_sequences):
+        # Several sequences per prompt: one call per sequence, each with its own seed.
+        seed = (config.seed if config.seed is not None else int(tf.random.uniform([], 0, 2**31 - 1, tf.int32))) + k
+        out = serve(prompts=tf.constant(prompts), max_new_tokens=tf.constant(config.max_new_tokens),
+                    temperature=tf.constant(config.temperature), top_k=tf.constant(config.top_k),
+                    top_p=tf.constant(config.top_p), repetition_penalty=tf.constant(config.repetition_penalty),
+                    seed=tf.constant(seed))
+        texts.append([t.decode("utf-8") for t in out["generated_text"].numpy()])
+    ordered = [texts[k][i] for i in range(len(prompts)) for k in range(config.num_return_sequences)]
+    return [cut_at_stop(t, config.stop) for t in ordered]
+
+
 def cmd_generate(args) -> int:
-    from tfx_gpt2.model.checkpoints import load_checkpoint
+    from tfx_gpt2.model.checkpoints import detect_format, load_checkpoint
     from tfx_gpt2.model.generate import Generator
 
     config = _sampling_config(args)
-    model, tokenizer = load_checkpoint(args.model)
-    texts = Generator(model, tokenizer).generate(args.prompt, config)
+    if detect_format(args.model) == "savedmodel":
+        texts = _generate_with_savedmodel(args.model, args.prompt, config)
+    else:
+        model, tokenizer = load_checkpoint(args.model)
+        texts = Generator(model, tokenizer).generate(args.prompt, config)
     n = config.num_return_sequences
     for i, text in enumerate(texts):
         prompt = args.prompt[i // n]
@@ -58,9 +82,13 @@ def cmd_generate(args) -> int:
 def cmd_convert(args) -> int:
     from tfx_gpt2.model.checkpoints import load_checkpoint, save_hf_checkpoint
 
-    model, _ = load_checkpoint(args.src)
+    model, tokenizer = load_checkpoint(args.src)
     if args.format == "hf":
         save_hf_checkpoint(model, args.dst, vocab_dir=args.src)
+    else:
+        from tfx_gpt2.serving.export import export_savedmodel
+
+        export_savedmodel(model, tokenizer, args.dst)
     print(f"wrote {args.format} model to {args.dst}")
     return 0
 
@@ -70,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="continue prompts with a model")
-    g.add_argument("--model", required=True, help="an OpenAI, Hugging Face or tfx-gpt2 model directory")
+    g.add_argument("--model", required=True,
+                   help="an OpenAI, Hugging Face or tfx-gpt2 model directory, or an exported SavedModel")
     g.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
@@ -78,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a model directory to another format")
     c.add_argument("--from", dest="src", required=True, help="an OpenAI, Hugging Face or tfx-gpt2 model directory")
     c.add_argument("--to", dest="dst", required=True, help="the directory to write")
-    c.add_argument("--format", required=True, choices=["hf"], help="hf: a Hugging Face GPT-2 directory")
+    c.add_argument("--format", required=True, choices=["hf", "savedmodel"],
+                   help="hf: a Hugging Face GPT-2 directory; savedmodel: a SavedModel that takes and returns text")
     c.set_defaults(func=cmd_convert)
     return parser
 
