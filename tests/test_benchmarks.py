@@ -1,0 +1,18 @@
+"""The benchmark scripts run (on tiny shapes) and their built-in agreement checks hold.
+
+No timing is asserted here; the ratios are read from the scripts' output (see benchmarks/).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+
+def test_generate_benchmark_smoke(capsys):
+    import generate
+
+    rows = generate.main(["--model", "tiny", "--batch-sizes", "1,2", "--new-tokens", "4", "--repeats", "1"])
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["cached"] > 0 and r["no_cache"] > 0 and r["hf"] > 0 for r in rows)
+    assert "cached/HF" in capsys.readouterr().out
