@@ -3,12 +3,14 @@
 A batch of prompts of different lengths is left-padded to one length P; padding slots are masked
 out of attention and each row's positions start at 0 at its first real token. The prompt is run
 once (prefill), filling a fixed-size cache of `P + max_new_tokens` slots; each new token then costs
-one position's forward pass (decode step). Both steps are `tf.function(jit_compile=True)` with the
-sampling settings as tensors, so changing them does not recompile.
+one position's forward pass (decode step). The prefill and the loop over new tokens are one
+`tf.function(jit_compile=True)` (`decode_loop`), with the sampling settings as tensors, so changing
+them does not recompile and no step returns to Python; the exported SavedModel runs the same loop.
 
 Next-token choice, in order: repetition penalty (CTRL / Hugging Face style: a seen token's logit is
 divided by the penalty when positive, multiplied when negative), temperature, top-k, top-p
-(nucleus), then a sample from the stateless RNG seeded by `(seed, step)`; temperature 0 is greedy.
+(nucleus), then a sample by inverse CDF from uniform numbers drawn up front from `seed`
+(`draw_uniforms`), so a seed gives the same text with or without XLA; temperature 0 is greedy.
 Generation stops at `<|endoftext|>`, at a stop string, or after `max_new_tokens`.
 
 `use_cache=False` runs the whole sequence through the model for each new token instead: slower,
@@ -73,8 +75,14 @@ class SamplingConfig:
             object.__setattr__(self, "stop", (self.stop,))
 
 
-def _choose(logits, seen, temperature, top_k, top_p, penalty, seed, step):
-    """Next ids `(B,)` from float32 logits `(B, V)`; `seen` `(B, V)` marks tokens in the sequence."""
+def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
+    """Next ids `(B,)` from float32 logits `(B, V)`.
+
+    `seen` `(B, V)` marks tokens already in each sequence (for the repetition penalty); `u` `(B,)`
+    holds uniform numbers in [0, 1) drawn before generation: a sample is the first id whose
+    cumulative probability exceeds `u` (inverse CDF), so the same numbers give the same tokens
+    whether this runs under XLA or not.
+    """
     logits = tf.where(seen > 0, tf.where(logits > 0, logits / penalty, logits * penalty), logits)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
 
@@ -97,9 +105,72 @@ def _choose(logits, seen, temperature, top_k, top_p, penalty, seed, step):
 
         use_filter = tf.logical_or(top_k > 0, top_p < 1.0)
         final = tf.cond(use_filter, filtered, lambda: scaled)
-        return tf.random.stateless_categorical(final, 1, seed=tf.stack([seed, step]), dtype=tf.int32)[:, 0]
+        cdf = tf.cumsum(tf.nn.softmax(final, axis=-1), axis=-1)  # (B, V)
+        below = tf.reduce_sum(tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32), axis=-1)
+        return tf.minimum(below, vocab - 1)
 
     return tf.cond(temperature > 0, sample, lambda: greedy)
+
+
+def draw_uniforms(seed: int, batch: int, steps: int):
+    """The uniform numbers `(B, steps)` a generation with `seed` samples with (TensorFlow's
+    stateless Philox generator, the same in Python and in an exported SavedModel)."""
+    return tf.random.stateless_uniform([batch, steps], seed=tf.stack([seed, 0]), dtype=tf.float32)
+
+
+def decode_loop(model: GPT2, tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty,
+                eot_id: int, stop_at_eot):
+    """Generates `S = uniforms.shape[1]` tokens after left-padded prompts, with a key/value cache.
+
+    Args:
+        tokens: `(B, P)` int32 prompts, left-padded.
+        positions: `(B, P + S)` int32 position of every slot (0 at each row's first real token).
+        key_mask: `(B, P + S)` bool, False for padding slots.
+        uniforms: `(B, S)` float32 in [0, 1), one per step (see `draw_uniforms`).
+        temperature, top_k, top_p, penalty: scalar tensors (see `SamplingConfig`).
+        eot_id: the `<|endoftext|>` id; after it a row only repeats it.
+        stop_at_eot: scalar bool tensor: stop a row at `<|endoftext|>`.
+
+    Returns:
+        `(B, S)` int32 new tokens (rows that ended hold `eot_id` after their end).
+    """
+    b, p_len = tf.shape(tokens)[0], tf.shape(tokens)[1]
+    steps = tf.shape(uniforms)[1]
+    n_vocab = model.config.n_vocab
+    cache = model.empty_cache(b, p_len + steps)
+    logits, cache = model.forward(tokens, positions[:, :p_len], key_mask, cache, 0, last_only=True)
+    valid = tf.cast(key_mask[:, :p_len, None], tf.float32)
+    seen = tf.reduce_max(tf.one_hot(tokens, n_vocab) * valid, axis=1)  # (B, V)
+    out = tf.fill([b, steps], eot_id)
+    done = tf.zeros([b], tf.bool)
+
+    def cond(i, logits, cache, seen, done, out):
+        return tf.logical_and(i < steps, tf.logical_not(tf.reduce_all(done)))
+
+    def body(i, logits, cache, seen, done, out):
+        nxt = _choose(logits[:, -1], seen, temperature, top_k, top_p, penalty, uniforms[:, i])
+        nxt = tf.where(done, eot_id, nxt)
+        out = tf.where(tf.equal(tf.range(steps), i)[None, :], nxt[:, None], out)
+        done = tf.logical_or(done, tf.logical_and(stop_at_eot, tf.equal(nxt, eot_id)))
+        seen = tf.maximum(seen, tf.one_hot(nxt, n_vocab))
+        index = p_len + i  # the slot of the token just chosen
+        position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
+        logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True)
+        return i + 1, logits, cache, seen, done, out
+
+    _, _, _, _, _, out = tf.while_loop(cond, body, (tf.constant(0), logits, cache, seen, done, out))
+    return out
+
+
+def left_pad(rows: Sequence[Sequence[int]], steps: int, pad_id: int):
+    """Left-padded `tokens (B, P)`, `positions (B, P+steps)` and `key_mask (B, P+steps)`."""
+    p_len = max(len(r) for r in rows)
+    pads = np.array([p_len - len(r) for r in rows], np.int32)
+    tokens = np.full((len(rows), p_len), pad_id, np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, pads[i]:] = r
+    slots = np.arange(p_len + steps, dtype=np.int32)[None, :]
+    return tokens, np.maximum(slots - pads[:, None], 0).astype(np.int32), slots >= pads[:, None]
 
 
 class Generator:
@@ -108,7 +179,7 @@ class Generator:
     Args:
         model: a GPT-2 model.
         tokenizer: its tokenizer (for text in and out, `<|endoftext|>` and stop strings).
-        jit_compile: compile the prefill and decode steps with XLA.
+        jit_compile: compile the whole generation loop (prompt and every new token) with XLA.
 
     Example:
         >>> gen = Generator(model, tokenizer)
@@ -121,34 +192,22 @@ class Generator:
         self.eot_id = tokenizer.eot_id if tokenizer is not None else model.config.n_vocab - 1
         model_ = model
 
-        def seen_of(tokens, key_mask):
-            v = model_.config.n_vocab
-            hits = tf.one_hot(tokens, v) * tf.cast(key_mask[:, :tf.shape(tokens)[1], None], tf.float32)
-            return tf.reduce_max(hits, axis=1)
-
-        # The forward passes are compiled with XLA; the choice of the next token is a separate
-        # (non-XLA) function shared by both paths, so a seed gives the same sample with or without
-        # the cache (XLA and TensorFlow kernels draw different random numbers).
         @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-        def prefill(tokens, positions, key_mask, cache):
-            logits, cache = model_.forward(tokens, positions, key_mask, cache, 0, last_only=True)
-            return logits[:, -1], cache
+        def loop(tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty, stop_at_eot):
+            return decode_loop(model_, tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty,
+                               self.eot_id, stop_at_eot)
 
-        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
-        def decode(token, position, key_mask, cache, index):
-            logits, cache = model_.forward(token[:, None], position[:, None], key_mask, cache, index, last_only=True)
-            return logits[:, -1], cache
-
+        # Without a cache: the whole sequence runs through the model for each new token.
         @tf.function(reduce_retracing=True)
         def full(tokens, positions, key_mask):
             return model_.forward(tokens, positions, key_mask, last_only=True)[0][:, -1]
 
         @tf.function(reduce_retracing=True)
-        def choose(logits, seen, temperature, top_k, top_p, penalty, seed, step):
-            nxt = _choose(logits, seen, temperature, top_k, top_p, penalty, seed, step)
+        def choose(logits, seen, temperature, top_k, top_p, penalty, u):
+            nxt = _choose(logits, seen, temperature, top_k, top_p, penalty, u)
             return nxt, tf.maximum(seen, tf.one_hot(nxt, model_.config.n_vocab))
 
-        self._prefill, self._decode, self._full, self._choose, self._seen_of = prefill, decode, full, choose, seen_of
+        self._loop, self._full, self._choose = loop, full, choose
 
     def _fit_prompts(self, prompts: Sequence[Sequence[int]], max_new: int) -> List[List[int]]:
         n_ctx = self.model.config.n_ctx
@@ -168,52 +227,42 @@ class Generator:
         `<|endoftext|>` when `config.stop_at_eot`."""
         cfg = config
         rows = [p for p in self._fit_prompts(prompts, cfg.max_new_tokens) for _ in range(cfg.num_return_sequences)]
-        b, p_len = len(rows), max(len(r) for r in rows)
-        pads = np.array([p_len - len(r) for r in rows], np.int32)
-        total = p_len + cfg.max_new_tokens
-        tokens = np.zeros((b, p_len), np.int32)
-        for i, r in enumerate(rows):
-            tokens[i, pads[i]:] = r
-        slots = np.arange(total, dtype=np.int32)[None, :]
-        key_mask = slots >= pads[:, None]  # (B, T): padding slots are False
-        positions = np.maximum(slots - pads[:, None], 0).astype(np.int32)  # (B, T)
+        steps = cfg.max_new_tokens
+        tokens, positions, key_mask = left_pad(rows, steps, self.eot_id)
         seed = np.random.randint(0, 2**31 - 1) if cfg.seed is None else cfg.seed
+        uniforms = draw_uniforms(seed, len(rows), steps)
         settings = (tf.constant(cfg.temperature, tf.float32), tf.constant(cfg.top_k, tf.int32),
-                    tf.constant(cfg.top_p, tf.float32), tf.constant(cfg.repetition_penalty, tf.float32),
-                    tf.constant(seed, tf.int32))
-        key_mask_t = tf.constant(key_mask)
-        out = np.zeros((b, cfg.max_new_tokens), np.int32)
-        done = np.zeros(b, bool)
-        seen = self._seen_of(tf.constant(tokens), key_mask_t)
+                    tf.constant(cfg.top_p, tf.float32), tf.constant(cfg.repetition_penalty, tf.float32))
         if use_cache:
-            cache = self.model.empty_cache(b, total)
-            logits, cache = self._prefill(tf.constant(tokens), tf.constant(positions[:, :p_len]), key_mask_t, cache)
+            out = self._loop(tokens, positions, key_mask, uniforms, *settings, tf.constant(cfg.stop_at_eot)).numpy()
         else:
-            seq = tokens
-            logits = self._full(tf.constant(seq), tf.constant(positions[:, :p_len]), key_mask_t[:, :p_len])
-        for step in range(cfg.max_new_tokens):
-            index = p_len + step  # the slot of the token chosen now
-            nxt, seen = self._choose(logits, seen, *settings, tf.constant(index, tf.int32))
-            ids = nxt.numpy()
-            out[:, step] = ids
-            if cfg.stop_at_eot:
-                done |= ids == self.eot_id
-            if done.all() or step == cfg.max_new_tokens - 1:
-                out = out[:, :step + 1]
-                break
-            if use_cache:
-                logits, cache = self._decode(nxt, tf.constant(positions[:, index]), key_mask_t, cache,
-                                             tf.constant(index, tf.int32))
-            else:
-                seq = np.concatenate([seq, ids[:, None]], axis=1)
-                logits = self._full(tf.constant(seq), tf.constant(positions[:, :index + 1]),
-                                    key_mask_t[:, :index + 1])
+            out = self._generate_without_cache(tokens, positions, key_mask, uniforms, settings, cfg.stop_at_eot)
         results = []
         for row in out.tolist():
             if cfg.stop_at_eot and self.eot_id in row:
                 row = row[:row.index(self.eot_id)]
             results.append(row)
         return results
+
+    def _generate_without_cache(self, tokens, positions, key_mask, uniforms, settings, stop_at_eot) -> np.ndarray:
+        b, p_len = tokens.shape
+        steps = uniforms.shape[1]
+        seen = tf.reduce_max(tf.one_hot(tokens, self.model.config.n_vocab)
+                             * tf.cast(key_mask[:, :p_len, None], tf.float32), axis=1)
+        seq = tokens
+        out = np.full((b, steps), self.eot_id, np.int32)
+        done = np.zeros(b, bool)
+        for step in range(steps):
+            n = p_len + step
+            logits = self._full(tf.constant(seq), tf.constant(positions[:, :n]), tf.constant(key_mask[:, :n]))
+            nxt, seen = self._choose(logits, seen, *settings, uniforms[:, step])
+            ids = np.where(done, self.eot_id, nxt.numpy())
+            out[:, step] = ids
+            done |= stop_at_eot & (ids == self.eot_id)
+            if done.all():
+                break
+            seq = np.concatenate([seq, ids[:, None]], axis=1)
+        return out
 
     def generate(self, prompts: Sequence[str], config: SamplingConfig = SamplingConfig(),
                  use_cache: bool = True) -> List[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfx_gpt2.model.generate import _choose
+from tfx_gpt2.model.generate import decode_loop, draw_uniforms
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.text.bpe_graph import GraphBPETokenizer
@@ -82,34 +82,9 @@ class TextGenerationModule(tf.Module):
         tokens = tf.gather(right, tf.maximum(slots[:, :p_len] - pads[:, None], 0), batch_dims=1)
         tokens = tf.where(key_mask[:, :p_len], tokens, self.eot_id)
 
-        cache = self.model.empty_cache(b, total)
-        logits, cache = self.model.forward(tokens, positions[:, :p_len], key_mask, cache, 0, last_only=True)
-        valid = tf.cast(key_mask[:, :p_len, None], tf.float32)
-        seen = tf.reduce_max(tf.one_hot(tokens, self.n_vocab) * valid, axis=1)
-        out = tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])
-        done = tf.zeros([b], tf.bool)
-
-        def cond(i, logits, cache, seen, done, out):
-            return tf.logical_and(i < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
-
-        def body(i, logits, cache, seen, done, out):
-            index = p_len + i
-            nxt = _choose(logits[:, -1], seen, temperature, top_k, top_p, repetition_penalty, seed, index)
-            nxt = tf.where(done, self.eot_id, nxt)
-            out = out.write(i, nxt)
-            done = tf.logical_or(done, tf.equal(nxt, self.eot_id))
-            seen = tf.maximum(seen, tf.one_hot(nxt, self.n_vocab))
-            position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
-            logits, cache = self.model.forward(nxt[:, None], position[:, None], key_mask, cache, index,
-                                               last_only=True)
-            return i + 1, logits, cache, seen, done, out
-
-        _, _, _, _, _, out = tf.while_loop(
-            cond, body, (tf.constant(0), logits, cache, seen, done, out),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 1, self.n_vocab]),
-                              tf.TensorShape([None] * 6), tf.TensorShape([None, self.n_vocab]),
-                              tf.TensorShape([None]), tf.TensorShape(None)))
-        generated = tf.transpose(out.stack())  # (B, steps)
+        uniforms = draw_uniforms(seed, b, max_new_tokens)
+        generated = decode_loop(self.model, tokens, positions, key_mask, uniforms, temperature, top_k, top_p,
+                                repetition_penalty, self.eot_id, tf.constant(True))
         before_eot = tf.equal(tf.cumsum(tf.cast(tf.equal(generated, self.eot_id), tf.int32), axis=1), 0)
         new_ids = tf.ragged.boolean_mask(generated, before_eot)
         return {"generated_text": self.bpe.decode(new_ids)}
