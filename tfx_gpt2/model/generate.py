@@ -138,7 +138,8 @@ def decode_loop(model: GPT2, tokens, positions, key_mask, uniforms, temperature,
     steps = tf.shape(uniforms)[1]
     n_vocab = model.config.n_vocab
     cache = model.empty_cache(b, p_len + steps)
-    logits, cache = model.forward(tokens, positions[:, :p_len], key_mask, cache, 0, last_only=True)
+    head = tf.transpose(model.wte)  # (C, V), once per call; see GPT2.forward
+    logits, cache = model.forward(tokens, positions[:, :p_len], key_mask, cache, 0, last_only=True, head=head)
     valid = tf.cast(key_mask[:, :p_len, None], tf.float32)
     seen = tf.reduce_max(tf.one_hot(tokens, n_vocab) * valid, axis=1)  # (B, V)
     out = tf.fill([b, steps], eot_id)
@@ -155,7 +156,8 @@ def decode_loop(model: GPT2, tokens, positions, key_mask, uniforms, temperature,
         seen = tf.maximum(seen, tf.one_hot(nxt, n_vocab))
         index = p_len + i  # the slot of the token just chosen
         position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
-        logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True)
+        logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True,
+                                      head=head)
         return i + 1, logits, cache, seen, done, out
 
     _, _, _, _, _, out = tf.while_loop(cond, body, (tf.constant(0), logits, cache, seen, done, out))

@@ -129,7 +129,7 @@ class Attention(keras.layers.Layer):
             v_cache = v_cache + ops.einsum("st,bhsd->bhtd", scatter, v)
             keys, values, new_cache = k_cache, v_cache, (k_cache, v_cache)
             k_slots = ops.arange(t)
-        scores = ops.matmul(q, ops.transpose(keys, (0, 1, 3, 2)))  # (B, H, S, T)
+        scores = ops.einsum("bhsd,bhtd->bhst", q, keys)  # (B, H, S, T)
         scores = ops.cast(scores, "float32") / math.sqrt(self.config.head_size)
         # A query attends to keys at its own slot or before (causal), and never to padding.
         allowed = k_slots[None, :] <= q_slots[:, None]  # (S, T)
@@ -215,7 +215,7 @@ class GPT2(keras.Model):
         self.built = True
 
     def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
-                training=False, last_only=False):
+                training=False, last_only=False, head=None):
         """The general forward pass: padding masks, explicit positions and a key/value cache.
 
         Args:
@@ -226,6 +226,9 @@ class GPT2(keras.Model):
             cache: None, or a `(n_layer, 2, B, H, T, D)` tensor of keys and values (see
                 `empty_cache`); the new positions are written at `write_index ...`.
             last_only: return the logits of the last position only, `(B, 1, V)`.
+            head: optional `(C, V)` copy of `wte` transposed for the output projection. XLA on CPU
+                multiplies by a `(C, V)` matrix several times faster than by `wte` transposed on
+                the fly, so generation loops transpose it once, before their first step.
 
         Returns:
             `(logits, new_cache)`: float32 logits `(B, S, V)` and the updated cache (or None).
@@ -247,7 +250,10 @@ class GPT2(keras.Model):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
-        logits = ops.matmul(x, ops.transpose(ops.cast(self.wte, x.dtype)))  # tied: (B, S, V)
+        if head is None:
+            logits = ops.einsum("bsc,vc->bsv", x, ops.cast(self.wte, x.dtype))  # tied embeddings: (B, S, V)
+        else:
+            logits = ops.matmul(x, ops.cast(head, x.dtype))
         return ops.cast(logits, "float32"), (ops.stack(new_layers) if cache is not None else None)
 
     def empty_cache(self, batch_size: int, length: int):
