@@ -75,13 +75,50 @@ class SamplingConfig:
             object.__setattr__(self, "stop", (self.stop,))
 
 
+def _sortable_keys(x):
+    """int32 keys with the order of the float32 values `x` (flip the magnitude bits of negatives)."""
+    bits = tf.bitcast(x, tf.int32)
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.int32.max), bits)
+
+
+def _largest_key_where(keys, holds):
+    """Per row, the largest int32 key `t` for which `holds(t)` (monotone: true up to some key, false
+    after); a 32-step bisection over the key range, so no sort over the vocabulary is needed (XLA
+    sorts 50,257 floats slowly on CPUs)."""
+    lo = tf.fill(tf.shape(keys)[:1], tf.constant(-(2**31), tf.int64))  # holds(lo) for every row
+    hi = tf.fill(tf.shape(keys)[:1], tf.constant(2**31, tf.int64))  # holds(hi) for no row
+    for _ in range(33):
+        mid = lo + (hi - lo) // 2
+        ok = holds(tf.cast(mid, tf.int32))
+        lo, hi = tf.where(ok, mid, lo), tf.where(ok, hi, mid)
+    return tf.cast(lo, tf.int32)
+
+
+def _inverse_cdf(probs, u):
+    """Per row, the smallest id `i` with `sum(probs[:i + 1]) > u * sum(probs)`, by bisection over
+    the id range (XLA computes a cumulative sum over 50,257 entries in quadratic time on CPUs)."""
+    vocab = tf.shape(probs)[-1]
+    ids = tf.range(vocab)[None, :]
+    target = u * tf.reduce_sum(probs, axis=-1)
+    lo = tf.fill(tf.shape(u), -1)  # mass(ids <= lo) <= target
+    hi = tf.fill(tf.shape(u), vocab - 1)  # mass(ids <= hi) > target
+    for _ in range(20):  # enough for vocabularies up to 2**20 ids
+        mid = lo + (hi - lo) // 2
+        mass = tf.reduce_sum(tf.where(ids <= mid[:, None], probs, 0.0), axis=-1)
+        above = mass > target
+        lo, hi = tf.where(above, lo, mid), tf.where(above, mid, hi)
+    return hi
+
+
 def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
     """Next ids `(B,)` from float32 logits `(B, V)`.
 
     `seen` `(B, V)` marks tokens already in each sequence (for the repetition penalty); `u` `(B,)`
     holds uniform numbers in [0, 1) drawn before generation: a sample is the first id whose
-    cumulative probability exceeds `u` (inverse CDF), so the same numbers give the same tokens
-    whether this runs under XLA or not.
+    cumulative probability exceeds `u` (inverse CDF, in vocabulary order), so the same numbers give
+    the same tokens whether this runs under XLA or not. Nothing here sorts or takes a cumulative
+    sum over the vocabulary: both are very slow under XLA on CPUs. Top-k, then top-p on the renormalised
+    remainder (as Hugging Face applies them); tokens tied at a cut are all kept.
     """
     logits = tf.where(seen > 0, tf.where(logits > 0, logits / penalty, logits * penalty), logits)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -89,25 +126,26 @@ def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
     def sample():
         scaled = logits / tf.maximum(temperature, 1e-6)
         vocab = tf.shape(scaled)[-1]
+        neg = tf.float32.min
 
-        def filtered():
-            # Sort once; top-k and top-p both cut the sorted list.
-            sorted_logits = tf.sort(scaled, direction="DESCENDING", axis=-1)
-            k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
-            kth = tf.gather(sorted_logits, k - 1, axis=-1)[:, None]
-            probs = tf.nn.softmax(sorted_logits, axis=-1)
-            # Keep tokens whose preceding cumulative probability is below top_p (the first always).
-            before = tf.cumsum(probs, axis=-1, exclusive=True)
-            kept = tf.where(before < top_p, sorted_logits, tf.float32.max)
-            pth = tf.reduce_min(kept, axis=-1, keepdims=True)
-            cut = tf.maximum(kth, pth)
-            return tf.where(scaled < cut, tf.float32.min, scaled)
+        def keep_top_k(x):
+            keys = _sortable_keys(x)
+            k = tf.minimum(top_k, vocab)
+            # The k-th largest key: the largest t with at least k keys >= t.
+            kth = _largest_key_where(keys, lambda t: tf.reduce_sum(tf.cast(keys >= t[:, None], tf.int32), -1) >= k)
+            return tf.where(keys >= kth[:, None], x, neg)
 
-        use_filter = tf.logical_or(top_k > 0, top_p < 1.0)
-        final = tf.cond(use_filter, filtered, lambda: scaled)
-        cdf = tf.cumsum(tf.nn.softmax(final, axis=-1), axis=-1)  # (B, V)
-        below = tf.reduce_sum(tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32), axis=-1)
-        return tf.minimum(below, vocab - 1)
+        def keep_top_p(x):
+            keys = _sortable_keys(x)
+            probs = tf.nn.softmax(x, axis=-1)
+            # The largest t whose tokens with key >= t hold at least top_p of the probability.
+            cut = _largest_key_where(
+                keys, lambda t: tf.reduce_sum(tf.where(keys >= t[:, None], probs, 0.0), -1) >= top_p)
+            return tf.where(keys >= cut[:, None], x, neg)
+
+        x = tf.cond(top_k > 0, lambda: keep_top_k(scaled), lambda: scaled)
+        x = tf.cond(top_p < 1.0, lambda: keep_top_p(x), lambda: x)
+        return _inverse_cdf(tf.nn.softmax(x, axis=-1), u)
 
     return tf.cond(temperature > 0, sample, lambda: greedy)
 
