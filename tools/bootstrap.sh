@@ -15,10 +15,12 @@ find_python310() {
   local candidates=()
   [ -n "${PYTHON310:-}" ] && candidates+=("$PYTHON310")
   candidates+=(python3.10)
-  if command -v pyenv >/dev/null 2>&1; then
-    local root; root=$(pyenv root)
+  local roots=("${PYENV_ROOT:-}" "$HOME/.pyenv")
+  if command -v pyenv >/dev/null 2>&1; then roots+=("$(pyenv root)"); fi
+  for root in "${roots[@]}"; do
+    [ -n "$root" ] || continue
     for p in "$root"/versions/3.10.*/bin/python3.10; do [ -x "$p" ] && candidates+=("$p"); done
-  fi
+  done
   candidates+=(/usr/bin/python3.10 /usr/local/bin/python3.10)
   for p in "${candidates[@]}"; do
     # pyenv's shim exists even when 3.10 is not selected, so run it rather than trusting `command -v`.
