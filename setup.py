@@ -19,13 +19,16 @@ INSTALL_REQUIRES = [
     "safetensors",  # Hugging Face checkpoints in and out
     "tensorflow-text==2.16.1",  # regex_split for the BPE inside exported SavedModels
     "numpy<2",
+    "pymongo",  # MongoExampleGen
+    "tiktoken",  # the BPE engine of the encoder (built from our vocabulary files)
+    "tokenizers",  # training new byte-level BPE vocabularies
 ]
 
 EXTRAS_REQUIRE = {
     "airflow": ["apache-airflow==2.10.5"],
     "kfp": ["kfp>=2,<3"],
     # transformers: Hugging Face's own GPT-2 (TF), the reference for parity tests and benchmarks.
-    "dev": ["pytest", "tiktoken", "ruff", "transformers"],
+    "dev": ["pytest", "ruff", "transformers", "mongomock", "mockupdb"],
 }
 
 setup(

@@ -16,3 +16,15 @@ def test_generate_benchmark_smoke(capsys):
     assert [r["batch"] for r in rows] == [1, 2]
     assert all(r["cached"] > 0 and r["no_cache"] > 0 and r["hf"] > 0 for r in rows)
     assert "cached/HF" in capsys.readouterr().out
+
+
+def test_encode_benchmark_smoke(capsys):
+    import encode
+
+    result = encode.main(["--copies", "1", "--scale", "2", "--quick"])
+    runs = result["runs"]
+    # Same token count from our Beam step, tiktoken and HF tokenizers (checked inside), at both sizes.
+    assert runs[("ours", 2)]["tokens"] == runs[("tiktoken", 2)]["tokens"] == 2 * runs[("tiktoken", 1)]["tokens"]
+    assert all(r["peak_rss_mb"] > 0 for r in runs.values())
+    out = capsys.readouterr().out
+    assert "ours, 1 process, marginal / tiktoken" in out and "peak memory" in out

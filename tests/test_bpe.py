@@ -79,3 +79,53 @@ def test_tokenizer_pickles(tokenizer):
 
     clone = pickle.loads(pickle.dumps(tokenizer))
     assert clone.encode(HARD_TEXT) == tokenizer.encode(HARD_TEXT)
+
+
+# --- the encoder the pipeline runs: tiktoken's engine on our vocabulary files -----------------
+
+
+@pytest.mark.parametrize("text", [HARD_TEXT, "", " ", "a", "\n\n", "1234567890" * 3, "<|endoftext|>"])
+def test_fast_encoder_matches_tiktoken(tokenizer, text):
+    fast = bpe.FastEncoder(tokenizer)
+    expected = tiktoken_gpt2().encode_ordinary(text)
+    assert fast.encode_document(text) == expected  # <|endoftext|> inside a document is plain text
+    assert fast.encode_document_array(text).tolist() == expected
+    assert tokenizer.encode_document(text) == expected
+
+
+def test_fast_encoder_matches_tiktoken_on_corpus(tokenizer, corpus_text):
+    assert bpe.FastEncoder(tokenizer).encode_document(corpus_text) == tiktoken_gpt2().encode_ordinary(corpus_text)
+
+
+def test_user_special_tokens_in_documents_and_saved_with_the_vocabulary(tmp_path):
+    bpe.copy_vocab_files(None, str(tmp_path), special_tokens=["<|dialogue|>", "<|action|>"])
+    assert bpe.read_special_tokens(str(tmp_path)) == ["<|dialogue|>", "<|action|>"]
+    tok = bpe.load_tokenizer(str(tmp_path))
+    assert tok.vocab_size == 50259 and tok.user_special_tokens == ["<|dialogue|>", "<|action|>"]
+    text = "<|dialogue|> Hi<|endoftext|><|action|>waves"
+    fast = bpe.FastEncoder(tok)
+    ids = fast.encode_document(text)
+    assert ids == tok.encode_document(text)
+    assert ids[0] == 50257 and 50258 in ids and 50256 not in ids
+    assert tok.decode(ids) == text
+    # A copy keeps them (model directories, the trainer's output).
+    bpe.copy_vocab_files(str(tmp_path), str(tmp_path / "copy"))
+    assert bpe.load_tokenizer(str(tmp_path / "copy")).vocab_size == 50259
+
+
+@pytest.mark.parametrize("bad", ["", "two words", "<|a|>\n"])
+def test_bad_special_tokens_are_named(bad):
+    with pytest.raises(bpe.VocabularyError, match="non-empty string without whitespace"):
+        bpe.check_special_tokens([bad])
+    with pytest.raises(bpe.VocabularyError, match="twice"):
+        bpe.check_special_tokens(["<|x|>", "<|x|>"])
+
+
+def test_document_encoder_falls_back_to_python_for_vocabularies_tiktoken_cannot_run(tokenizer):
+    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)[:50]
+    encoder = {s: i for s, i in tokenizer.encoder.items() if i < 256}
+    # A merge whose result is missing from the encoder: not a valid rank table.
+    broken = bpe.BPETokenizer(encoder, merges)
+    with pytest.raises(bpe.VocabularyError, match="missing from the encoder"):
+        bpe.FastEncoder(broken)
+    assert bpe.document_encoder(broken) is broken

@@ -38,3 +38,49 @@ def test_errors_say_what_was_expected(dirs, tmp_path, capsys):
     assert "Hugging Face directory (config.json + model.safetensors)" in capsys.readouterr().err
     assert main(["generate", "--model", str(dirs / "hf"), "--prompt", "x", "--temperature", "-1"]) == 2
     assert "temperature = -1.0 must be >= 0" in capsys.readouterr().err
+
+
+# --- encode / decode / train-vocab: the pipeline's own text code ------------------------------
+
+
+def test_encode_prints_tiktokens_ids_and_decode_reverses(tmp_path, capsys, corpus_text):
+    from reference_tokenizers import tiktoken_gpt2
+
+    text = corpus_text[:20_000] + "\nÜnïcödé 🙂   1234567 \t end"
+    path = tmp_path / "doc.txt"
+    path.write_text(text, encoding="utf-8")
+    assert main(["encode", "--vocab", "gpt2", str(path)]) == 0
+    printed = capsys.readouterr().out
+    ids = [int(t) for t in printed.split()]
+    assert ids == tiktoken_gpt2().encode_ordinary(text)
+    (tmp_path / "ids.txt").write_text(printed)
+    assert main(["decode", str(tmp_path / "ids.txt")]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_train_vocab_reads_every_file_and_encodes_with_it(tmp_path, capsys, corpus_text):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(corpus_text[:100_000] + "<|endoftext|>" + "zyxwvut " * 200, encoding="utf-8")
+    b.write_text("qponmlk " * 200 + "<|endoftext|>" + "<|dialogue|> hi", encoding="utf-8")
+    out = tmp_path / "vocab"
+    assert main(["train-vocab", "--size", "1000", "--special-token", "<|dialogue|>", "--out", str(out),
+                 str(a), str(b)]) == 0
+    assert "1000 tokens learnt from 2 file(s)" in capsys.readouterr().out
+    assert main(["encode", "--vocab", str(out), str(b)]) == 0
+    ids = [int(t) for t in capsys.readouterr().out.split()]
+    from tfx_gpt2.text.bpe import load_tokenizer
+
+    tok = load_tokenizer(str(out))
+    assert tok.vocab_size == 1000 and tok.special_tokens["<|dialogue|>"] in ids
+    assert " zyxwvut" in {s.replace("\u0120", " ") for s in tok.encoder}  # from the first file
+    assert " qponmlk" in {s.replace("\u0120", " ") for s in tok.encoder}  # and from the last
+
+
+def test_text_commands_report_errors(tmp_path, capsys):
+    assert main(["encode", str(tmp_path / "missing.txt")]) == 2
+    assert "No such file" in capsys.readouterr().err
+    (tmp_path / "ids.txt").write_text("1 2 x")
+    assert main(["decode", str(tmp_path / "ids.txt")]) == 2
+    assert "integer ids" in capsys.readouterr().err
+    assert main(["encode", "--vocab", str(tmp_path), str(tmp_path / "ids.txt")]) == 2
+    assert "has no encoder.json" in capsys.readouterr().err

@@ -20,7 +20,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tfx_gpt2.local import LocalPaths, metadata_config, run_and_report, ui_commands
 
 NAME = "e2e-tiny"
-COMPONENTS = {"TextExampleGen", "BpeEncoder", "Trainer", "PerplexityEvaluator", "MlflowPusher"}
+COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
+              "PerplexityEvaluator", "MlflowPusher"}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,14 @@ def test_metadata_counts_and_cache(runs):
     store = metadata_store.MetadataStore(metadata_config(LocalPaths(out, NAME).metadata_path))
     assert executions_by_component(store) == {c: ["COMPLETE", "CACHED"] for c in COMPONENTS}
     assert second["model_version"] == first["model_version"] == 1
+
+
+def test_data_summary_of_the_bundled_corpus(runs):
+    _, first, _ = runs
+    data = first["data"]
+    assert data["documents"] == 79 and data["empty_documents"] == 0 and data["rejected"] == {}
+    assert data["anomalies"] == {"train": [], "eval": []}  # the bundled corpus is clean
+    assert data["splits"]["train"]["tokens"] > 100_000 and data["vocab_size"] == 50257
 
 
 def test_model_beats_unigram_baseline(runs):

@@ -15,7 +15,8 @@ def build(**kwargs):
 def test_components_and_wiring():
     pipeline = build()
     ids = [c.id for c in pipeline.components]
-    assert ids == ["TextExampleGen", "BpeEncoder", "Trainer", "PerplexityEvaluator", "MlflowPusher"]
+    assert sorted(ids) == sorted(["TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder",
+                                  "Trainer", "PerplexityEvaluator", "MlflowPusher"])
     by_id = {c.id: c for c in pipeline.components}
     assert by_id["BpeEncoder"].exec_properties["block_len"] == 65  # tiny: n_ctx 64 + 1
     custom = by_id["Trainer"].exec_properties["custom_config"]
@@ -40,3 +41,33 @@ def test_credentials_in_tracking_uri_are_refused():
 def test_bad_split_ratio_is_named():
     with pytest.raises(ValueError, match=r"split_ratios\['eval'\] = 0"):
         build(split_ratios={"train": 9, "eval": 0})
+
+
+def test_trained_vocabulary_feeds_the_encoder():
+    pipeline = build(vocab="train", vocab_size=8000, special_tokens=["<|dialogue|>"])
+    by_id = {c.id: c for c in pipeline.components}
+    assert by_id["VocabTrainer"].exec_properties["vocab_size"] == 8000
+    assert json.loads(by_id["VocabTrainer"].exec_properties["special_tokens"]) == ["<|dialogue|>"]
+    assert by_id["BpeEncoder"].inputs["vocabulary"].producer_component_id == "VocabTrainer"
+    with pytest.raises(ConfigError, match="give vocab='train' together with vocab_size"):
+        build(vocab="train")
+    with pytest.raises(ConfigError, match="give vocab='train' together with vocab_size"):
+        build(vocab_size=8000)
+
+
+def test_incremental_mongodb_source_reads_spans_through_a_resolver():
+    from tfx_gpt2.sources.mongo import MongoSource
+
+    source = MongoSource(collections=("news.articles",), text_field="body", incremental=True)
+    pipeline = build(data_root=source, max_spans=7, split_ratios={"train": 18, "eval": 1, "test": 1})
+    by_id = {c.id: c for c in pipeline.components}
+    assert "MongoExampleGen" in by_id and "TextExampleGen" not in by_id
+    assert by_id["BpeEncoder"].inputs["examples"].producer_component_id == "latest_spans"
+    assert by_id["StatisticsGen"].inputs["examples"].producer_component_id == "MongoExampleGen"
+    # The component holds the name of the variable, never a connection string.
+    assert "MONGO_URI" in json.dumps(by_id["MongoExampleGen"].exec_properties, default=str)
+
+
+def test_split_ratios_need_train_and_eval():
+    with pytest.raises(ValueError, match="needs a 'train' and an 'eval' split"):
+        build(split_ratios={"train": 9, "test": 1})

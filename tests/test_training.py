@@ -83,3 +83,27 @@ def test_non_finite_loss_stops_with_the_step(counting_data):
     model.wte.assign(np.full(model.wte.shape, np.nan, "float32"))
     with pytest.raises(TrainingError, match="became nan at step 1"):
         train(CFG, TrainConfig(max_steps=3, warmup_steps=0), train_files, eval_files, model=model)
+
+
+def test_serialize_blocks_is_protobufs_encoding():
+    from tfx_gpt2.text.blocks import block_to_example, serialize_block, serialize_blocks
+
+    rng = np.random.default_rng(0)
+    for high in (100, 20_000, 50_257, 1 << 21, 1 << 30):
+        blocks = [rng.integers(0, high, 65).tolist() for _ in range(5)]
+        assert serialize_blocks(blocks) == [block_to_example(b).SerializeToString() for b in blocks]
+        assert serialize_block(np.asarray(blocks[0], np.uint32)) == block_to_example(blocks[0]).SerializeToString()
+    assert serialize_blocks([]) == []
+
+
+def test_uncompressed_and_gzip_block_files_read_alike(tmp_path):
+    import tensorflow as tf
+
+    from tfx_gpt2.text.blocks import serialize_block
+
+    with tf.io.TFRecordWriter(str(tmp_path / "a.tfrecord")) as w:
+        w.write(serialize_block([1, 2, 3]))
+    write_blocks(str(tmp_path / "b.gz"), [[4, 5, 6]])
+    assert list(read_blocks([str(tmp_path / "a.tfrecord"), str(tmp_path / "b.gz")])) == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(ValueError, match="mix GZIP"):
+        block_dataset([str(tmp_path / "*")], 3, 1)

