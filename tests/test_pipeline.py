@@ -71,3 +71,14 @@ def test_incremental_mongodb_source_reads_spans_through_a_resolver():
 def test_split_ratios_need_train_and_eval():
     with pytest.raises(ValueError, match="needs a 'train' and an 'eval' split"):
         build(split_ratios={"train": 9, "test": 1})
+
+
+def test_fine_tuning_is_an_explicit_base_model_input():
+    by_id = {c.id: c for c in build().components}
+    assert by_id["Trainer"].inputs.get("base_model") is None  # from scratch by default
+    imported = {c.id: c for c in build(init_checkpoint="/models/gpt2-124M").components}
+    assert imported["base_model"].exec_properties["artifact_uri"] == "/models/gpt2-124M"
+    assert imported["Trainer"].inputs["base_model"].producer_component_id == "base_model"
+    downloaded = {c.id: c for c in build(init_checkpoint="openai:355M").components}
+    assert downloaded["base_model"].exec_properties["size"] == "355M"
+    assert json.loads(downloaded["MlflowPusher"].exec_properties["params_json"])["train.init"] == "openai:355M"

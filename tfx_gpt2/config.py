@@ -170,6 +170,31 @@ class TrainConfig:
         log_every: log progress (loss, tokens/s) every this many steps.
         seed: seed for initialisation, shuffling and dropout.
         shuffle_buffer: blocks held for shuffling the training stream.
+        epochs: if > 0, train for this many passes over the train blocks instead of `max_steps`
+            (the step count is derived from the number of blocks; the schedule follows it).
+        grad_accum_steps: split each batch into this many micro-batches whose gradients are summed
+            before one optimizer step (same result, less memory); must divide `batch_size`.
+        early_stopping_patience: stop after this many evaluations without an eval loss better than
+            the best by `early_stopping_min_delta`, and keep the best weights (0: never stop early).
+        early_stopping_min_delta: the improvement that counts for early stopping (nats).
+        only_train_transformer_layers: freeze the token and position embeddings and the final
+            layer norm; train the transformer blocks only.
+        recompute: recompute each block's activations in the backward pass (gradient
+            checkpointing): less memory for bigger models or batches, about a third more compute.
+        dropout: dropout rate while training; -1 keeps the model's own (`GPT2Config.dropout`).
+        mixed_precision: 'auto' (bf16 on GPUs that have it, fp16 with loss scaling on older GPUs,
+            float32 on CPU), 'bf16', 'fp16' or 'off'.
+        xla: compile the training step with XLA.
+        distribution: 'auto' (all local GPUs with MirroredStrategy if there are several, else one
+            device), 'one_device', 'mirrored', or 'multi_worker' (MultiWorkerMirroredStrategy,
+            configured by `TF_CONFIG`).
+        checkpoint_every: save a resumable checkpoint (weights, optimizer, step, data position)
+            every this many steps (0: never); a run given the same checkpoint directory resumes.
+        keep_checkpoints: checkpoints kept on disk.
+        samples_every: generate a text sample every this many steps, logged to TensorBoard and
+            kept with the training metrics (0: never).
+        sample_prompt: the prompt of the samples.
+        sample_tokens: tokens per sample.
     """
 
     batch_size: int = 8
@@ -186,10 +211,41 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 1337
     shuffle_buffer: int = 10000
+    epochs: float = 0.0
+    grad_accum_steps: int = 1
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    only_train_transformer_layers: bool = False
+    recompute: bool = False
+    dropout: float = -1.0
+    mixed_precision: str = "auto"
+    xla: bool = True
+    distribution: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    samples_every: int = 0
+    sample_prompt: str = "\n"
+    sample_tokens: int = 32
 
     def __post_init__(self):
         _check_field_types(self)
-        _require_positive(self, ("batch_size", "max_steps", "eval_every", "eval_batches", "log_every"))
+        _require_positive(self, ("batch_size", "max_steps", "eval_every", "eval_batches", "log_every",
+                                 "grad_accum_steps", "keep_checkpoints", "sample_tokens"))
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"TrainConfig.grad_accum_steps = {self.grad_accum_steps} does not divide batch_size = "
+                f"{self.batch_size}; choose a divisor (each micro-batch is batch_size / grad_accum_steps)."
+            )
+        choices = {"mixed_precision": ("auto", "bf16", "fp16", "off"),
+                   "distribution": ("auto", "one_device", "mirrored", "multi_worker")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)!r}; choose one of {list(allowed)}.")
+        if self.epochs < 0 or self.early_stopping_patience < 0 or self.checkpoint_every < 0 or self.samples_every < 0:
+            raise ConfigError("TrainConfig.epochs, early_stopping_patience, checkpoint_every and samples_every "
+                              "must not be negative (0 turns each off).")
+        if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"TrainConfig.dropout = {self.dropout} must be in [0, 1), or -1 for the model's own.")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"TrainConfig.learning_rate = {self.learning_rate} must be in (0, 1).")
         if not 0 <= self.min_learning_rate <= self.learning_rate:

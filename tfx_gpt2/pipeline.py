@@ -165,6 +165,7 @@ def create_pipeline(
     max_spans: int = 1000,
     min_chars: int = 1,
     max_chars: int = 1_000_000,
+    init_checkpoint: Optional[str] = None,
     perplexity_threshold: float = 1e9,
     registered_model_name: Optional[str] = None,
     experiment_name: Optional[str] = None,
@@ -196,6 +197,10 @@ def create_pipeline(
             `{"train": 18, "eval": 1, "test": 1}` for 90/5/5.
         max_spans: with incremental MongoDB exports, how many of the latest spans to train on.
         min_chars, max_chars: document lengths outside these bounds are data anomalies.
+        init_checkpoint: None trains `model` from scratch; a directory (OpenAI, Hugging Face or
+            tfx-gpt2 layout; imported with a TFX Importer) or 'openai:124M' (downloaded by
+            `OpenAICheckpointDownloader`) is fine-tuned instead, and `model` is ignored (the
+            shape is the checkpoint's). Encode the data with the checkpoint's vocabulary.
         perplexity_threshold: the evaluator blesses a model only below this eval perplexity.
         registered_model_name: MLflow registered model (default: `pipeline_name`).
         experiment_name: MLflow experiment (default: `pipeline_name`).
@@ -216,9 +221,22 @@ def create_pipeline(
         max_chars=max_chars,
     )
     encoder = components[-1]
+    base_model = None
+    if init_checkpoint:
+        if init_checkpoint.startswith("openai:"):
+            from tfx_gpt2.components.checkpoint_downloader import OpenAICheckpointDownloader
+
+            source = OpenAICheckpointDownloader(size=init_checkpoint.split(":", 1)[1]).with_id("base_model")
+            base_model = source.outputs["model"]
+        else:
+            source = tfx.dsl.Importer(source_uri=init_checkpoint,
+                                      artifact_type=tfx.types.standard_artifacts.Model).with_id("base_model")
+            base_model = source.outputs["result"]
+        components.append(source)
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
         examples=encoder.outputs["encoded"],
+        base_model=base_model,
         train_args=tfx.proto.TrainArgs(num_steps=train_config.max_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=train_config.eval_batches),
         custom_config={"model_config": to_json(model_config), "train_config": to_json(train_config)},
@@ -234,6 +252,7 @@ def create_pipeline(
         "data.source": "mongodb:" + ",".join(data_root.collections) if isinstance(data_root, MongoSource)
         else "files:" + file_pattern,
         "eval.perplexity_threshold": str(perplexity_threshold),
+        "train.init": init_checkpoint or "scratch",
     }
     pusher = MlflowPusher(
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],

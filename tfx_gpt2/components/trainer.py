@@ -4,32 +4,66 @@
     model_config  a `GPT2Config` as a JSON string
     train_config  a `TrainConfig` as a JSON string
 
+Fine-tuning or from scratch is explicit: with a `base_model` input (an OpenAI, Hugging Face or
+tfx-gpt2 checkpoint directory, from an Importer or `OpenAICheckpointDownloader`) the run
+fine-tunes it and says so; its vocabulary and shapes must match the data's (the error names
+both); without one it trains `model_config` from scratch, its embedding sized to the data's
+vocabulary.
+
 Reads the encoded blocks (BpeEncoder's `encoded` artifact) and writes:
     serving_model_dir (Model artifact, `Format-Serving/`): the model directory of
         `tfx_gpt2.model.io.save_model_dir` (config, weights, the data's vocabulary), plus
-        `train_metrics.json` (the `TrainResult`, history included) for the pusher.
+        `hf/` (a Hugging Face GPT-2 directory), `savedmodel/` (text in, text out: see
+        `tfx_gpt2.serving.export`), `train_metrics.json` (the `TrainResult`, history included)
+        and `samples.json` (text samples taken while training).
     model_run_dir (ModelRun artifact): TensorBoard logs, `train/` and `eval/` runs.
+Resumable checkpoints go to `<pipeline root>/Trainer/checkpoints/<key>/`, `key` a hash of the
+configs and the data, so that a Trainer re-run after a crash resumes where it stopped.
 """
 
-from __future__ import annotations
-
 import dataclasses
+import hashlib
 import json
 import os
 
-from tfx_gpt2.config import GPT2Config, TrainConfig, from_json
+from tfx_gpt2.config import GPT2Config, TrainConfig, from_json, to_json
 from tfx_gpt2.model.io import save_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer
-from tfx_gpt2.training import train
+from tfx_gpt2.training import TrainingError, train
 
 TRAIN_METRICS_FILE = "train_metrics.json"
+SAMPLES_FILE = "samples.json"
+HF_DIR = "hf"
+SAVEDMODEL_DIR = "savedmodel"
 logger = get_logger("tfx_gpt2.trainer")
 
 
 def _examples_uri(file_pattern: str) -> str:
     # Trainer gives `<examples uri>/Split-train/*`.
     return os.path.dirname(os.path.dirname(file_pattern))
+
+
+def checkpoint_dir_for(model_run_dir: str, *parts: str) -> str:
+    """A checkpoint directory that outlives one Trainer execution: `.../Trainer/checkpoints/<key>`."""
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    trainer_dir = os.path.dirname(os.path.dirname(model_run_dir.rstrip("/")))
+    return os.path.join(trainer_dir, "checkpoints", key)
+
+
+def load_base_model(path: str, tokenizer: BPETokenizer):
+    """The checkpoint to fine-tune, refused when its vocabulary differs from the data's."""
+    from tfx_gpt2.model.checkpoints import load_checkpoint
+
+    model, base_tokenizer = load_checkpoint(path)
+    if model.config.n_vocab != tokenizer.vocab_size or base_tokenizer.encoder != tokenizer.encoder:
+        raise TrainingError(
+            f"the checkpoint {path} has a vocabulary of {model.config.n_vocab} tokens but the data was encoded "
+            f"with {tokenizer.vocab_size} tokens ({'same size, different tokens' if model.config.n_vocab == tokenizer.vocab_size else 'different sizes'}); "
+            "encode the data with the checkpoint's vocabulary (BpeEncoder vocab=<the checkpoint directory>, "
+            "no extra special tokens) or train from scratch."
+        )
+    return model
 
 
 def run_fn(fn_args) -> None:
@@ -44,16 +78,37 @@ def run_fn(fn_args) -> None:
     model_config = from_json(GPT2Config, custom["model_config"])
     train_config = from_json(TrainConfig, custom["train_config"])
     vocab_dir = os.path.join(_examples_uri(fn_args.train_files[0]), "vocab")
-    vocab_size = BPETokenizer.from_dir(vocab_dir).vocab_size
-    if model_config.n_vocab != vocab_size:
-        # Training from scratch: the embedding follows the data's vocabulary (trained, or with
-        # added special tokens).
-        logger.warning("from scratch: n_vocab %d -> %d, the size of the data's vocabulary (%s)",
-                       model_config.n_vocab, vocab_size, vocab_dir)
-        model_config = dataclasses.replace(model_config, n_vocab=vocab_size)
+    tokenizer = BPETokenizer.from_dir(vocab_dir)
+    base_model = None
+    base = getattr(fn_args, "base_model", None)
+    if base and not os.path.isdir(base) and os.path.basename(base.rstrip("/")) == "Format-Serving":
+        # TFX points at `<uri>/Format-Serving`, where Trainers write; an imported or downloaded
+        # checkpoint is the artifact's directory itself.
+        base = os.path.dirname(base.rstrip("/"))
+    if base:
+        base_model = load_base_model(base, tokenizer)
+        logger.warning("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
+                       f"{base_model.config.num_params():,}", base_model.config.n_ctx)
+    else:
+        if model_config.n_vocab != tokenizer.vocab_size:
+            # The embedding follows the data's vocabulary (trained, or with added special tokens).
+            model_config = dataclasses.replace(model_config, n_vocab=tokenizer.vocab_size)
+        logger.warning("training FROM SCRATCH: %s (%s parameters, vocabulary %d from %s)", model_config,
+                       f"{model_config.num_params():,}", model_config.n_vocab, vocab_dir)
+    checkpoints = checkpoint_dir_for(fn_args.model_run_dir, to_json(model_config), to_json(train_config),
+                                     *fn_args.train_files, base or "scratch")
     model, result = train(
         model_config, train_config, fn_args.train_files, fn_args.eval_files, log_dir=fn_args.model_run_dir,
+        model=base_model, checkpoint_dir=checkpoints, tokenizer=tokenizer,
     )
-    save_model_dir(model, fn_args.serving_model_dir, vocab_dir)
-    with open(os.path.join(fn_args.serving_model_dir, TRAIN_METRICS_FILE), "w") as f:
-        json.dump(dataclasses.asdict(result), f, indent=1)
+    out = fn_args.serving_model_dir
+    save_model_dir(model, out, vocab_dir)
+    from tfx_gpt2.model.checkpoints import save_hf_checkpoint
+    from tfx_gpt2.serving.export import export_savedmodel
+
+    save_hf_checkpoint(model, os.path.join(out, HF_DIR), vocab_dir=vocab_dir)
+    export_savedmodel(model, tokenizer, os.path.join(out, SAVEDMODEL_DIR))
+    with open(os.path.join(out, TRAIN_METRICS_FILE), "w") as f:
+        json.dump({**dataclasses.asdict(result), "init": base or "scratch"}, f, indent=1)
+    with open(os.path.join(out, SAMPLES_FILE), "w") as f:
+        json.dump(result.samples, f, indent=1, ensure_ascii=False)

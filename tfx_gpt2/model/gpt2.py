@@ -213,6 +213,9 @@ class GPT2(keras.Model):
             block.build((None, None, config.n_embd))
         self.ln_f.build((None, None, config.n_embd))
         self.built = True
+        # Gradient checkpointing: when training, recompute each block's activations in the backward
+        # pass instead of keeping them (set by the trainer; TensorFlow backend).
+        self.recompute = False
 
     def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
                 training=False, last_only=False, head=None):
@@ -242,6 +245,11 @@ class GPT2(keras.Model):
         x = self.drop(x, training=training)
         new_layers = []
         for i, block in enumerate(self.h):
+            if self.recompute and training and cache is None and key_mask is None:
+                import tensorflow as tf
+
+                x, layer_new = tf.recompute_grad(lambda h, block=block: block(h, training=True)[0])(x), None
+                continue
             layer_cache = None if cache is None else (cache[i, 0], cache[i, 1])
             x, layer_new = block(x, training=training, key_mask=key_mask, cache=layer_cache,
                                  write_index=write_index)

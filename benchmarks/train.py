@@ -1,0 +1,154 @@
+"""Training speed: tfx-gpt2's trainer against Hugging Face's GPT-2 on the same shapes, with MFU.
+
+    .venv/bin/python benchmarks/train.py                       # tiny preset, and 124M shape at seq 256
+    .venv/bin/python benchmarks/train.py --shapes tiny --steps 3   # a smoke run
+
+For each shape, random token blocks are written to disk and both implementations take optimizer
+steps of the same batch (AdamW, gradient clipping, XLA):
+
+    ours   `tfx_gpt2.training.train()` itself (the TFX Trainer's loop: data pipeline, step,
+           logging), tokens/s of its last logging window (compilation excluded).
+    HF     transformers' `TFGPT2LMHeadModel` (the Hugging Face implementation that runs in this
+           environment; PyTorch is not installed) in a `tf.function(jit_compile=True)` step with
+           tf-keras' AdamW, timed after a warm-up step.
+
+Model FLOPs utilisation, with the formula printed: FLOPs per token = 6 N + 12 L T C (N the
+parameters without the position embedding, L layers, T sequence length, C width: the forward
+and backward matmuls plus attention scores), MFU = tokens/s x FLOPs per token / peak. The peak is
+`--peak-tflops` if given, else the datasheet value for a recognised GPU (H100, H200, A100: bf16
+dense), else a float32 matmul measured on this device (labelled as such). It runs on a GPU as is.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+
+import numpy as np  # noqa: E402
+
+DATASHEET_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0}
+
+
+def flops_per_token(cfg) -> float:
+    n = cfg.num_params() - cfg.n_ctx * cfg.n_embd
+    return 6 * n + 12 * cfg.n_layer * cfg.n_ctx * cfg.n_embd
+
+
+def peak_tflops(given: float):
+    import tensorflow as tf
+
+    if given:
+        return given, "given"
+    for gpu in tf.config.list_physical_devices("GPU"):
+        name = tf.config.experimental.get_device_details(gpu).get("device_name", "")
+        for key, value in DATASHEET_TFLOPS.items():
+            if key in name:
+                return value, f"{name} datasheet, bf16 dense"
+    a = tf.random.normal((2048, 2048))
+    f = tf.function(lambda a: tf.matmul(a, a), jit_compile=True)
+    f(a).numpy()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        f(a).numpy()
+    seconds = (time.perf_counter() - t0) / 10
+    return 2 * 2048 ** 3 / seconds / 1e12, "measured float32 2048x2048 matmul on this device"
+
+
+def write_blocks(path, n, block_len, vocab, seed=0):
+    import tensorflow as tf
+
+    from tfx_gpt2.text.blocks import block_to_example
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with tf.io.TFRecordWriter(path) as w:
+        for _ in range(n):
+            w.write(block_to_example(rng.integers(0, vocab, block_len).tolist()).SerializeToString())
+
+
+def ours(cfg, batch, steps, tmp):
+    from tfx_gpt2.config import TrainConfig
+    from tfx_gpt2.training import train
+
+    write_blocks(os.path.join(tmp, "train", "b.tfrecord"), batch * 4, cfg.n_ctx + 1, cfg.n_vocab)
+    write_blocks(os.path.join(tmp, "eval", "b.tfrecord"), batch, cfg.n_ctx + 1, cfg.n_vocab)
+    tc = TrainConfig(batch_size=batch, max_steps=steps + 1, warmup_steps=1, eval_every=10_000, eval_batches=1,
+                     log_every=1, shuffle_buffer=batch, checkpoint_every=0)
+    _, result = train(cfg, tc, [os.path.join(tmp, "train", "*")], [os.path.join(tmp, "eval", "*")])
+    return float(np.median([h["tokens_per_sec"] for h in result.history[1:]]))
+
+
+def huggingface(cfg, batch, steps):
+    import tensorflow as tf
+    import tf_keras
+    from transformers import GPT2Config, TFGPT2LMHeadModel
+
+    model = TFGPT2LMHeadModel(GPT2Config(vocab_size=cfg.n_vocab, n_positions=cfg.n_ctx, n_embd=cfg.n_embd,
+                                         n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                                         attn_pdrop=0.0))
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.1, global_clipnorm=1.0)
+    x = tf.constant(np.random.default_rng(0).integers(0, cfg.n_vocab, (batch, cfg.n_ctx + 1)), tf.int32)
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            logits = model(x[:, :-1], training=True).logits
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(x[:, 1:], logits, from_logits=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    step(x).numpy()  # build + compile
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(x).numpy()
+        times.append(time.perf_counter() - t0)
+    return batch * cfg.n_ctx / float(np.median(times))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="tiny,124M", help="comma-separated: tiny, 124M (at --seq-len)")
+    parser.add_argument("--seq-len", type=int, default=256, help="sequence length of the 124M shape")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: see above)")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    from tfx_gpt2.config import model_preset
+
+    peak, peak_source = peak_tflops(args.peak_tflops)
+    rows = []
+    for shape in args.shapes.split(","):
+        cfg = model_preset(shape)
+        if shape != "tiny":
+            cfg = dataclasses.replace(cfg, n_ctx=args.seq_len)
+        with tempfile.TemporaryDirectory() as tmp:
+            ours_tps = ours(cfg, args.batch, args.steps, tmp)
+        hf_tps = huggingface(cfg, args.batch, args.steps)
+        fpt = flops_per_token(cfg)
+        rows.append({"shape": shape, "seq": cfg.n_ctx, "params": cfg.num_params(), "ours": ours_tps, "hf": hf_tps,
+                     "flops_per_token": fpt, "mfu_ours": ours_tps * fpt / (peak * 1e12),
+                     "mfu_hf": hf_tps * fpt / (peak * 1e12)})
+
+    print("\nFLOPs per token = 6 N + 12 L T C (N: parameters without position embeddings, L layers, "
+          "T sequence length, C width)")
+    print(f"peak: {peak:.2f} TFLOP/s ({peak_source})\n")
+    print("| shape | seq | params | ours tokens/s | HF tokens/s | ours/HF | MFU ours | MFU HF |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['seq']} | {r['params'] / 1e6:.1f}M | {r['ours']:,.0f} | {r['hf']:,.0f} | "
+              f"{r['ours'] / r['hf']:.2f} | {r['mfu_ours']:.1%} | {r['mfu_hf']:.1%} |")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()

@@ -1,0 +1,142 @@
+"""Trainer features on a tiny model: gradient accumulation, frozen embeddings, gradient
+checkpointing, early stopping, epochs, mixed precision, text samples, several replicas on two
+logical CPUs, and a run killed mid-way that resumes to the same result."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_training import CFG, counting_data  # noqa: F401 -- the fixture
+
+from tfx_gpt2.config import ConfigError, TrainConfig
+from tfx_gpt2.model.gpt2 import GPT2
+from tfx_gpt2.training import count_blocks, train
+
+BASE = TrainConfig(batch_size=8, max_steps=6, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
+                   eval_every=3, eval_batches=1, log_every=1, shuffle_buffer=32)
+WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
+
+
+def run(files, **changes):
+    train_files, eval_files = files
+    return train(CFG, dataclasses.replace(BASE, **changes), train_files, eval_files)
+
+
+def weights(model):
+    return model.weights_by_name()
+
+
+def test_gradient_accumulation_gives_the_same_steps(counting_data):
+    m1, r1 = run(counting_data)
+    m2, r2 = run(counting_data, grad_accum_steps=4)
+    np.testing.assert_allclose([h["loss"] for h in r1.history], [h["loss"] for h in r2.history], rtol=1e-4)
+    for k, v in weights(m1).items():
+        np.testing.assert_allclose(v, weights(m2)[k], atol=1e-4)
+
+
+def test_recompute_gives_the_same_gradients(counting_data):
+    m1, r1 = run(counting_data, xla=False)
+    m2, r2 = run(counting_data, xla=False, recompute=True)
+    np.testing.assert_allclose([h["loss"] for h in r1.history], [h["loss"] for h in r2.history], rtol=1e-5)
+
+
+def test_only_transformer_layers_train(counting_data):
+    import keras
+
+    keras.utils.set_random_seed(BASE.seed)
+    start = weights(GPT2(CFG))  # same seed as the run's initialisation
+    model, _ = run(counting_data, only_train_transformer_layers=True)
+    after = weights(model)
+    for name in ("wte", "wpe", "ln_f/g", "ln_f/b"):
+        np.testing.assert_array_equal(after[name], start[name])
+    assert not np.allclose(after["h0/attn/c_attn/w"], start["h0/attn/c_attn/w"])
+
+
+def test_early_stopping_keeps_the_best_weights(counting_data):
+    model, result = run(counting_data, max_steps=30, eval_every=2, early_stopping_patience=2,
+                        early_stopping_min_delta=100.0)
+    assert result.stopped_early and result.steps == 6  # evals at 2 (best), 4 and 6 (no improvement)
+    first_eval = next(h["eval_loss"] for h in result.history if "eval_loss" in h)
+    assert result.eval_loss == first_eval
+
+
+def test_epochs_set_the_number_of_steps(counting_data):
+    assert count_blocks(counting_data[0]) == 256
+    _, result = run(counting_data, epochs=0.1, eval_every=100)
+    assert result.steps == 4  # ceil(0.1 * 256 / 8)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_in_float32_variables(counting_data, precision):
+    _, ref = run(counting_data, mixed_precision="off")
+    model, result = run(counting_data, mixed_precision=precision)
+    assert all(v.dtype == "float32" for v in model.weights)
+    assert abs(result.history[0]["loss"] - ref.history[0]["loss"]) < 0.05
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
+
+
+def test_samples_in_results_and_tensorboard(counting_data, tmp_path, tokenizer):
+    train_files, eval_files = counting_data
+    cfg = dataclasses.replace(BASE, samples_every=3, sample_tokens=4, sample_prompt="!")
+    from tfx_gpt2.text.bpe import BPETokenizer
+
+    small = BPETokenizer({s: i for s, i in tokenizer.encoder.items() if i < 63}, [])
+    _, result = train(CFG, cfg, train_files, eval_files, log_dir=str(tmp_path / "tb"), tokenizer=small)
+    assert [s["step"] for s in result.samples] == [3, 6] and all(isinstance(s["text"], str) for s in result.samples)
+    acc = EventAccumulator(str(tmp_path / "tb" / "train"))
+    acc.Reload()
+    assert "samples/text_summary" in acc.Tags()["tensors"] or "samples" in acc.Tags()["tensors"]
+    assert "perplexity" in acc.Tags()["tensors"]
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="choose one of"):
+        TrainConfig(distribution="tpu-pod")
+    with pytest.raises(ConfigError, match="does not divide batch_size"):
+        TrainConfig(batch_size=6, grad_accum_steps=4)
+
+
+def _worker(out, *args, timeout=300):
+    subprocess.run([sys.executable, WORKER, str(out), *args], check=True, timeout=timeout,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(out, "result.json")) as f:
+        return json.load(f), dict(np.load(os.path.join(out, "weights.npz")))
+
+
+def test_two_replicas_on_two_logical_cpus_match_one_device(tmp_path):
+    one, w1 = _worker(tmp_path / "one", "--logical-cpus", "2", "--distribution", "one_device", "--xla", "0")
+    two, w2 = _worker(tmp_path / "two", "--logical-cpus", "2", "--distribution", "mirrored", "--xla", "0")
+    np.testing.assert_allclose(one["losses"], two["losses"], rtol=2e-3)
+    for k in w1:
+        np.testing.assert_allclose(w1[k], w2[k], atol=5e-3)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    clean, w_clean = _worker(tmp_path / "clean", "--max-steps", "12")
+    out = tmp_path / "killed"
+    args = [sys.executable, WORKER, str(out), "--max-steps", "12", "--checkpoint-every", "2", "--step-delay", "0.3"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = [f for f in os.listdir(out / "ckpt")] if (out / "ckpt").exists() else []
+        if any(f.startswith("ckpt-4.") or f.startswith("ckpt-6.") for f in ckpts):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "result.json").exists()
+    resumed, w_resumed = _worker(out, "--max-steps", "12", "--checkpoint-every", "2")
+    assert resumed["resumed_from_step"] in (4, 6, 8) and resumed["steps"] == clean["steps"] == 12
+    np.testing.assert_allclose(resumed["losses"], clean["losses"][-len(resumed["losses"]):], rtol=1e-5)
+    for k in w_clean:
+        np.testing.assert_allclose(w_resumed[k], w_clean[k], atol=1e-5)

@@ -1,0 +1,73 @@
+"""A training run in its own process, for the distribution and kill-and-resume tests.
+
+    python tests/train_worker.py OUT_DIR [--logical-cpus 2] [--distribution mirrored]
+        [--checkpoint-every N] [--max-steps N] [--step-delay S]
+
+Writes deterministic counting blocks, trains a small GPT-2, and writes OUT_DIR/result.json
+(per-step losses) and OUT_DIR/weights.npz. `--step-delay` sleeps after each step so that a test
+can kill the process mid-run.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--logical-cpus", type=int, default=0)
+    p.add_argument("--distribution", default="one_device")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--step-delay", type=float, default=0.0)
+    p.add_argument("--xla", type=int, default=1)
+    args = p.parse_args()
+
+    import tensorflow as tf
+
+    if args.logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+    import numpy as np
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from tfx_gpt2 import training
+    from tfx_gpt2.config import GPT2Config, TrainConfig
+    from tfx_gpt2.text.blocks import block_to_example
+
+    data = os.path.join(args.out, "data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 128), ("eval", 16)):
+        os.makedirs(os.path.join(data, split), exist_ok=True)
+        with tf.io.TFRecordWriter(os.path.join(data, split, "b.gz"), "GZIP") as w:
+            for s in rng.integers(0, 64, n):
+                w.write(block_to_example([(s + i) % 64 for i in range(9)]).SerializeToString())
+
+    if args.step_delay:  # a pause after each step, so that a test can kill the run mid-way
+        import time
+
+        update = training.Progress.update
+
+        def slow_update(self, *a, **kw):
+            time.sleep(args.step_delay)
+            return update(self, *a, **kw)
+
+        training.Progress.update = slow_update
+    model_cfg = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=2, n_head=2)
+    cfg = TrainConfig(batch_size=8, max_steps=args.max_steps, learning_rate=1e-2, min_learning_rate=1e-3,
+                      warmup_steps=2, eval_every=1000, eval_batches=1, log_every=1, shuffle_buffer=32,
+                      distribution=args.distribution, checkpoint_every=args.checkpoint_every, xla=bool(args.xla))
+    model, result = training.train(model_cfg, cfg, [os.path.join(data, "train", "*")], [os.path.join(data, "eval", "*")],
+                                   checkpoint_dir=os.path.join(args.out, "ckpt"))
+    np.savez(os.path.join(args.out, "weights.npz"), **{k.replace("/", "."): v for k, v in model.weights_by_name().items()})
+    with open(os.path.join(args.out, "result.json"), "w") as f:
+        json.dump({"losses": [h["loss"] for h in result.history], "steps": result.steps,
+                   "resumed_from_step": result.resumed_from_step}, f)
+
+
+if __name__ == "__main__":
+    main()
