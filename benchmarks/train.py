@@ -115,14 +115,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="tiny,124M", help="comma-separated: tiny, 124M (at --seq-len)")
     parser.add_argument("--seq-len", type=int, default=256, help="sequence length of the 124M shape")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4, help="batch of the 124M shape")
+    parser.add_argument("--tiny-batch", type=int, default=0, help="batch of the tiny shape (default: its preset's, 16)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: see above)")
     args = parser.parse_args(argv)
 
     import dataclasses
 
-    from tfx_gpt2.config import model_preset
+    from tfx_gpt2.config import model_preset, train_preset
 
     peak, peak_source = peak_tflops(args.peak_tflops)
     rows = []
@@ -130,21 +131,26 @@ def main(argv=None):
         cfg = model_preset(shape)
         if shape != "tiny":
             cfg = dataclasses.replace(cfg, n_ctx=args.seq_len)
+        # The tiny shape trains with its preset's batch (16); the 124M shape with --batch.
+        if shape == "tiny":
+            batch = args.tiny_batch or train_preset("tiny").batch_size
+        else:
+            batch = args.batch
         with tempfile.TemporaryDirectory() as tmp:
-            ours_tps = ours(cfg, args.batch, args.steps, tmp)
-        hf_tps = huggingface(cfg, args.batch, args.steps)
+            ours_tps = ours(cfg, batch, args.steps, tmp)
+        hf_tps = huggingface(cfg, batch, args.steps)
         fpt = flops_per_token(cfg)
-        rows.append({"shape": shape, "seq": cfg.n_ctx, "params": cfg.num_params(), "ours": ours_tps, "hf": hf_tps,
+        rows.append({"shape": shape, "seq": cfg.n_ctx, "batch": batch, "params": cfg.num_params(), "ours": ours_tps, "hf": hf_tps,
                      "flops_per_token": fpt, "mfu_ours": ours_tps * fpt / (peak * 1e12),
                      "mfu_hf": hf_tps * fpt / (peak * 1e12)})
 
     print("\nFLOPs per token = 6 N + 12 L T C (N: parameters without position embeddings, L layers, "
           "T sequence length, C width)")
     print(f"peak: {peak:.2f} TFLOP/s ({peak_source})\n")
-    print("| shape | seq | params | ours tokens/s | HF tokens/s | ours/HF | MFU ours | MFU HF |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | seq | batch | params | ours tokens/s | HF tokens/s | ours/HF | MFU ours | MFU HF |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['seq']} | {r['params'] / 1e6:.1f}M | {r['ours']:,.0f} | {r['hf']:,.0f} | "
+        print(f"| {r['shape']} | {r['seq']} | {r['batch']} | {r['params'] / 1e6:.1f}M | {r['ours']:,.0f} | {r['hf']:,.0f} | "
               f"{r['ours'] / r['hf']:.2f} | {r['mfu_ours']:.1%} | {r['mfu_hf']:.1%} |")
     return rows
 

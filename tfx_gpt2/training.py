@@ -126,7 +126,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    # One device: TensorFlow's default strategy (the default device, a GPU if there is one), so
+    # that the whole step, optimizer update included, compiles into one XLA program.
+    return tf.distribute.get_strategy()
 
 
 def precision_policy(name: str) -> str:
@@ -249,7 +251,7 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
     train_ds = block_dataset(train_files, block_len, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
                              seed=cfg.seed, repeat=True).skip(start)
     eval_ds = block_dataset(eval_files, block_len, cfg.batch_size, drop_remainder=False)
-    batches = iter(strategy.experimental_distribute_dataset(train_ds))
+    batches = iter(train_ds if replicas == 1 else strategy.experimental_distribute_dataset(train_ds))
 
     tokens_global = cfg.batch_size * model_config.n_ctx  # targets per optimizer step
     micro = cfg.batch_size // replicas // cfg.grad_accum_steps
@@ -277,15 +279,15 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
             acc = [a + tf.convert_to_tensor(g) for a, g in zip(acc, grads)]
         return total, acc
 
-    compute = tf.function(replica_grads, jit_compile=cfg.xla and replicas == 1)
+    compute = replica_grads if replicas == 1 else tf.function(replica_grads)
 
     def replica_step(x, y):
         loss_sum, grads = compute(x, y)
         grads = [tf.convert_to_tensor(g) for g in grads]
         if scale_loss is not None:
             grads = [g / optimizer.dynamic_scale for g in grads]
-        context = tf.distribute.get_replica_context()
         if replicas > 1:
+            context = tf.distribute.get_replica_context()
             # Clip the *global* gradient: sum it over replicas here; Keras sums what it is given
             # again, so each replica passes its share of the clipped sum.
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
@@ -299,12 +301,19 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
         optimizer.apply_gradients(zip(grads, variables))
         return loss_sum, grad_norm
 
-    @tf.function
-    def train_step(x, y):
-        loss_sum, grad_norm = strategy.run(replica_step, args=(x, y))
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None) / tokens_global
-        step_var.assign_add(1)
-        return loss, strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
+    if replicas == 1:
+        @tf.function(jit_compile=cfg.xla)
+        def train_step(x, y):  # gradients, clipping and the AdamW update in one XLA program
+            loss_sum, grad_norm = replica_step(x, y)
+            step_var.assign_add(1)
+            return loss_sum / tokens_global, grad_norm
+    else:
+        @tf.function
+        def train_step(x, y):
+            loss_sum, grad_norm = strategy.run(replica_step, args=(x, y))
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None) / tokens_global
+            step_var.assign_add(1)
+            return loss, strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
 
     writers = {}
     if log_dir:
@@ -322,7 +331,7 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
         "peak lr %g, %s, XLA %s%s",
         f"{model_config.num_params():,}", trained, max_steps, f" from step {start}" if start else "",
         cfg.batch_size, model_config.n_ctx, replicas, cfg.grad_accum_steps, cfg.learning_rate, policy,
-        "on" if cfg.xla and replicas == 1 else "off", ", recompute" if cfg.recompute else "",
+        "on" if cfg.xla else "off", ", recompute" if cfg.recompute else "",
     )
     progress = Progress(logger, "train", "steps", total=max_steps, every_s=float("inf"))
     history: List[Dict[str, float]] = []
