@@ -88,13 +88,6 @@ def test_snapshot_counts_and_max_watermark(client):
     assert mongo.snapshot(client, spec(filter='{"lang": "de"}'), "news.articles") == {"count": 0, "max_watermark": None}
 
 
-def test_start_after():
-    prev = {"a.b": mongo.dump_watermark(ObjectId(f"{5:024x}"))}
-    assert mongo.start_after(prev, True, "a.b") == ObjectId(f"{5:024x}")
-    assert mongo.start_after(prev, False, "a.b") is None
-    assert mongo.start_after(None, True, "a.b") is None
-
-
 def test_uri_from_env_or_secret_file_never_in_the_spec(monkeypatch, tmp_path):
     monkeypatch.setenv("MY_MONGO", "mongodb://u:pw@h:1/")
     assert mongo.resolve_uri(spec(uri_env="MY_MONGO")) == "mongodb://u:pw@h:1/"

@@ -375,11 +375,3 @@ def missing_watermark(client, spec: MongoSource, name: str) -> Iterator[Rejected
     for record in coll.find(query, projection={"_id": 1}, batch_size=spec.batch_size):
         yield Rejected(f"{name}:{id_string(record['_id'])}", name, MISSING_WATERMARK,
                        f"no field {spec.watermark_field!r}")
-
-
-def start_after(previous: Optional[Dict[str, str]], incremental: bool, name: str) -> Any:
-    """The watermark an export of collection `name` starts after: the previous export's last one
-    for an incremental export (None: the first export reads everything), else None."""
-    if not incremental or not previous:
-        return None
-    return load_watermark(previous.get(name))
