@@ -25,6 +25,7 @@ from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
 from tfx_gpt2.progress import get_logger
+from tfx_gpt2.text.encode_beam import string_feature
 from tfx_gpt2.text.vocab import train_vocab
 
 logger = get_logger("tfx_gpt2.vocab_trainer")
@@ -35,9 +36,9 @@ def iter_texts(files: List[str], text_feature: str) -> Iterator[str]:
     for path in files:
         for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator():
             example = tf.train.Example.FromString(record)
-            value = example.features.feature.get(text_feature)
-            if value is not None and value.bytes_list.value:
-                yield value.bytes_list.value[0].decode("utf-8")
+            text = string_feature(example, text_feature)
+            if text is not None:
+                yield text
 
 
 def split_files(examples: list, split: str) -> List[str]:

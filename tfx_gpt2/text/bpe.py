@@ -198,14 +198,7 @@ class BPETokenizer:
         users = self.user_special_tokens
         if not users:
             return self.encode_ordinary(text)
-        ids: List[int] = []
-        for piece in self._user_split.split(text):
-            special = self.special_tokens.get(piece) if piece in users else None
-            if special is not None:
-                ids.append(special)
-            elif piece:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
+        return self._encode_with(text, self._user_split, {t: self.special_tokens[t] for t in users})
 
     def encode_document_array(self, text: str):
         """`encode_document` as a uint32 numpy array."""
@@ -259,14 +252,17 @@ class BPETokenizer:
 
     def encode(self, text: str) -> List[int]:
         """Encodes `text`; special-token strings in it become their single id."""
+        return self._encode_with(text, self._special_split, self.special_tokens)
+
+    def _encode_with(self, text: str, split, specials: Dict[str, int]) -> List[int]:
+        """Cuts `text` at the tokens of `specials` (the `split` pattern captures them), maps each
+        to its id and encodes the pieces between them as ordinary text."""
         ids: List[int] = []
-        for piece in self._special_split.split(text):
-            if not piece:
-                continue
-            special = self.special_tokens.get(piece)
+        for piece in split.split(text):
+            special = specials.get(piece)
             if special is not None:
                 ids.append(special)
-            else:
+            elif piece:
                 ids.extend(self.encode_ordinary(piece))
         return ids
 

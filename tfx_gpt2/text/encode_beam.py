@@ -226,7 +226,8 @@ def block_stats_summary(stats: Dict[str, int], block_len: int) -> str:
     )
 
 
-def _string(example, name: str):
+def string_feature(example, name: str):
+    """The first value of bytes feature `name` of a tf.Example, decoded (None if absent)."""
     feature = example.features.feature.get(name)
     if feature is None or not feature.bytes_list.value:
         return None
@@ -234,18 +235,18 @@ def _string(example, name: str):
 
 
 def _document_of(example, text_feature: str, control_feature: str):
-    text = _string(example, text_feature)
+    text = string_feature(example, text_feature)
     if text is None:
         raise EncoderInputError(
             f"an example has no bytes feature {text_feature!r} (it has {sorted(example.features.feature)}); "
             "set BpeEncoder's text_feature to the feature that holds the text."
         )
-    doc_id = _string(example, "doc_id")
+    doc_id = string_feature(example, "doc_id")
     if doc_id is None:  # examples from another ExampleGen: a stable id from the content
         doc_id = hashlib.sha1(example.SerializeToString()).hexdigest()
     if not control_feature:
         return doc_id, text
-    return doc_id, text, _string(example, control_feature) or ""
+    return doc_id, text, string_feature(example, control_feature) or ""
 
 
 def encode_examples(pipeline, patterns, vocab: str, block_len: int, blocks_dir: str, stats_path: str,
