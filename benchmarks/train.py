@@ -7,10 +7,15 @@ For each shape, random token blocks are written to disk and both implementations
 steps of the same batch (AdamW, gradient clipping, XLA):
 
     ours   `tfx_gpt2.training.train()` itself (the TFX Trainer's loop: data pipeline, step,
-           logging), tokens/s of its last logging window (compilation excluded).
+           logging), tokens/s of its logging windows after the first `--warmup` steps
+           (compilation excluded).
     HF     transformers' `TFGPT2LMHeadModel` (the Hugging Face implementation that runs in this
            environment; PyTorch is not installed) in a `tf.function(jit_compile=True)` step with
-           tf-keras' AdamW, timed after a warm-up step.
+           tf-keras' AdamW, timed after `--warmup` steps.
+
+The two alternate for `--rounds` rounds (ours, HF, ours, HF, ...) so that a slow minute of a
+shared machine hits both; each round gives a ratio, and the table shows the medians over rounds
+and the range of the per-round ratios.
 
 Model FLOPs utilisation, with the formula printed: FLOPs per token = 6 N + 12 L T C (N the
 parameters without the position embedding, L layers, T sequence length, C width: the forward
@@ -70,45 +75,55 @@ def write_blocks(path, n, block_len, vocab, seed=0):
             w.write(block_to_example(rng.integers(0, vocab, block_len).tolist()).SerializeToString())
 
 
-def ours(cfg, batch, steps, tmp):
+def ours(cfg, batch, steps, warmup, tmp):
     from tfx_gpt2.config import TrainConfig
     from tfx_gpt2.training import train
 
-    write_blocks(os.path.join(tmp, "train", "b.tfrecord"), batch * 4, cfg.n_ctx + 1, cfg.n_vocab)
-    write_blocks(os.path.join(tmp, "eval", "b.tfrecord"), batch, cfg.n_ctx + 1, cfg.n_vocab)
-    tc = TrainConfig(batch_size=batch, max_steps=steps + 1, warmup_steps=1, eval_every=10_000, eval_batches=1,
+    if not os.path.exists(os.path.join(tmp, "train")):
+        write_blocks(os.path.join(tmp, "train", "b.tfrecord"), batch * 4, cfg.n_ctx + 1, cfg.n_vocab)
+        write_blocks(os.path.join(tmp, "eval", "b.tfrecord"), batch, cfg.n_ctx + 1, cfg.n_vocab)
+    tc = TrainConfig(batch_size=batch, max_steps=steps + warmup, warmup_steps=1, eval_every=10_000, eval_batches=1,
                      log_every=1, shuffle_buffer=batch, checkpoint_every=0)
     _, result = train(cfg, tc, [os.path.join(tmp, "train", "*")], [os.path.join(tmp, "eval", "*")])
-    return float(np.median([h["tokens_per_sec"] for h in result.history[1:]]))
+    return float(np.median([h["tokens_per_sec"] for h in result.history[warmup:]]))
 
 
-def huggingface(cfg, batch, steps):
-    import tensorflow as tf
-    import tf_keras
-    from transformers import GPT2Config, TFGPT2LMHeadModel
+class HuggingFace:
+    """Hugging Face's GPT-2 and its training step, built and compiled once, timed per round."""
 
-    model = TFGPT2LMHeadModel(GPT2Config(vocab_size=cfg.n_vocab, n_positions=cfg.n_ctx, n_embd=cfg.n_embd,
-                                         n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                                         attn_pdrop=0.0))
-    optimizer = tf_keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.1, global_clipnorm=1.0)
-    x = tf.constant(np.random.default_rng(0).integers(0, cfg.n_vocab, (batch, cfg.n_ctx + 1)), tf.int32)
+    def __init__(self, cfg, batch):
+        import tensorflow as tf
+        import tf_keras
+        from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    @tf.function(jit_compile=True)
-    def step(x):
-        with tf.GradientTape() as tape:
-            logits = model(x[:, :-1], training=True).logits
-            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(x[:, 1:], logits, from_logits=True))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        self.tokens = batch * cfg.n_ctx
+        model = TFGPT2LMHeadModel(GPT2Config(vocab_size=cfg.n_vocab, n_positions=cfg.n_ctx, n_embd=cfg.n_embd,
+                                             n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0,
+                                             embd_pdrop=0.0, attn_pdrop=0.0))
+        optimizer = tf_keras.optimizers.AdamW(learning_rate=3e-4, weight_decay=0.1, global_clipnorm=1.0)
+        self.x = tf.constant(np.random.default_rng(0).integers(0, cfg.n_vocab, (batch, cfg.n_ctx + 1)), tf.int32)
 
-    step(x).numpy()  # build + compile
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step(x).numpy()
-        times.append(time.perf_counter() - t0)
-    return batch * cfg.n_ctx / float(np.median(times))
+        @tf.function(jit_compile=True)
+        def step(x):
+            with tf.GradientTape() as tape:
+                logits = model(x[:, :-1], training=True).logits
+                loss = tf.reduce_mean(
+                    tf.keras.losses.sparse_categorical_crossentropy(x[:, 1:], logits, from_logits=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        self.step = step
+        step(self.x).numpy()  # build + compile
+
+    def __call__(self, steps, warmup):
+        times = []
+        for i in range(steps + warmup):
+            t0 = time.perf_counter()
+            self.step(self.x).numpy()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return self.tokens / float(np.median(times))
 
 
 def main(argv=None):
@@ -117,7 +132,10 @@ def main(argv=None):
     parser.add_argument("--seq-len", type=int, default=256, help="sequence length of the 124M shape")
     parser.add_argument("--batch", type=int, default=4, help="batch of the 124M shape")
     parser.add_argument("--tiny-batch", type=int, default=0, help="batch of the tiny shape (default: its preset's, 16)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps per implementation and round (default: 30 for tiny, 5 for 124M)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and HF")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: see above)")
     args = parser.parse_args(argv)
 
@@ -136,22 +154,33 @@ def main(argv=None):
             batch = args.tiny_batch or train_preset("tiny").batch_size
         else:
             batch = args.batch
+        steps = args.steps or (30 if shape == "tiny" else 5)
+        ours_tps, hf_tps = [], []
         with tempfile.TemporaryDirectory() as tmp:
-            ours_tps = ours(cfg, batch, args.steps, tmp)
-        hf_tps = huggingface(cfg, batch, args.steps)
+            hf = None
+            for r in range(args.rounds):
+                ours_tps.append(ours(cfg, batch, steps, args.warmup, tmp))
+                hf = hf or HuggingFace(cfg, batch)
+                hf_tps.append(hf(steps, args.warmup))
+                print(f"{shape} round {r + 1}: ours {ours_tps[-1]:,.0f} tokens/s, HF {hf_tps[-1]:,.0f} "
+                      f"({ours_tps[-1] / hf_tps[-1]:.2f}x)", flush=True)
+        ratios = [o / h for o, h in zip(ours_tps, hf_tps)]
+        o, h = float(np.median(ours_tps)), float(np.median(hf_tps))
         fpt = flops_per_token(cfg)
-        rows.append({"shape": shape, "seq": cfg.n_ctx, "batch": batch, "params": cfg.num_params(), "ours": ours_tps, "hf": hf_tps,
-                     "flops_per_token": fpt, "mfu_ours": ours_tps * fpt / (peak * 1e12),
-                     "mfu_hf": hf_tps * fpt / (peak * 1e12)})
+        rows.append({"shape": shape, "seq": cfg.n_ctx, "batch": batch, "params": cfg.num_params(), "ours": o,
+                     "hf": h, "ratio": float(np.median(ratios)), "ratio_range": (min(ratios), max(ratios)),
+                     "flops_per_token": fpt, "mfu_ours": o * fpt / (peak * 1e12), "mfu_hf": h * fpt / (peak * 1e12)})
 
     print("\nFLOPs per token = 6 N + 12 L T C (N: parameters without position embeddings, L layers, "
           "T sequence length, C width)")
     print(f"peak: {peak:.2f} TFLOP/s ({peak_source})\n")
+    print(f"medians over {args.rounds} round(s); ours/HF is the median of the per-round ratios [their range]\n")
     print("| shape | seq | batch | params | ours tokens/s | HF tokens/s | ours/HF | MFU ours | MFU HF |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['seq']} | {r['batch']} | {r['params'] / 1e6:.1f}M | {r['ours']:,.0f} | {r['hf']:,.0f} | "
-              f"{r['ours'] / r['hf']:.2f} | {r['mfu_ours']:.1%} | {r['mfu_hf']:.1%} |")
+              f"{r['ratio']:.2f} [{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}] | {r['mfu_ours']:.1%} | "
+              f"{r['mfu_hf']:.1%} |")
     return rows
 
 

@@ -26,3 +26,13 @@ def corpus_text():
         with open(os.path.join(CORPUS_DIR, name), encoding="utf-8") as f:
             parts.append(f.read())
     return "".join(parts)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on localhost (sqlite store), shared by the tests of a session."""
+    from mlflow_helpers import MlflowServer
+
+    server = MlflowServer(str(tmp_path_factory.mktemp("mlflow-server")))
+    yield server
+    server.stop()

@@ -33,7 +33,7 @@ def test_encode_benchmark_smoke(capsys):
 def test_train_benchmark_smoke(capsys):
     import train
 
-    (row,) = train.main(["--shapes", "tiny", "--steps", "2", "--tiny-batch", "2"])
+    (row,) = train.main(["--shapes", "tiny", "--steps", "2", "--tiny-batch", "2", "--rounds", "1", "--warmup", "1"])
     assert row["ours"] > 0 and row["hf"] > 0 and 0 < row["mfu_ours"] < 1
     assert row["flops_per_token"] == 6 * (row["params"] - 64 * 64) + 12 * 2 * 64 * 64
     assert "6 N + 12 L T C" in capsys.readouterr().out

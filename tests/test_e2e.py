@@ -5,18 +5,19 @@ registered version, its metrics and aliases, the logged pyfunc generating text),
 (training loss in the event files) and that the model beats a unigram baseline.
 """
 
+import dataclasses
 import json
 import os
-import socket
 import subprocess
-import time
-import urllib.request
+import sys
 
 import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
+from mlflow_helpers import free_port, post_json, wait_http
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tfx_gpt2.config import train_preset
 from tfx_gpt2.local import LocalPaths, metadata_config, run_and_report, ui_commands
 
 NAME = "e2e-tiny"
@@ -25,11 +26,22 @@ COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValida
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def all_runs(tmp_path_factory):
+    """Four runs into one output directory: the tiny pipeline, the same again (cached), a better
+    model (more training steps), a worse one (few steps). The data components stay cached."""
     out = str(tmp_path_factory.mktemp("e2e"))
+    tiny = train_preset("tiny")
     first = run_and_report(NAME, CORPUS_DIR, out)
     second = run_and_report(NAME, CORPUS_DIR, out)
-    return out, first, second
+    better = run_and_report(NAME, CORPUS_DIR, out, train=dataclasses.replace(tiny, max_steps=240))
+    worse = run_and_report(NAME, CORPUS_DIR, out, train=dataclasses.replace(
+        tiny, max_steps=12, warmup_steps=2, eval_every=12, log_every=4))
+    return out, first, second, better, worse
+
+
+@pytest.fixture(scope="module")
+def runs(all_runs):
+    return all_runs[:3]
 
 
 def executions_by_component(store):
@@ -49,7 +61,8 @@ def test_metadata_counts_and_cache(runs):
     assert first["executions"] == {c: "COMPLETE" for c in COMPONENTS}
     assert second["executions"] == {c: "CACHED" for c in COMPONENTS}
     store = metadata_store.MetadataStore(metadata_config(LocalPaths(out, NAME).metadata_path))
-    assert executions_by_component(store) == {c: ["COMPLETE", "CACHED"] for c in COMPONENTS}
+    executions = executions_by_component(store)
+    assert {c: executions[c][:2] for c in COMPONENTS} == {c: ["COMPLETE", "CACHED"] for c in COMPONENTS}
     assert second["model_version"] == first["model_version"] == 1
 
 
@@ -75,11 +88,10 @@ def test_mlflow_version_metrics_and_model(runs):
     out, first, _ = runs
     uri = LocalPaths(out, NAME).mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
-    versions = client.search_model_versions(f"name='{NAME}'")
-    assert [str(v.version) for v in versions] == ["1"]
-    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
-    run = client.get_run(versions[0].run_id)
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["pipeline_name"] == NAME and version.tags["init_checkpoint"] == "scratch"
+    assert version.tags["data_span"] == "0" and version.tags["pipeline_run_id"]
+    run = client.get_run(version.run_id)
     assert run.data.metrics["eval_perplexity"] == pytest.approx(first["eval_perplexity"])
     assert run.data.params["model.n_ctx"] == "64"
     history = client.get_metric_history(run.info.run_id, "trainer.loss")
@@ -88,7 +100,7 @@ def test_mlflow_version_metrics_and_model(runs):
     assert {"tensorboard", "tokenizer", "samples.txt"} <= artifacts
 
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
     texts = model.predict(["The for statement"], params={"max_new_tokens": 5, "temperature": 0.0})
     assert len(texts) == 1 and isinstance(texts[0], str) and texts[0]
 
@@ -101,22 +113,8 @@ def test_tensorboard_has_training_loss(runs):
     assert len(losses) == 8 and losses[-1] < losses[0]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json_when_up(url, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(url)
+def get_json_when_up(url, proc):
+    return json.loads(wait_http(url, proc))
 
 
 def test_printed_ui_commands_serve_the_results(runs):
@@ -136,3 +134,45 @@ def test_printed_ui_commands_serve_the_results(runs):
         for p in procs:
             os.killpg(p.pid, 15)
             p.wait(30)
+
+
+def test_champion_moves_only_to_a_better_model(all_runs):
+    from mlflow.tracking import MlflowClient
+
+    out, first, second, better, worse = all_runs
+    print(f"perplexities: first {first['eval_perplexity']:.2f}, better {better['eval_perplexity']:.2f}, "
+          f"worse {worse['eval_perplexity']:.2f}")
+    assert (first["model_version"], better["model_version"], worse["model_version"]) == (1, 2, 3)
+    assert first["aliases"] == "challenger,champion" and "champion_version" not in first
+    # The better model was compared with the champion (version 1) re-scored on the same eval blocks.
+    assert better["champion_version"] == 1
+    assert better["champion_eval_perplexity"] == pytest.approx(first["eval_perplexity"], rel=1e-4)
+    assert better["blessed"] and better["aliases"] == "challenger,champion"
+    assert better["eval_perplexity"] < first["eval_perplexity"]
+    # The worse one is registered as the challenger only; champion stays with version 2.
+    assert worse["champion_version"] == 2 and not worse["blessed"] and worse["aliases"] == "challenger"
+    assert "not below the champion's" in worse["reason"]
+    client = MlflowClient(tracking_uri=LocalPaths(out, NAME).mlflow_tracking_uri)
+    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "2", "challenger": "3"}
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == [1, 2, 3]
+
+
+def test_registered_champion_answers_over_http(all_runs, tmp_path):
+    out = all_runs[0]
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    argv = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
+            "local", "--host", "127.0.0.1", "-p", str(port)]
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": LocalPaths(out, NAME).mlflow_tracking_uri,
+                                     "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")})
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", proc)
+            status, body = post_json(f"http://127.0.0.1:{port}/invocations",
+                                     {"inputs": ["The for statement"], "params": {"max_new_tokens": 8, "temperature": 0}})
+            print("champion answered:", body)
+            assert status == 200 and isinstance(body["predictions"][0], str) and body["predictions"][0]
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)

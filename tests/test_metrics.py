@@ -25,3 +25,19 @@ def test_empty_eval_is_an_error():
 def test_perplexity_overflow():
     assert perplexity(1e6) == float("inf")
     assert perplexity(0.0) == 1.0
+
+
+def test_blessing_decision():
+    from tfx_gpt2.metrics import blessing_decision
+
+    assert blessing_decision(50.0, 100.0)[0]  # the first model: the threshold alone
+    blessed, reason = blessing_decision(150.0, 100.0, champion_perplexity=200.0)
+    assert not blessed and "threshold" in reason
+    assert blessing_decision(49.0, 100.0, champion_perplexity=50.0)[0]
+    blessed, reason = blessing_decision(50.0, 100.0, champion_perplexity=50.0)
+    assert not blessed and "not below the champion's 50.000" in reason
+    # min_improvement: 2% lower than 50 is 49.
+    assert not blessing_decision(49.5, 100.0, champion_perplexity=50.0, min_improvement=0.02)[0]
+    assert blessing_decision(48.9, 100.0, champion_perplexity=50.0, min_improvement=0.02)[0]
+    with pytest.raises(ValueError, match="min_improvement = 1.5"):
+        blessing_decision(1.0, 2.0, 1.0, min_improvement=1.5)

@@ -151,6 +151,17 @@ def cmd_train_vocab(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from tfx_gpt2.serving.server import serve
+
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    serve(args.model_uri, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfx-gpt2", description="GPT-2 models made with tfx-gpt2.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--min-frequency", type=int, default=2, help="a pair must occur this often to be merged")
     t.add_argument("files", nargs="+", help="UTF-8 text files; all of them are read")
     t.set_defaults(func=cmd_train_vocab)
+
+    s = sub.add_parser("serve", help="serve a registered model over HTTP (MLflow's formats and Seldon's)")
+    s.add_argument("--model-uri", "-m", required=True, help="e.g. models:/tfx-gpt2-local@champion, or a run's model")
+    s.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.set_defaults(func=cmd_serve)
     return parser
 
 

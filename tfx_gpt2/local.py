@@ -206,6 +206,7 @@ def report(summary: Dict[str, object]) -> str:
         f" (aliases: {summary.get('aliases', '')}; blessed: {summary['blessed']})",
         f"Eval perplexity:  {summary['eval_perplexity']:.2f}"
         f"   (unigram baseline on the same tokens: {summary['eval_unigram_perplexity']:.2f})",
+        f"Blessing:         {summary.get('reason', '')}",
         f"MLflow run:       {summary['mlflow_run_id']}",
     ]
     lines += _data_lines(summary.get("data") or {})

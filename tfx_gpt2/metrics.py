@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -35,3 +36,30 @@ def unigram_perplexity(train_counts: np.ndarray, eval_counts: np.ndarray) -> flo
         raise ValueError("the eval split has no tokens; the unigram baseline needs some.")
     log_p = np.log(train_counts + 1.0) - math.log(train_counts.sum() + train_counts.size)
     return perplexity(-float((eval_counts * log_p).sum() / n_eval))
+
+
+def blessing_decision(
+    perplexity: float,
+    threshold: float,
+    champion_perplexity: Optional[float] = None,
+    min_improvement: float = 0.0,
+) -> Tuple[bool, str]:
+    """Whether a candidate model is blessed, and the reason in words.
+
+    Blessed only if its perplexity is below `threshold` and, when there is a champion (the model
+    in production) scored on the same tokens, below `champion_perplexity * (1 - min_improvement)`
+    (`min_improvement=0.01`: at least 1% lower). The first model is held to the threshold alone.
+    """
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")
+    if not perplexity < threshold:
+        return False, f"eval perplexity {perplexity:.3f} >= threshold {threshold:g}"
+    if champion_perplexity is None:
+        return True, f"eval perplexity {perplexity:.3f} < threshold {threshold:g}; no champion to beat"
+    bar = champion_perplexity * (1.0 - min_improvement)
+    margin = f" less {min_improvement:.1%}" if min_improvement else ""
+    if perplexity < bar:
+        return True, (f"eval perplexity {perplexity:.3f} < threshold {threshold:g} and < champion's "
+                      f"{champion_perplexity:.3f}{margin} on the same tokens")
+    return False, (f"eval perplexity {perplexity:.3f} is not below the champion's {champion_perplexity:.3f}{margin} "
+                   "on the same tokens")

@@ -167,6 +167,8 @@ def create_pipeline(
     max_chars: int = 1_000_000,
     init_checkpoint: Optional[str] = None,
     perplexity_threshold: float = 1e9,
+    min_improvement: float = 0.0,
+    compare_with_champion: bool = True,
     registered_model_name: Optional[str] = None,
     experiment_name: Optional[str] = None,
     metadata_connection_config=None,
@@ -202,6 +204,10 @@ def create_pipeline(
             `OpenAICheckpointDownloader`) is fine-tuned instead, and `model` is ignored (the
             shape is the checkpoint's). Encode the data with the checkpoint's vocabulary.
         perplexity_threshold: the evaluator blesses a model only below this eval perplexity.
+        min_improvement: ... and only below the champion's (the registered version holding the
+            `champion` alias, scored on the same eval blocks) times (1 - min_improvement).
+        compare_with_champion: False blesses on the threshold alone (e.g. to replace a champion
+            with another vocabulary).
         registered_model_name: MLflow registered model (default: `pipeline_name`).
         experiment_name: MLflow experiment (default: `pipeline_name`).
         metadata_connection_config: ML Metadata connection (e.g. sqlite for local runs).
@@ -241,9 +247,13 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(num_steps=train_config.eval_batches),
         custom_config={"model_config": to_json(model_config), "train_config": to_json(train_config)},
     )
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")
     evaluator = PerplexityEvaluator(
         model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
         perplexity_threshold=perplexity_threshold, batch_size=train_config.batch_size,
+        tracking_uri=mlflow_tracking_uri, registered_model_name=registered_model_name or pipeline_name,
+        min_improvement=min_improvement, compare_with_champion=int(compare_with_champion),
     )
     params = {
         **flatten_params("model", json.loads(to_json(model_config))),
@@ -252,11 +262,13 @@ def create_pipeline(
         "data.source": "mongodb:" + ",".join(data_root.collections) if isinstance(data_root, MongoSource)
         else "files:" + file_pattern,
         "eval.perplexity_threshold": str(perplexity_threshold),
+        "eval.min_improvement": str(min_improvement),
+        "eval.compare_with_champion": str(bool(compare_with_champion)),
         "train.init": init_checkpoint or "scratch",
     }
     pusher = MlflowPusher(
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
-        evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
+        evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"],
         tracking_uri=mlflow_tracking_uri,
         registered_model_name=registered_model_name or pipeline_name,
         experiment_name=experiment_name or pipeline_name,

@@ -1,19 +1,26 @@
-"""Logging a trained model to MLflow and registering it (plain MLflow, no TFX).
+"""Logging a trained model to MLflow, registering it, and finding the production model (plain
+MLflow, no TFX).
 
-One MLflow run per push: configs as params, the training history and evaluation figures as
-metrics, samples, the TensorBoard logs and the tokenizer as artifacts, and the model as an MLflow
-`pyfunc` (see tfx_gpt2/serving/mlflow_pyfunc.py) registered as a new version of
+One MLflow run per pushed model: configs as params, the training history and evaluation figures
+as metrics, samples, the TensorBoard logs and the tokenizer as artifacts, and the model as an
+MLflow `pyfunc` (see tfx_gpt2/serving/mlflow_pyfunc.py) registered as a new version of
 `registered_model_name`. Aliases: the new version takes `challenger`; a blessed one also takes
-`champion`, the production label.
+`champion`, the production label, from whichever version held it.
+
+A push is idempotent: the version is tagged with a key of the pushed model (the TFX model
+artifact's URI), and pushing the same key again returns the version that holds it.
 
 Credentials are MLflow's own environment variables (`MLFLOW_TRACKING_USERNAME`,
-`MLFLOW_TRACKING_PASSWORD`, `MLFLOW_TRACKING_TOKEN`); they are never arguments here.
+`MLFLOW_TRACKING_PASSWORD`, `MLFLOW_TRACKING_TOKEN`); they are never arguments here, and a
+tracking URI with a password in it is logged redacted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import urllib.parse
 from typing import Dict, List, Mapping, Optional
 
@@ -24,6 +31,17 @@ logger = get_logger("tfx_gpt2.registry")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
+MODEL_KEY_TAG = "tfx_gpt2.model_key"
+# What the pyfunc needs from a model directory (the Trainer's `hf/` and `savedmodel/` stay out).
+MODEL_DIR_FILES = ("gpt2_config.json", "model.weights.npz", "encoder.json", "vocab.bpe", "special_tokens.json")
+# MLflow's HTTP client retries (defaults 7 retries, backoff factor 2: minutes of waiting on a
+# server that is down); a push waits at most about 1 + 2 + 4 s plus timeouts unless these are set.
+RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+class RegistryError(RuntimeError):
+    """The MLflow tracking server is unreachable, refuses the credentials, or lacks something."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +52,16 @@ class PushResult:
     version: int
     model_uri: str
     aliases: List[str]
+    already_pushed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Champion:
+    """The version that holds the `champion` alias, and where its model directory was downloaded."""
+
+    version: int
+    run_id: str
+    model_dir: str
 
 
 def redact_uri(uri: str) -> str:
@@ -55,6 +83,56 @@ def default_artifact_location(tracking_uri: str) -> Optional[str]:
     return None
 
 
+def flatten_params(prefix: str, values: Mapping) -> Dict[str, str]:
+    return {f"{prefix}.{k}": str(v) for k, v in sorted(values.items())}
+
+
+def connect(tracking_uri: str):
+    """An `MlflowClient` for `tracking_uri`, after checking that the server answers.
+
+    HTTP retries are bounded (`RETRY_DEFAULTS`, unless the MLflow variables are set).
+
+    Raises:
+        RegistryError: the server did not answer, or refused the credentials; the message says
+            what to set, never the credentials themselves.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    for key, value in RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - classified below, re-raised with what to do
+        raise describe_error(e, tracking_uri) from None
+    return client
+
+
+def describe_error(error: Exception, tracking_uri: str) -> RegistryError:
+    """A `RegistryError` saying what went wrong with the server at `tracking_uri` and what to do."""
+    where = redact_uri(tracking_uri)
+    text = str(error)
+    if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden", "PERMISSION_DENIED",
+                                     "UNAUTHENTICATED")):
+        return RegistryError(
+            f"the MLflow tracking server at {where} refused the credentials (HTTP 401/403). Set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment "
+            "of the component, for a user allowed to write to the experiment and the registered model."
+        )
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
+    if any(s in text for s in ("Max retries exceeded", "Connection refused", "ConnectionError",
+                               "Failed to establish", "timed out", "Name or service not known")):
+        return RegistryError(
+            f"the MLflow tracking server at {where} did not answer after {retries} retries "
+            f"({type(error).__name__}: {text.splitlines()[0][:300]}). Start it (e.g. `mlflow server "
+            "--backend-store-uri sqlite:///mlflow.db --port 5000`) or point mlflow_tracking_uri at a running one; "
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT set how long to wait."
+        )
+    return RegistryError(f"MLflow at {where} failed: {type(error).__name__}: {text.splitlines()[0][:500]}")
+
+
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -62,8 +140,62 @@ def ensure_experiment(client, name: str, tracking_uri: str) -> str:
     return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
 
 
-def flatten_params(prefix: str, values: Mapping) -> Dict[str, str]:
-    return {f"{prefix}.{k}": str(v) for k, v in sorted(values.items())}
+def version_with_alias(client, registered_model_name: str, alias: str):
+    """The `ModelVersion` holding `alias`, or None (also when the registered model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(registered_model_name, alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def pushed_version(client, registered_model_name: str, model_key: str):
+    """The version already registered for `model_key` (see `push_model`), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(
+            f"name = '{registered_model_name}' and tags.`{MODEL_KEY_TAG}` = '{model_key}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def download_champion(tracking_uri: str, registered_model_name: str, dst: Optional[str] = None) -> Optional[Champion]:
+    """Downloads the model directory of the version holding `champion`; None when no version does.
+
+    Raises:
+        RegistryError: the server is unreachable or refuses the credentials.
+    """
+    import mlflow
+    import yaml
+
+    client = connect(tracking_uri)
+    version = version_with_alias(client, registered_model_name, CHAMPION)
+    if version is None:
+        return None
+    dst = dst or tempfile.mkdtemp(prefix="champion-")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{registered_model_name}/{version.version}", dst_path=dst, tracking_uri=tracking_uri)
+    with open(os.path.join(local, "MLmodel")) as f:
+        flavor = yaml.safe_load(f)["flavors"]["python_function"]
+    from tfx_gpt2.serving.mlflow_pyfunc import MODEL_DIR_ARTIFACT
+
+    model_dir = os.path.join(local, flavor["artifacts"][MODEL_DIR_ARTIFACT]["path"])
+    return Champion(version=int(version.version), run_id=version.run_id, model_dir=model_dir)
+
+
+def _stage_model_dir(model_dir: str, dst: str) -> str:
+    os.makedirs(dst)
+    for name in MODEL_DIR_FILES:
+        if os.path.exists(os.path.join(model_dir, name)):
+            shutil.copy2(os.path.join(model_dir, name), dst)
+    return dst
 
 
 def push_model(
@@ -72,6 +204,7 @@ def push_model(
     experiment_name: str,
     registered_model_name: str,
     model_dir: str,
+    model_key: str,
     params: Mapping[str, str],
     history: List[Dict[str, float]],
     eval_metrics: Mapping[str, float],
@@ -79,6 +212,7 @@ def push_model(
     tensorboard_dir: Optional[str] = None,
     tags: Optional[Mapping[str, str]] = None,
     samples: Optional[List[str]] = None,
+    input_example: Optional[List[str]] = None,
 ) -> PushResult:
     """Logs and registers the model in `model_dir`; see the module docstring.
 
@@ -87,54 +221,94 @@ def push_model(
         experiment_name: created if missing (local sqlite stores keep artifacts beside the db).
         registered_model_name: the registered model that gets a new version.
         model_dir: a tfx-gpt2 model directory (`tfx_gpt2.model.io`).
+        model_key: identifies this model (e.g. its TFX artifact URI): a second push with the same
+            key returns the version registered by the first, and moves no alias.
         params: run params (configs, flattened).
         history: training records (`step` plus metrics), logged as `trainer.<name>` series.
         eval_metrics: final evaluation figures (logged at the last step).
         blessed: whether the evaluator blessed the model (moves `champion` to it).
         tensorboard_dir: logged under the `tensorboard/` artifact path.
-        tags: run and version tags.
+        tags: run and version tags (pipeline name, run id, data span, checkpoint origin, ...).
         samples: generated texts to log as `samples.txt`.
+        input_example: prompts logged as the pyfunc's input example.
+
+    Raises:
+        RegistryError: the server is unreachable or refuses the credentials.
     """
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    from tfx_gpt2.serving.mlflow_pyfunc import MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
+    from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS, MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
 
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
-    tags = dict(tags or {})
-    last_step = int(history[-1]["step"]) if history else 0
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        run_id = run.info.run_id
-        logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
-        metrics = [
-            Metric(key=f"trainer.{k}", value=float(v), timestamp=0, step=int(rec["step"]))
-            for rec in history for k, v in rec.items() if k != "step"
-        ]
-        metrics += [Metric(key=k, value=float(v), timestamp=0, step=last_step) for k, v in eval_metrics.items()]
-        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag("blessed", str(bool(blessed)).lower())])
-        if tensorboard_dir and os.path.isdir(tensorboard_dir):
-            mlflow.log_artifacts(tensorboard_dir, artifact_path="tensorboard")
-        tokenizer_files = [os.path.join(model_dir, n) for n in ("encoder.json", "vocab.bpe")]
-        for path in tokenizer_files:
-            mlflow.log_artifact(path, artifact_path="tokenizer")
-        if samples:
-            mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=GPT2PyFunc(),
-            artifacts={MODEL_DIR_ARTIFACT: model_dir},
-            signature=SIGNATURE,
-            pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", f"mlflow=={mlflow.__version__}"],
-        )
-    version = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
-    aliases = [CHALLENGER] + ([CHAMPION] if blessed else [])
-    for alias in aliases:
-        client.set_registered_model_alias(registered_model_name, alias, version.version)
-    logger.info("registered %s version %s with alias(es) %s", registered_model_name, version.version, aliases)
+    client = connect(tracking_uri)
+    tags = {**(tags or {}), MODEL_KEY_TAG: model_key}
+    try:
+        existing = pushed_version(client, registered_model_name, model_key)
+        if existing is not None:
+            run = client.get_run(existing.run_id)
+            aliases = sorted(existing.aliases)
+            logger.info("%s version %s already holds this model (%s): nothing to push", registered_model_name,
+                        existing.version, model_key)
+            return PushResult(run_id=existing.run_id, experiment_id=run.info.experiment_id,
+                              registered_model_name=registered_model_name, version=int(existing.version),
+                              model_uri=f"models:/{registered_model_name}/{existing.version}", aliases=aliases,
+                              already_pushed=True)
+        experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
+        last_step = int(history[-1]["step"]) if history else 0
+        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, \
+                tempfile.TemporaryDirectory() as tmp:
+            run_id = run.info.run_id
+            logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
+            metrics = [
+                Metric(key=f"trainer.{k}", value=float(v), timestamp=0, step=int(rec["step"]))
+                for rec in history for k, v in rec.items() if k != "step"
+            ]
+            metrics += [Metric(key=k, value=float(v), timestamp=0, step=last_step) for k, v in eval_metrics.items()]
+            for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+                client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            params = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(params), 100):
+                client.log_batch(run_id, params=params[i:i + 100])
+            client.log_batch(run_id, tags=[RunTag("blessed", str(bool(blessed)).lower())])
+            if tensorboard_dir and os.path.isdir(tensorboard_dir):
+                mlflow.log_artifacts(tensorboard_dir, artifact_path="tensorboard")
+            for name in ("encoder.json", "vocab.bpe", "special_tokens.json"):
+                if os.path.exists(os.path.join(model_dir, name)):
+                    mlflow.log_artifact(os.path.join(model_dir, name), artifact_path="tokenizer")
+            if samples:
+                mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
+            example = None
+            if input_example:
+                example = (list(input_example), {"max_new_tokens": 8, "temperature": 0.0,
+                                                 **{k: v for k, v in DEFAULT_PARAMS.items()
+                                                    if k not in ("max_new_tokens", "temperature")}})
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=GPT2PyFunc(),
+                artifacts={MODEL_DIR_ARTIFACT: _stage_model_dir(model_dir, os.path.join(tmp, "model_dir"))},
+                signature=SIGNATURE,
+                input_example=example,
+                pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1",
+                                  f"mlflow=={mlflow.__version__}"],
+            )
+        version = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
+        aliases = [CHALLENGER] + ([CHAMPION] if blessed else [])
+        previous = version_with_alias(client, registered_model_name, CHAMPION)
+        for alias in aliases:
+            client.set_registered_model_alias(registered_model_name, alias, version.version)
+    except RegistryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - connection and auth failures get what to do
+        error = describe_error(e, tracking_uri)
+        if "failed:" in str(error):
+            raise
+        raise error from None
+    if blessed:
+        logger.info("registered %s version %s with aliases %s (champion moved from %s)", registered_model_name,
+                    version.version, aliases, f"version {previous.version}" if previous else "no version")
+    else:
+        logger.info("registered %s version %s as %s; champion stays with %s", registered_model_name,
+                    version.version, CHALLENGER, f"version {previous.version}" if previous else "no version")
     return PushResult(
         run_id=run_id, experiment_id=experiment_id, registered_model_name=registered_model_name,
         version=int(version.version), model_uri=f"models:/{registered_model_name}/{version.version}",

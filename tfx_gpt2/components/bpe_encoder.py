@@ -93,6 +93,11 @@ def BpeEncoder(
     encoded.split_names = artifact_utils.encode_split_names(splits)
     encoded.set_int_custom_property("block_len", block_len)
     encoded.set_int_custom_property("vocab_size", tokenizer.vocab_size)
+    # The spans the blocks come from, e.g. "0" or "3-7" (tagged on registered model versions).
+    spans = sorted({int(a.span) for a in examples})
+    encoded.set_string_custom_property(
+        "spans", str(spans[0]) if len(spans) == 1 else f"{spans[0]}-{spans[-1]}" if spans == list(
+            range(spans[0], spans[-1] + 1)) else ",".join(map(str, spans)))
     for split in splits:
         with tf.io.gfile.GFile(os.path.join(encoded.uri, f"stats-{split}.json")) as f:
             stats = json.loads(f.read())

@@ -1,79 +1,146 @@
 """MlflowPusher: an MLflow run and a registered model version for the trained model.
 
+A Pusher in TFX's style (a ComponentSpec, an Executor and a component class), so that the
+executor knows the pipeline run it belongs to.
+
 Input artifacts:
     model (Model): the Trainer's output (`Format-Serving/` is the model directory, with
         `train_metrics.json`).
     model_run (ModelRun): the Trainer's TensorBoard logs, logged under `tensorboard/`.
     evaluation (ModelEvaluation): PerplexityEvaluator's figures, logged as metrics.
-    blessing (ModelBlessing): whether the version also takes the `champion` alias.
+    model_blessing (ModelBlessing): whether the version also takes the `champion` alias.
 Output artifact:
     pushed_model (PushedModel): custom properties `pushed` (1), `pushed_destination`
         (`models:/<name>/<version>`), `registered_model_name`, `model_version`, `mlflow_run_id`,
-        `tracking_uri` (without credentials), `aliases`.
+        `tracking_uri` (without credentials), `aliases`, `already_pushed`.
 Parameters:
     tracking_uri: MLflow tracking URI; credentials come from MLflow's environment variables.
     experiment_name, registered_model_name: where the run and the version go.
     params_json: a JSON object of run params (the pipeline's configs, flattened).
     pipeline_name: tagged on the run and the version.
     num_samples: sample generations to log (0 for none).
-"""
 
+The version is tagged with the pipeline name, the pipeline run id, the data span(s) the model
+was evaluated on, the checkpoint it started from (`scratch` or the checkpoint) and the model
+artifact's URI, which makes a re-run of the same push (a retried task, a run resumed after a
+failure) find its version instead of registering a duplicate.
+"""
 
 import json
 import os
 
-from tfx import v1 as tfx
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
 from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import TRAIN_METRICS_FILE
+from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry import SAMPLE_PROMPTS, push_model, redact_uri
 
+logger = get_logger("tfx_gpt2.pusher")
 
-@tfx.dsl.components.component
-def MlflowPusher(
-    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
-    model_run: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelRun],
-    evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
-    blessing: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    pushed_model: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.PushedModel],
-    tracking_uri: tfx.dsl.components.Parameter[str],
-    registered_model_name: tfx.dsl.components.Parameter[str],
-    experiment_name: tfx.dsl.components.Parameter[str],
-    params_json: tfx.dsl.components.Parameter[str] = "{}",
-    pipeline_name: tfx.dsl.components.Parameter[str] = "",
-    num_samples: tfx.dsl.components.Parameter[int] = 3,
-):
+
+class MlflowPusherSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "tracking_uri": ExecutionParameter(type=str),
+        "registered_model_name": ExecutionParameter(type=str),
+        "experiment_name": ExecutionParameter(type=str),
+        "params_json": ExecutionParameter(type=str, optional=True),
+        "pipeline_name": ExecutionParameter(type=str, optional=True),
+        "num_samples": ExecutionParameter(type=int, optional=True),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_run": ChannelParameter(type=standard_artifacts.ModelRun),
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+class Executor(base_executor.BaseExecutor):
     """Logs the model, its metrics and logs to MLflow and registers a new model version."""
-    model_dir = path_utils.serving_model_path(model.uri)
-    with open(os.path.join(model_dir, TRAIN_METRICS_FILE)) as f:
-        train_metrics = json.load(f)
-    with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
-        eval_metrics = json.load(f)
-    blessed = bool(blessing.get_int_custom_property("blessed"))
 
-    samples = []
-    if num_samples:
-        from tfx_gpt2.model.generate import generate_text
-        from tfx_gpt2.model.io import load_model_dir
-        from tfx_gpt2.text.bpe import BPETokenizer
+    def Do(self, input_dict, output_dict, exec_properties):
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        model_run = artifact_utils.get_single_instance(input_dict["model_run"])
+        evaluation = artifact_utils.get_single_instance(input_dict["evaluation"])
+        blessing = artifact_utils.get_single_instance(input_dict["model_blessing"])
+        pushed_model = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        tracking_uri = exec_properties["tracking_uri"]
 
-        prompts = list(SAMPLE_PROMPTS[:num_samples])
-        texts = generate_text(load_model_dir(model_dir), BPETokenizer.from_dir(model_dir), prompts,
-                              max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
-        samples = [p + t for p, t in zip(prompts, texts)]
+        model_dir = path_utils.serving_model_path(model.uri)
+        with open(os.path.join(model_dir, TRAIN_METRICS_FILE)) as f:
+            train_metrics = json.load(f)
+        with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
+            eval_metrics = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
+        blessed = bool(blessing.get_int_custom_property("blessed"))
 
-    tags = {"pipeline_name": pipeline_name, "blessed": str(blessed).lower()}
-    result = push_model(
-        tracking_uri=tracking_uri, experiment_name=experiment_name,
-        registered_model_name=registered_model_name, model_dir=model_dir,
-        params=json.loads(params_json), history=train_metrics["history"], eval_metrics=eval_metrics,
-        blessed=blessed, tensorboard_dir=model_run.uri, tags=tags, samples=samples,
-    )
-    pushed_model.set_int_custom_property("pushed", 1)
-    pushed_model.set_string_custom_property("pushed_destination", result.model_uri)
-    pushed_model.set_string_custom_property("registered_model_name", result.registered_model_name)
-    pushed_model.set_int_custom_property("model_version", result.version)
-    pushed_model.set_string_custom_property("mlflow_run_id", result.run_id)
-    pushed_model.set_string_custom_property("tracking_uri", redact_uri(tracking_uri))
-    pushed_model.set_string_custom_property("aliases", ",".join(result.aliases))
+        samples = []
+        num_samples = exec_properties.get("num_samples")
+        num_samples = 3 if num_samples is None else int(num_samples)
+        if num_samples:
+            from tfx_gpt2.model.generate import generate_text
+            from tfx_gpt2.model.io import load_model_dir
+            from tfx_gpt2.text.bpe import BPETokenizer
+
+            prompts = list(SAMPLE_PROMPTS[:num_samples])
+            texts = generate_text(load_model_dir(model_dir), BPETokenizer.from_dir(model_dir), prompts,
+                                  max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
+            samples = [p + t for p, t in zip(prompts, texts)]
+
+        run_id = self._context.pipeline_run_id if self._context else None
+        tags = {
+            "pipeline_name": exec_properties.get("pipeline_name") or "",
+            "pipeline_run_id": run_id or "",
+            "data_span": evaluation.get_string_custom_property("data_span") or "",
+            "init_checkpoint": str(train_metrics.get("init", "scratch")),
+            "blessed": str(blessed).lower(),
+            "blessing_reason": blessing.get_string_custom_property("reason") or "",
+        }
+        result = push_model(
+            tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
+            registered_model_name=exec_properties["registered_model_name"], model_dir=model_dir,
+            model_key=model.uri, params=json.loads(exec_properties.get("params_json") or "{}"),
+            history=train_metrics["history"], eval_metrics=eval_metrics, blessed=blessed,
+            tensorboard_dir=model_run.uri, tags=tags, samples=samples, input_example=list(SAMPLE_PROMPTS[:1]),
+        )
+        pushed_model.set_int_custom_property("pushed", 1)
+        pushed_model.set_string_custom_property("pushed_destination", result.model_uri)
+        pushed_model.set_string_custom_property("registered_model_name", result.registered_model_name)
+        pushed_model.set_int_custom_property("model_version", result.version)
+        pushed_model.set_string_custom_property("mlflow_run_id", result.run_id)
+        pushed_model.set_string_custom_property("tracking_uri", redact_uri(tracking_uri))
+        pushed_model.set_string_custom_property("aliases", ",".join(result.aliases))
+        pushed_model.set_int_custom_property("already_pushed", int(result.already_pushed))
+
+
+class MlflowPusher(base_component.BaseComponent):
+    """Registers the Trainer's model in MLflow; see the module docstring.
+
+    Args:
+        model, model_run: the Trainer's `model` and `model_run` outputs.
+        evaluation, model_blessing: PerplexityEvaluator's outputs.
+        tracking_uri: MLflow tracking URI without credentials.
+        registered_model_name, experiment_name: where the version and the run go.
+        params_json: the run's params as a JSON object.
+        pipeline_name: tagged on the run and the version.
+        num_samples: sample generations to log.
+    """
+
+    SPEC_CLASS = MlflowPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_run: types.BaseChannel, evaluation: types.BaseChannel,
+                 model_blessing: types.BaseChannel, tracking_uri: str, registered_model_name: str,
+                 experiment_name: str, params_json: str = "{}", pipeline_name: str = "", num_samples: int = 3):
+        pushed_model = types.Channel(type=standard_artifacts.PushedModel)
+        super().__init__(spec=MlflowPusherSpec(
+            model=model, model_run=model_run, evaluation=evaluation, model_blessing=model_blessing,
+            pushed_model=pushed_model, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
+            experiment_name=experiment_name, params_json=params_json, pipeline_name=pipeline_name,
+            num_samples=num_samples,
+        ))

@@ -51,7 +51,12 @@ class Conv1D(keras.layers.Layer):
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer="zeros")
 
     def call(self, x):
-        return ops.matmul(x, ops.cast(self.w, x.dtype)) + ops.cast(self.b, x.dtype)
+        # As a 2-D product over all positions: a 3-D `x` times a 2-D `w` would be a broadcast batch
+        # matmul, whose gradient for `w` is one product per batch row summed afterwards (about
+        # 10% slower training steps on CPU).
+        n_in = ops.shape(x)[-1]
+        y = ops.matmul(ops.reshape(x, (-1, n_in)), ops.cast(self.w, x.dtype)) + ops.cast(self.b, x.dtype)
+        return ops.reshape(y, tuple(ops.shape(x)[:-1]) + (self.n_out,))
 
 
 class LayerNorm(keras.layers.Layer):
@@ -263,9 +268,12 @@ class GPT2(keras.Model):
             # product (about 5% faster training steps on CPU than the equivalent einsum).
             import tensorflow as tf
 
-            logits = tf.matmul(x, tf.cast(self.wte, x.dtype), transpose_b=True)
+            # Positions flattened to a 2-D product, as in Conv1D.
+            logits = tf.matmul(tf.reshape(x, (-1, self.config.n_embd)), tf.cast(self.wte, x.dtype),
+                               transpose_b=True)
         else:
-            logits = ops.matmul(x, ops.cast(head, x.dtype))
+            logits = ops.matmul(ops.reshape(x, (-1, self.config.n_embd)), ops.cast(head, x.dtype))
+        logits = ops.reshape(logits, (ops.shape(x)[0], ops.shape(x)[1], -1))
         return ops.cast(logits, "float32"), (ops.stack(new_layers) if cache is not None else None)
 
     def empty_cache(self, batch_size: int, length: int):

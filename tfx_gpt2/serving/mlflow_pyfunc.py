@@ -37,6 +37,8 @@ def prompts_of(model_input: Any) -> List[str]:
     """The prompts in a DataFrame (`prompt` column, or its only column), a list, or a string."""
     if isinstance(model_input, str):
         return [model_input]
+    if isinstance(model_input, dict) and "prompt" in model_input:
+        return prompts_of(list(model_input["prompt"]))
     if hasattr(model_input, "columns"):
         column = "prompt" if "prompt" in model_input.columns else (
             model_input.columns[0] if len(model_input.columns) == 1 else None)
@@ -62,13 +64,30 @@ class GPT2PyFunc(mlflow.pyfunc.PythonModel):
         self.generator = Generator(load_model_dir(path), BPETokenizer.from_dir(path))
 
     def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None) -> List[str]:
-        from tfx_gpt2.model.generate import SamplingConfig
+        """Continues each prompt; bad settings raise MLflow's INVALID_PARAMETER_VALUE (HTTP 400)."""
+        from mlflow.exceptions import MlflowException
 
-        settings = {**DEFAULT_PARAMS, **(params or {})}
-        seed = int(settings["seed"])
-        config = SamplingConfig(
-            max_new_tokens=int(settings["max_new_tokens"]), temperature=float(settings["temperature"]),
-            top_k=int(settings["top_k"]), top_p=float(settings["top_p"]),
-            repetition_penalty=float(settings["repetition_penalty"]), seed=None if seed < 0 else seed,
-        )
-        return self.generator.generate(prompts_of(model_input), config)
+        from tfx_gpt2.model.generate import GenerationError
+
+        try:
+            return self.generator.generate(prompts_of(model_input), sampling_config(params))
+        except (GenerationError, ValueError) as e:
+            raise MlflowException.invalid_parameter_value(str(e)) from None
+
+
+def sampling_config(params: Optional[Dict[str, Any]]):
+    """The `SamplingConfig` of request params (defaults: `DEFAULT_PARAMS`); unknown names are errors."""
+    from tfx_gpt2.model.generate import SamplingConfig
+
+    unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(DEFAULT_PARAMS)}.")
+    settings = {**DEFAULT_PARAMS, **(params or {})}
+    values = {}
+    for name, default in DEFAULT_PARAMS.items():
+        try:
+            values[name] = type(default)(settings[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} = {settings[name]!r} is not a {type(default).__name__}.") from None
+    seed = values.pop("seed")
+    return SamplingConfig(**values, seed=None if seed < 0 else seed)

@@ -1,0 +1,91 @@
+"""A real `mlflow server` (sqlite store, artifacts proxied by the server) for tests, and tiny
+tfx-gpt2 model directories to push to it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180, data=None, headers=None):
+    """The response body of `url` once it answers 200, while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:3]} exited with {proc.returncode}")
+        try:
+            request = urllib.request.Request(url, data=data, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.read()
+        except OSError as e:
+            last = e
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer in {timeout} s ({last})")
+
+
+def post_json(url: str, body) -> tuple:
+    """(status, parsed JSON or text) of a JSON POST; 4xx/5xx are returned, not raised."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+class MlflowServer:
+    """`mlflow server` on localhost with a sqlite store under `root`; `.uri` is its tracking URI."""
+
+    def __init__(self, root: str, extra_args=(), env=None):
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.db = os.path.join(root, "mlflow.db")
+        argv = [os.path.join(BIN, "mlflow"), "server", "--backend-store-uri", "sqlite:///" + self.db,
+                "--artifacts-destination", os.path.join(root, "artifacts"), "--host", "127.0.0.1",
+                "--port", str(self.port), "--workers", "1", *extra_args]
+        self.log = open(os.path.join(root, "server.log"), "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
+        try:
+            wait_http(self.uri + "/health", self.proc)
+        except Exception:
+            self.stop()
+            with open(os.path.join(root, "server.log")) as f:
+                print(f.read()[-3000:])
+            raise
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(30)
+        self.log.close()
+
+
+def tiny_model_dir(path: str, seed: int = 0) -> str:
+    """A random 1-layer GPT-2 with OpenAI's vocabulary, saved as a tfx-gpt2 model directory."""
+    import keras
+
+    from tfx_gpt2.config import GPT2Config
+    from tfx_gpt2.model.gpt2 import GPT2
+    from tfx_gpt2.model.io import save_model_dir
+
+    keras.utils.set_random_seed(seed)
+    return save_model_dir(GPT2(GPT2Config(n_ctx=16, n_embd=16, n_layer=1, n_head=2)), path)
