@@ -79,7 +79,7 @@ class MlflowServer:
         self.log.close()
 
 
-def tiny_model_dir(path: str, seed: int = 0) -> str:
+def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16) -> str:
     """A random 1-layer GPT-2 with OpenAI's vocabulary, saved as a tfx-gpt2 model directory."""
     import keras
 
@@ -88,4 +88,4 @@ def tiny_model_dir(path: str, seed: int = 0) -> str:
     from tfx_gpt2.model.io import save_model_dir
 
     keras.utils.set_random_seed(seed)
-    return save_model_dir(GPT2(GPT2Config(n_ctx=16, n_embd=16, n_layer=1, n_head=2)), path)
+    return save_model_dir(GPT2(GPT2Config(n_ctx=n_ctx, n_embd=16, n_layer=1, n_head=2)), path)

@@ -276,3 +276,10 @@ TRAIN_PRESETS: Dict[str, TrainConfig] = {
 def train_preset(name: str) -> TrainConfig:
     """Returns the `TrainConfig` preset called `name`."""
     return _preset(TRAIN_PRESETS, "train", name)
+
+
+def with_max_steps(cfg: TrainConfig, max_steps: int) -> TrainConfig:
+    """`cfg` shortened or lengthened to `max_steps`, with evaluation and warm-up kept inside it."""
+    return dataclasses.replace(cfg, max_steps=max_steps, eval_every=min(cfg.eval_every, max_steps),
+                               log_every=min(cfg.log_every, max_steps),
+                               warmup_steps=min(cfg.warmup_steps, max(1, max_steps // 10)))

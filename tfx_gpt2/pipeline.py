@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from tfx import v1 as tfx
 
 from tfx_gpt2.components.bpe_encoder import BpeEncoder
-from tfx_gpt2.components.data_validation import TextSchemaGen, text_validation_config
+from tfx_gpt2.components.data_validation import TextExampleValidator, TextSchemaGen, text_validation_config
 from tfx_gpt2.components.evaluator import PerplexityEvaluator
 from tfx_gpt2.components.mlflow_pusher import MlflowPusher
 from tfx_gpt2.components.mongo_example_gen import MongoExampleGen
@@ -106,10 +106,10 @@ def data_components(
     if validate:
         statistics = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
         schema = TextSchemaGen(statistics=statistics.outputs["statistics"])
-        validator = tfx.components.ExampleValidator(
+        validator = TextExampleValidator(
             statistics=statistics.outputs["statistics"], schema=schema.outputs["schema"],
             custom_validation_config=text_validation_config(min_chars, max_chars),
-        )
+        ).with_id("ExampleValidator")
         components += [statistics, schema, validator]
 
     vocabulary = None
@@ -272,7 +272,7 @@ def create_pipeline(
         tracking_uri=mlflow_tracking_uri,
         registered_model_name=registered_model_name or pipeline_name,
         experiment_name=experiment_name or pipeline_name,
-        params_json=json.dumps(params, sort_keys=True), pipeline_name=pipeline_name,
+        params_json=json.dumps(params, sort_keys=True), pipeline=pipeline_name,
     )
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

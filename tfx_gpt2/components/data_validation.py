@@ -21,9 +21,12 @@ import os
 from google.protobuf import text_format
 from tensorflow_data_validation.anomalies.proto import custom_validation_config_pb2
 from tfx import v1 as tfx
+from tfx.components.example_validator import executor as example_validator_executor
+from tfx.components.example_validator.component import ExampleValidator
 from tfx.components.statistics_gen import stats_artifact_utils
-from tfx.types import artifact_utils
-from tfx.utils import io_utils
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
 
 from tfx_gpt2.components.examples_io import NUM_CHARS_FEATURE, NUM_REPLACEMENT_CHARS_FEATURE
 from tfx_gpt2.progress import get_logger
@@ -80,3 +83,31 @@ def TextSchemaGen(
     inferred = tfdv.infer_schema(stats, infer_feature_shape=True, max_string_domain_size=0)
     io_utils.write_pbtxt_file(os.path.join(schema.uri, SCHEMA_FILE), inferred)
     logger.info("schema of %d features inferred from the %s statistics", len(inferred.feature), split)
+
+
+class _ValidatorExecutor(example_validator_executor.Executor):
+    """TFX's ExampleValidator executor, taking the custom validation config as JSON text too."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        value = exec_properties.get(standard_component_specs.CUSTOM_VALIDATION_CONFIG_KEY)
+        if isinstance(value, str) and value:
+            exec_properties = {**exec_properties, standard_component_specs.CUSTOM_VALIDATION_CONFIG_KEY:
+                               proto_utils.json_to_proto(value, custom_validation_config_pb2.CustomValidationConfig())}
+        return super().Do(input_dict, output_dict, exec_properties)
+
+
+class TextExampleValidator(ExampleValidator):
+    """TFX's ExampleValidator with `text_validation_config` carried as a JSON string.
+
+    TFX turns a proto execution parameter into a `make_proto` placeholder, which Kubeflow V2's
+    compiler refuses ("Invalid placeholder for exec prop custom_validation_config"); as text it
+    compiles for every orchestrator, and the executor turns it back into the proto.
+    """
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(_ValidatorExecutor)
+
+    def __init__(self, statistics, schema, custom_validation_config=None):
+        super().__init__(statistics=statistics, schema=schema)
+        if custom_validation_config is not None:
+            self.exec_properties[standard_component_specs.CUSTOM_VALIDATION_CONFIG_KEY] = proto_utils.proto_to_json(
+                custom_validation_config)

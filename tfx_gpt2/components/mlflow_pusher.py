@@ -17,7 +17,7 @@ Parameters:
     tracking_uri: MLflow tracking URI; credentials come from MLflow's environment variables.
     experiment_name, registered_model_name: where the run and the version go.
     params_json: a JSON object of run params (the pipeline's configs, flattened).
-    pipeline_name: tagged on the run and the version.
+    pipeline: the pipeline's name, tagged on the run and the version as `pipeline_name`.
     num_samples: sample generations to log (0 for none).
 
 The version is tagged with the pipeline name, the pipeline run id, the data span(s) the model
@@ -49,7 +49,8 @@ class MlflowPusherSpec(types.ComponentSpec):
         "registered_model_name": ExecutionParameter(type=str),
         "experiment_name": ExecutionParameter(type=str),
         "params_json": ExecutionParameter(type=str, optional=True),
-        "pipeline_name": ExecutionParameter(type=str, optional=True),
+        # Not `pipeline_name`: TFX's Airflow launcher reserves that execution property.
+        "pipeline": ExecutionParameter(type=str, optional=True),
         "num_samples": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
@@ -92,9 +93,10 @@ class Executor(base_executor.BaseExecutor):
                                   max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
             samples = [p + t for p, t in zip(prompts, texts)]
 
-        run_id = self._context.pipeline_run_id if self._context else None
+        # The run id from TFX's portable launchers (Beam, Kubeflow V2), or Airflow's own.
+        run_id = (self._context.pipeline_run_id if self._context else None) or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
         tags = {
-            "pipeline_name": exec_properties.get("pipeline_name") or "",
+            "pipeline_name": exec_properties.get("pipeline") or "",
             "pipeline_run_id": run_id or "",
             "data_span": evaluation.get_string_custom_property("data_span") or "",
             "init_checkpoint": str(train_metrics.get("init", "scratch")),
@@ -127,7 +129,7 @@ class MlflowPusher(base_component.BaseComponent):
         tracking_uri: MLflow tracking URI without credentials.
         registered_model_name, experiment_name: where the version and the run go.
         params_json: the run's params as a JSON object.
-        pipeline_name: tagged on the run and the version.
+        pipeline: the pipeline's name, tagged on the run and the version.
         num_samples: sample generations to log.
     """
 
@@ -136,11 +138,11 @@ class MlflowPusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_run: types.BaseChannel, evaluation: types.BaseChannel,
                  model_blessing: types.BaseChannel, tracking_uri: str, registered_model_name: str,
-                 experiment_name: str, params_json: str = "{}", pipeline_name: str = "", num_samples: int = 3):
+                 experiment_name: str, params_json: str = "{}", pipeline: str = "", num_samples: int = 3):
         pushed_model = types.Channel(type=standard_artifacts.PushedModel)
         super().__init__(spec=MlflowPusherSpec(
             model=model, model_run=model_run, evaluation=evaluation, model_blessing=model_blessing,
             pushed_model=pushed_model, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
-            experiment_name=experiment_name, params_json=params_json, pipeline_name=pipeline_name,
+            experiment_name=experiment_name, params_json=params_json, pipeline=pipeline,
             num_samples=num_samples,
         ))

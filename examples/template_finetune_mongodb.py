@@ -1,0 +1,80 @@
+"""Template: fine-tune (or train) on documents from MongoDB, exported incrementally as TFX spans.
+
+    export MONGO_URI='mongodb://user:password@host:27017/?authSource=admin'   # read at run time, never stored
+    .venv/bin/python examples/template_finetune_mongodb.py --collection corpus.docs --text-field body \\
+        --filter '{"lang": "en"}' --init-checkpoint openai:124M
+    .venv/bin/python examples/template_finetune_mongodb.py --collection corpus.docs --load-bundled \\
+        --init-checkpoint none --train tiny     # first copy the bundled corpus into the collection
+
+Each run exports only documents newer than the last export (by --watermark-field, default `_id`)
+as a new span; the encoder trains on the latest spans. --load-bundled inserts the bundled
+corpus (one MongoDB document per text document) before the run, for a first try.
+"""
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bundled(collection: str, uri_env: str) -> int:
+    """Inserts the bundled corpus into `collection` (skipped if it already holds documents)."""
+    from tfx_gpt2.sources import mongo
+    from tfx_gpt2.sources.documents import Document
+    from tfx_gpt2.sources.text_files import read_documents
+
+    database, name = collection.split(".", 1)
+    client = mongo.client_factory(os.environ[uri_env])
+    target = client[database][name]
+    if target.estimated_document_count():
+        return 0
+    corpus = os.path.join(REPO, "data", "pydoc_topics")
+    docs = []
+    for file_name in sorted(os.listdir(corpus)):
+        with open(os.path.join(corpus, file_name), "rb") as f:
+            docs += [{"text": d.text, "source": d.doc_id} for d in read_documents(f, file_name, "<|endoftext|>")
+                     if isinstance(d, Document)]
+    target.insert_many(docs)
+    return len(docs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-name", default="tfx-gpt2-mongodb")
+    parser.add_argument("--output-dir", default=os.path.join(REPO, "tfx_gpt2_output"))
+    parser.add_argument("--collection", action="append", required=True, help="database.collection (repeatable)")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--filter", default="{}", help="MongoDB query as JSON")
+    parser.add_argument("--uri-env", default="MONGO_URI", help="the variable holding the connection string")
+    parser.add_argument("--watermark-field", default="_id", help="what orders documents for incremental exports")
+    parser.add_argument("--init-checkpoint", default="openai:124M", help="a checkpoint directory, openai:SIZE, or none")
+    parser.add_argument("--model", default="", help="the checkpoint's shape (default: SIZE of openai:SIZE, else tiny)")
+    parser.add_argument("--train", default="finetune")
+    parser.add_argument("--max-steps", type=int, default=0)
+    parser.add_argument("--load-bundled", action="store_true", help="first insert the bundled corpus")
+    args = parser.parse_args(argv)
+
+    from tfx_gpt2.config import train_preset, with_max_steps
+    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.sources.mongo import MongoSource
+
+    if args.uri_env not in os.environ:
+        parser.error(f"set {args.uri_env} to the MongoDB connection string (it is read at run time, never stored)")
+    if args.load_bundled:
+        print(f"inserted {load_bundled(args.collection[0], args.uri_env)} documents into {args.collection[0]}")
+    train = train_preset(args.train)
+    if args.max_steps:
+        train = with_max_steps(train, args.max_steps)
+    init = None if args.init_checkpoint == "none" else args.init_checkpoint
+    vocab = "gpt2" if not init or init.startswith("openai:") else init
+    source = MongoSource(collections=tuple(args.collection), text_field=args.text_field, filter=args.filter,
+                         uri_env=args.uri_env, incremental=True, watermark_field=args.watermark_field)
+    model = args.model or (init.split(":", 1)[1] if init and init.startswith("openai:") else "tiny")
+    return run_and_report(args.pipeline_name, source, args.output_dir, init_checkpoint=init, vocab=vocab,
+                          train=train, model=model)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, REPO)
+    main()

@@ -1,0 +1,68 @@
+"""The Airflow DAG in `dags/` on a real Airflow 2 (sqlite, a temporary AIRFLOW_HOME): it imports
+without errors, and `airflow dags test` runs the tiny pipeline with every task succeeding and a
+model version registered in MLflow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from mlflow.tracking import MlflowClient
+
+BIN = os.path.dirname(sys.executable)
+DAG_ID = "tfx-gpt2-airflow-test"
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow")
+    out = home / "out"
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": os.path.join(REPO, "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "TFX_GPT2_PIPELINE_NAME": DAG_ID,
+        "TFX_GPT2_OUTPUT_DIR": str(out),
+        "TFX_GPT2_MAX_STEPS": "20",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run([os.path.join(BIN, "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    return env, out
+
+
+def test_dag_imports_without_errors(airflow_env):
+    env, _ = airflow_env
+    code = ("import json; from airflow.models import DagBag; b = DagBag(include_examples=False); "
+            "print(json.dumps({'errors': b.import_errors, 'dags': {d: sorted(b.dags[d].task_ids) for d in b.dag_ids},"
+            " 'schedule': str(b.dags['" + DAG_ID + "'].schedule_interval)}))")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == {}
+    assert report["dags"][DAG_ID] == sorted([
+        "TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
+        "PerplexityEvaluator", "MlflowPusher"])
+    assert report["schedule"] == "@daily"
+
+
+def test_dags_test_runs_every_task_and_registers_a_model(airflow_env):
+    env, out = airflow_env
+    result = subprocess.run([os.path.join(BIN, "airflow"), "dags", "test", DAG_ID, "2026-01-02"], env=env,
+                            capture_output=True, text=True, timeout=1200)
+    print(result.stdout[-3000:], result.stderr[-3000:])
+    states = subprocess.run([os.path.join(BIN, "airflow"), "tasks", "states-for-dag-run", DAG_ID,
+                             "manual__2026-01-02T00:00:00+00:00", "-o", "json"], env=env, capture_output=True,
+                            text=True, check=True)
+    tasks = {t["task_id"]: t["state"] for t in json.loads(states.stdout.strip().splitlines()[-1])}
+    print(tasks)
+    assert len(tasks) == 8 and set(tasks.values()) == {"success"}
+    client = MlflowClient(tracking_uri="sqlite:///" + str(out / "mlflow" / "mlflow.db"))
+    versions = client.search_model_versions(f"name = '{DAG_ID}'")
+    assert [int(v.version) for v in versions] == [1]
+    assert dict(client.get_registered_model(DAG_ID).aliases).keys() == {"champion", "challenger"}
+    assert versions[0].tags["pipeline_run_id"]

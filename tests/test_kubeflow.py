@@ -1,0 +1,96 @@
+"""`pipelines/kubeflow_runner.py` compiles the shared pipeline with KubeflowV2DagRunner; the file
+parses with KFP's pipeline-spec protos and holds every component, its image and arguments, the
+Trainer's GPU request, and no secret."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+SECRETS = ("mongo-pw-8d1c", "mlflow-pw-55e2", "mlflow-token-c0ff")
+TASKS = {"MongoExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
+         "PerplexityEvaluator", "MlflowPusher"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kfp") / "pipeline.json"
+    env = {**os.environ, "MONGO_URI": f"mongodb://user:{SECRETS[0]}@mongo:27017/db",
+           "MLFLOW_TRACKING_USERNAME": "ci", "MLFLOW_TRACKING_PASSWORD": SECRETS[1],
+           "MLFLOW_TRACKING_TOKEN": SECRETS[2], "TFX_GPT2_MONGO_COLLECTIONS": "corpus.docs",
+           "TFX_GPT2_MODEL": "124M", "TFX_GPT2_TRAIN": "finetune"}
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "pipelines", "kubeflow_runner.py"), "--image", "registry.example/tfx-gpt2:1",
+         "--gpu-image", "registry.example/tfx-gpt2:1-gpu", "--pipeline-root", "gs://bucket/tfx-gpt2",
+         "--mlflow-tracking-uri", "http://mlflow.mlflow.svc:5000", "--init-checkpoint", "openai:124M",
+         "--gpu-type", "NVIDIA_L4", "--output", str(out),
+         "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=my-project", "--beam-arg=--region=europe-west4",
+         "--beam-arg=--temp_location=gs://bucket/tmp"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    job = json.loads(text)
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(job["pipelineSpec"], spec, ignore_unknown_fields=False)
+    deployment = pipeline_spec_pb2.PipelineDeploymentConfig()
+    json_format.ParseDict(job["pipelineSpec"]["deploymentSpec"], deployment)
+    return text, spec, deployment, result.stdout
+
+
+def test_every_component_with_its_image_and_arguments(compiled):
+    _, spec, deployment, stdout = compiled
+    assert set(spec.root.dag.tasks) == TASKS | {"base_model"}
+    assert spec.pipeline_info.name == "tfx-gpt2"
+    for name in TASKS:
+        container = deployment.executors[f"{name}_executor"].container
+        assert container.image == ("registry.example/tfx-gpt2:1-gpu" if name == "Trainer" else "registry.example/tfx-gpt2:1")
+        assert list(container.command) == ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        assert container.args[0] == "--executor_class_path" and container.args[2] == "--json_serialized_invocation_args"
+    assert deployment.executors["MlflowPusher_executor"].container.args[1] == "tfx_gpt2.components.mlflow_pusher.Executor"
+    trainer = deployment.executors["Trainer_executor"].container.resources
+    assert (trainer.accelerator.type, trainer.accelerator.count) == ("NVIDIA_L4", 1)
+    assert trainer.cpu_limit == 8.0 and trainer.memory_limit == 32.0
+    assert "9 tasks" in stdout
+
+
+def test_parameters_reach_the_components(compiled):
+    text, spec, deployment, _ = compiled
+    pusher = spec.components["MlflowPusher"].input_definitions.parameters
+    assert set(pusher) >= {"tracking_uri", "registered_model_name", "experiment_name", "params_json"}
+    tasks = spec.root.dag.tasks
+
+    def constant(task, name):
+        return tasks[task].inputs.parameters[name].runtime_value.constant_value.string_value
+
+    assert constant("MlflowPusher", "tracking_uri") == "http://mlflow.mlflow.svc:5000"
+    assert json.loads(constant("MlflowPusher", "params_json"))["model.n_embd"] == "768"
+    assert constant("PerplexityEvaluator", "registered_model_name") == "tfx-gpt2"
+    # Beam components get the Beam arguments on their command line.
+    args = list(deployment.executors["BpeEncoder_executor"].container.args)
+    assert "--runner=DataflowRunner" in args and "--temp_location=gs://bucket/tmp" in args
+    # MongoDB: the name of the variable that holds the connection string, not its value.
+    assert "MONGO_URI" in json.dumps(json.loads(text)["pipelineSpec"]["root"]["dag"]["tasks"]["MongoExampleGen"])
+
+
+def test_no_secret_in_the_compiled_pipeline(compiled):
+    text, _, _, stdout = compiled
+    for secret in SECRETS:
+        assert secret not in text and secret not in stdout
+
+
+def test_dockerfile_copies_what_exists_and_pins_like_bootstrap():
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        lines = [line.split() for line in f if line.startswith("COPY ")]
+    for parts in lines:
+        for source in parts[1:-1]:
+            assert os.path.exists(os.path.join(REPO, source)), source
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        dockerfile = f.read()
+    with open(os.path.join(REPO, "tools", "bootstrap.sh")) as f:
+        uv_version = [line.split("=", 1)[1].strip() for line in f if line.startswith("UV_VERSION=")][0]
+    assert f'"uv=={uv_version}"' in dockerfile and "FROM python:3.10" in dockerfile
