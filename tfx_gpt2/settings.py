@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_CORPUS = os.path.join(REPO, "data", "pydoc_topics")
@@ -157,7 +157,3 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> PipelineSettings:
         values["schedule"] = ""
     return PipelineSettings(**values)
 
-
-def describe(settings: PipelineSettings) -> List[str]:
-    """`name = value` lines for logs (no secrets are settings, so all can be shown)."""
-    return [f"{f.name} = {getattr(settings, f.name)!r}" for f in dataclasses.fields(settings)]
