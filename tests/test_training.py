@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tfx_gpt2.config import GPT2Config, TrainConfig
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.text.blocks import block_dataset, block_to_example, read_blocks, target_counts
-from tfx_gpt2.training import TrainingError, WarmupCosine, evaluate, train
+from tfx_gpt2.training import _EVAL_FUNCTIONS, TrainingError, WarmupCosine, evaluate, train
 
 CFG = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=1, n_head=2)
 
@@ -59,6 +59,8 @@ def test_training_learns_and_writes_tensorboard(counting_data, tmp_path):
     assert result.eval_loss < 1.0 < math.log(64)
     full_loss, n = evaluate(model, block_dataset(eval_files, 9, 16, drop_remainder=False))
     assert n == 32 * 8 and full_loss < 1.0
+    # The evaluations at steps 30 and 60 and this one share one traced function.
+    assert _EVAL_FUNCTIONS[model].experimental_get_tracing_count() == 1
 
     acc = EventAccumulator(str(tmp_path / "tb" / "train"))
     acc.Reload()

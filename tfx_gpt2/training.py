@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import time
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -94,13 +95,23 @@ def check_block_length(files: Sequence[str], config: GPT2Config, what: str) -> N
         )
 
 
+_EVAL_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def evaluate(model: GPT2, dataset: tf.data.Dataset, max_batches: Optional[int] = None) -> Tuple[float, int]:
     """Mean next-token loss (nats) over every target of `dataset`, and the number of targets."""
+    batch_loss = _EVAL_FUNCTIONS.get(model)
+    if batch_loss is None:
+        # One traced function per model, reused by every evaluation of a training run (a new
+        # tf.function per call would trace the whole model again each time). It holds the model
+        # weakly, so the cache keeps no model alive.
+        ref = weakref.ref(model)
 
-    @tf.function
-    def batch_loss(x, y):
-        return tf.reduce_sum(token_loss(model(x, training=False), y)), tf.size(y)
+        @tf.function(reduce_retracing=True)
+        def batch_loss(x, y):
+            return tf.reduce_sum(token_loss(ref()(x, training=False), y)), tf.size(y)
 
+        _EVAL_FUNCTIONS[model] = batch_loss
     total, count = 0.0, 0
     for i, (x, y) in enumerate(dataset):
         if max_batches is not None and i >= max_batches:
