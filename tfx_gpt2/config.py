@@ -161,8 +161,8 @@ class TrainConfig:
             `min_learning_rate` at `max_steps`.
         min_learning_rate: the learning rate at the end of the cosine decay.
         warmup_steps: linear warm-up steps.
-        weight_decay: AdamW's decoupled weight decay (not applied to biases, gains or embeddings
-            of positions).
+        weight_decay: AdamW's decoupled weight decay, applied to the matrices (embeddings
+            included, as in nanoGPT), not to biases or layer-norm gains.
         beta1, beta2: Adam's moment decay rates.
         grad_clip: clip the global gradient norm to this value (0 disables clipping).
         eval_every: evaluate on `eval_batches` batches of the eval split every this many steps.
