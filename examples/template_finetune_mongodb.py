@@ -55,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--load-bundled", action="store_true", help="first insert the bundled corpus")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.config import train_preset, with_max_steps
+    from tfx_gpt2.config import train_preset
     from tfx_gpt2.local import run_and_report
     from tfx_gpt2.sources.mongo import MongoSource
 
@@ -63,9 +63,7 @@ def main(argv=None):
         parser.error(f"set {args.uri_env} to the MongoDB connection string (it is read at run time, never stored)")
     if args.load_bundled:
         print(f"inserted {load_bundled(args.collection[0], args.uri_env)} documents into {args.collection[0]}")
-    train = train_preset(args.train)
-    if args.max_steps:
-        train = with_max_steps(train, args.max_steps)
+    train = train_preset(args.train, args.max_steps)
     init = None if args.init_checkpoint == "none" else args.init_checkpoint
     vocab = "gpt2" if not init or init.startswith("openai:") else init
     source = MongoSource(collections=tuple(args.collection), text_field=args.text_field, filter=args.filter,

@@ -27,12 +27,10 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=0, help="override the preset's steps")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.config import train_preset, with_max_steps
+    from tfx_gpt2.config import train_preset
     from tfx_gpt2.local import run_and_report
 
-    train = train_preset(args.train)
-    if args.max_steps:
-        train = with_max_steps(train, args.max_steps)
+    train = train_preset(args.train, args.max_steps)
     return run_and_report(args.pipeline_name, args.data_root, args.output_dir, vocab="train",
                           vocab_size=args.vocab_size, special_tokens=args.special_token, model=args.model, train=train)
 

@@ -273,9 +273,11 @@ TRAIN_PRESETS: Dict[str, TrainConfig] = {
 }
 
 
-def train_preset(name: str) -> TrainConfig:
-    """Returns the `TrainConfig` preset called `name`."""
-    return _preset(TRAIN_PRESETS, "train", name)
+def train_preset(name: str, max_steps: int = 0) -> TrainConfig:
+    """Returns the `TrainConfig` preset called `name`, set to `max_steps` if given (see
+    `with_max_steps`)."""
+    cfg = _preset(TRAIN_PRESETS, "train", name)
+    return with_max_steps(cfg, max_steps) if max_steps else cfg
 
 
 def with_max_steps(cfg: TrainConfig, max_steps: int) -> TrainConfig:

@@ -38,6 +38,12 @@ def unigram_perplexity(train_counts: np.ndarray, eval_counts: np.ndarray) -> flo
     return perplexity(-float((eval_counts * log_p).sum() / n_eval))
 
 
+def check_min_improvement(min_improvement: float) -> None:
+    """Raises ValueError unless `min_improvement` is a fraction in [0, 1)."""
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")
+
+
 def blessing_decision(
     perplexity: float,
     threshold: float,
@@ -50,8 +56,7 @@ def blessing_decision(
     in production) scored on the same tokens, below `champion_perplexity * (1 - min_improvement)`
     (`min_improvement=0.01`: at least 1% lower). The first model is held to the threshold alone.
     """
-    if not 0.0 <= min_improvement < 1.0:
-        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")
+    check_min_improvement(min_improvement)
     if not perplexity < threshold:
         return False, f"eval perplexity {perplexity:.3f} >= threshold {threshold:g}"
     if champion_perplexity is None:

@@ -31,6 +31,7 @@ from tfx_gpt2.config import (
     to_json,
     train_preset,
 )
+from tfx_gpt2.metrics import check_min_improvement
 from tfx_gpt2.registry import flatten_params
 from tfx_gpt2.sources.mongo import MongoSource
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR
@@ -247,8 +248,7 @@ def create_pipeline(
         eval_args=tfx.proto.EvalArgs(num_steps=train_config.eval_batches),
         custom_config={"model_config": to_json(model_config), "train_config": to_json(train_config)},
     )
-    if not 0.0 <= min_improvement < 1.0:
-        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")
+    check_min_improvement(min_improvement)
     evaluator = PerplexityEvaluator(
         model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
         perplexity_threshold=perplexity_threshold, batch_size=train_config.batch_size,

@@ -106,12 +106,15 @@ def connect(tracking_uri: str):
     try:
         client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - classified below, re-raised with what to do
-        raise describe_error(e, tracking_uri) from None
+        error = describe_error(e, tracking_uri) or RegistryError(
+            f"MLflow at {redact_uri(tracking_uri)} failed: {type(e).__name__}: {str(e).splitlines()[0][:500]}")
+        raise error from None
     return client
 
 
-def describe_error(error: Exception, tracking_uri: str) -> RegistryError:
-    """A `RegistryError` saying what went wrong with the server at `tracking_uri` and what to do."""
+def describe_error(error: Exception, tracking_uri: str) -> Optional[RegistryError]:
+    """A `RegistryError` saying what to do when `error` is a refused login or a server that did
+    not answer; None for other errors."""
     where = redact_uri(tracking_uri)
     text = str(error)
     if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden", "PERMISSION_DENIED",
@@ -130,7 +133,7 @@ def describe_error(error: Exception, tracking_uri: str) -> RegistryError:
             "--backend-store-uri sqlite:///mlflow.db --port 5000`) or point mlflow_tracking_uri at a running one; "
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT set how long to wait."
         )
-    return RegistryError(f"MLflow at {where} failed: {type(error).__name__}: {text.splitlines()[0][:500]}")
+    return None
 
 
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
@@ -279,9 +282,7 @@ def push_model(
                 mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
             example = None
             if input_example:
-                example = (list(input_example), {"max_new_tokens": 8, "temperature": 0.0,
-                                                 **{k: v for k, v in DEFAULT_PARAMS.items()
-                                                    if k not in ("max_new_tokens", "temperature")}})
+                example = (list(input_example), {**DEFAULT_PARAMS, "max_new_tokens": 8, "temperature": 0.0})
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=GPT2PyFunc(),
@@ -300,7 +301,7 @@ def push_model(
         raise
     except Exception as e:  # noqa: BLE001 - connection and auth failures get what to do
         error = describe_error(e, tracking_uri)
-        if "failed:" in str(error):
+        if error is None:
             raise
         raise error from None
     if blessed:

@@ -86,13 +86,11 @@ class PipelineSettings:
 
     def create_pipeline(self, metadata_connection_config=None, **overrides):
         """The pipeline of `tfx_gpt2.pipeline.create_pipeline()` for these settings."""
-        from tfx_gpt2.config import train_preset, with_max_steps
+        from tfx_gpt2.config import train_preset
         from tfx_gpt2.pipeline import create_pipeline
         from tfx_gpt2.sources.mongo import MongoSource
 
-        train = train_preset(self.train)
-        if self.max_steps:
-            train = with_max_steps(train, self.max_steps)
+        train = train_preset(self.train, self.max_steps)
         source = self.data_root
         if self.mongo_collections:
             source = MongoSource(collections=self.mongo_collections, text_field=self.mongo_text_field,
@@ -117,8 +115,6 @@ def _convert(name: str, value, field: dataclasses.Field, where: str):
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v] if name != "beam_args" else value.split()
             return tuple(str(v) for v in value)
-        if isinstance(default, bool):
-            return str(value).lower() in ("1", "true", "yes")
         return type(default)(value)
     except (TypeError, ValueError):
         raise SettingsError(

@@ -58,6 +58,16 @@ def _common_splits(examples: list) -> List[str]:
     return splits
 
 
+def describe_spans(spans) -> str:
+    """The spans as text: `3` for one, `3-7` for a run, `1,4` otherwise."""
+    spans = sorted(set(spans))
+    if len(spans) == 1:
+        return str(spans[0])
+    if spans == list(range(spans[0], spans[-1] + 1)):
+        return f"{spans[0]}-{spans[-1]}"
+    return ",".join(map(str, spans))
+
+
 @tfx.dsl.components.component(use_beam=True)
 def BpeEncoder(
     examples: tfx.dsl.components.InputArtifact[List[tfx.types.standard_artifacts.Examples]],
@@ -93,11 +103,8 @@ def BpeEncoder(
     encoded.split_names = artifact_utils.encode_split_names(splits)
     encoded.set_int_custom_property("block_len", block_len)
     encoded.set_int_custom_property("vocab_size", tokenizer.vocab_size)
-    # The spans the blocks come from, e.g. "0" or "3-7" (tagged on registered model versions).
-    spans = sorted({int(a.span) for a in examples})
-    encoded.set_string_custom_property(
-        "spans", str(spans[0]) if len(spans) == 1 else f"{spans[0]}-{spans[-1]}" if spans == list(
-            range(spans[0], spans[-1] + 1)) else ",".join(map(str, spans)))
+    # The spans the blocks come from (tagged on registered model versions).
+    encoded.set_string_custom_property("spans", describe_spans(int(a.span) for a in examples))
     for split in splits:
         with tf.io.gfile.GFile(os.path.join(encoded.uri, f"stats-{split}.json")) as f:
             stats = json.loads(f.read())

@@ -113,16 +113,16 @@ def score_champion(tracking_uri: str, name: str, candidate, candidate_encoder, e
             return None
         model = load_model_dir(champion.model_dir)
         same_vocab = BPETokenizer.from_dir(champion.model_dir).encoder == candidate_encoder
-        block_len = candidate.config.n_ctx + 1
+        n_ctx = candidate.config.n_ctx
         if model.config.n_vocab != candidate.config.n_vocab or not same_vocab:
             return (f"the champion (version {champion.version}) has another vocabulary ({model.config.n_vocab} "
                     f"tokens, this model {candidate.config.n_vocab}): its perplexity is over other tokens and "
                     "cannot be compared; to replace it anyway, run with compare_with_champion=False")
-        if model.config.n_ctx < block_len - 1:
+        if model.config.n_ctx < n_ctx:
             return (f"the champion (version {champion.version}) has a context of {model.config.n_ctx} tokens, "
-                    f"shorter than the blocks of {block_len - 1}; to replace it anyway, run with "
+                    f"shorter than the blocks of {n_ctx}; to replace it anyway, run with "
                     "compare_with_champion=False")
-        loss, _ = evaluate(model, block_dataset(eval_files, block_len, batch_size, drop_remainder=False))
+        loss, _ = evaluate(model, block_dataset(eval_files, n_ctx + 1, batch_size, drop_remainder=False))
     ppl = perplexity(loss)
     logger.info("champion: version %d, eval perplexity %.3f on the same blocks", champion.version, ppl)
     return champion.version, ppl

@@ -75,13 +75,18 @@ class GPT2PyFunc(mlflow.pyfunc.PythonModel):
             raise MlflowException.invalid_parameter_value(str(e)) from None
 
 
+def check_setting_names(params: Optional[Dict[str, Any]]) -> None:
+    """Raises ValueError for a request param that is not a sampling setting (`DEFAULT_PARAMS`)."""
+    unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(DEFAULT_PARAMS)}.")
+
+
 def sampling_config(params: Optional[Dict[str, Any]]):
     """The `SamplingConfig` of request params (defaults: `DEFAULT_PARAMS`); unknown names are errors."""
     from tfx_gpt2.model.generate import SamplingConfig
 
-    unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(DEFAULT_PARAMS)}.")
+    check_setting_names(params)
     settings = {**DEFAULT_PARAMS, **(params or {})}
     values = {}
     for name, default in DEFAULT_PARAMS.items():

@@ -20,7 +20,7 @@ context holds, an unknown setting) get HTTP 400 with the reason.
 import json
 from typing import Any, Dict, List, Tuple, Union
 
-from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS
+from tfx_gpt2.serving.mlflow_pyfunc import check_setting_names
 
 SELDON_PATH = "/api/v1.0/predictions"
 
@@ -48,9 +48,10 @@ def parse_seldon(body: Dict[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
     if not isinstance(params, dict):
         raise RequestError(f"parameters must be an object of sampling settings; got {params!r:.200}")
     # MLflow drops parameters its signature does not name, with a warning; a typo here is an error.
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise RequestError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(DEFAULT_PARAMS)}.")
+    try:
+        check_setting_names(params)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
     return prompts, params
 
 
