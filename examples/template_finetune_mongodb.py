@@ -12,6 +12,7 @@ corpus (one MongoDB document per text document) before the run, for a first try.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -39,7 +40,8 @@ def load_bundled(collection: str, uri_env: str) -> int:
     return len(docs)
 
 
-def main(argv=None):
+def settings_from(argv=None):
+    """The settings of this template's run (TFX_GPT2_* variables, then the flags), and the flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-name", default="tfx-gpt2-mongodb")
     parser.add_argument("--output-dir", default=os.path.join(REPO, "tfx_gpt2_output"))
@@ -49,28 +51,35 @@ def main(argv=None):
     parser.add_argument("--uri-env", default="MONGO_URI", help="the variable holding the connection string")
     parser.add_argument("--watermark-field", default="_id", help="what orders documents for incremental exports")
     parser.add_argument("--init-checkpoint", default="openai:124M", help="a checkpoint directory, openai:SIZE, or none")
-    parser.add_argument("--model", default="", help="the checkpoint's shape (default: SIZE of openai:SIZE, else tiny)")
+    parser.add_argument("--model", default="", help="model preset when training from scratch (--init-checkpoint "
+                        "none; default tiny); a checkpoint brings its own shape")
     parser.add_argument("--train", default="finetune")
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--load-bundled", action="store_true", help="first insert the bundled corpus")
     args = parser.parse_args(argv)
-
-    from tfx_gpt2.config import train_preset
-    from tfx_gpt2.local import run_and_report
-    from tfx_gpt2.sources.mongo import MongoSource
-
     if args.uri_env not in os.environ:
         parser.error(f"set {args.uri_env} to the MongoDB connection string (it is read at run time, never stored)")
+
+    from tfx_gpt2.settings import from_env
+
+    init = "" if args.init_checkpoint == "none" else args.init_checkpoint
+    vocab = "gpt2" if not init or init.startswith("openai:") else init
+    settings = dataclasses.replace(
+        from_env(), pipeline_name=args.pipeline_name, output_dir=args.output_dir,
+        mongo_collections=tuple(args.collection), mongo_text_field=args.text_field, mongo_filter=args.filter,
+        mongo_uri_env=args.uri_env, mongo_incremental=True, mongo_watermark_field=args.watermark_field,
+        model=args.model, init_checkpoint=init, vocab=vocab, train=args.train,
+        max_steps=args.max_steps)
+    return settings, args
+
+
+def main(argv=None):
+    from tfx_gpt2.local import run_and_report
+
+    settings, args = settings_from(argv)
     if args.load_bundled:
         print(f"inserted {load_bundled(args.collection[0], args.uri_env)} documents into {args.collection[0]}")
-    train = train_preset(args.train, args.max_steps)
-    init = None if args.init_checkpoint == "none" else args.init_checkpoint
-    vocab = "gpt2" if not init or init.startswith("openai:") else init
-    source = MongoSource(collections=tuple(args.collection), text_field=args.text_field, filter=args.filter,
-                         uri_env=args.uri_env, incremental=True, watermark_field=args.watermark_field)
-    model = args.model or (init.split(":", 1)[1] if init and init.startswith("openai:") else "tiny")
-    return run_and_report(args.pipeline_name, source, args.output_dir, init_checkpoint=init, vocab=vocab,
-                          train=train, model=model)
+    return run_and_report(settings)
 
 
 if __name__ == "__main__":

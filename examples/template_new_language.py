@@ -6,16 +6,18 @@
 VocabTrainer learns a byte-level BPE of --vocab-size tokens on the train split (GPT-2's file
 format), BpeEncoder encodes with it, and the Trainer trains --model from scratch with an
 embedding of that size. On the bundled (English) corpus with the defaults it runs in minutes.
+Other settings: TFX_GPT2_* (tfx_gpt2/settings.py).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main(argv=None):
+def settings_from(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-name", default="tfx-gpt2-new-language")
     parser.add_argument("--data-root", default=os.path.join(REPO, "data", "pydoc_topics"))
@@ -27,12 +29,18 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=0, help="override the preset's steps")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.config import train_preset
+    from tfx_gpt2.settings import from_env
+
+    return dataclasses.replace(
+        from_env(), pipeline_name=args.pipeline_name, data_root=args.data_root, output_dir=args.output_dir,
+        vocab="train", vocab_size=args.vocab_size, special_tokens=tuple(args.special_token), model=args.model,
+        train=args.train, max_steps=args.max_steps)
+
+
+def main(argv=None):
     from tfx_gpt2.local import run_and_report
 
-    train = train_preset(args.train, args.max_steps)
-    return run_and_report(args.pipeline_name, args.data_root, args.output_dir, vocab="train",
-                          vocab_size=args.vocab_size, special_tokens=args.special_token, model=args.model, train=train)
+    return run_and_report(settings_from(argv))
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ class MlflowServer:
         self.log.close()
 
 
-def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16) -> str:
-    """A random 1-layer GPT-2 with OpenAI's vocabulary, saved as a tfx-gpt2 model directory."""
+def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16, n_embd: int = 16, n_layer: int = 1,
+                   n_head: int = 2) -> str:
+    """A random GPT-2 (1 layer by default) with OpenAI's vocabulary, saved as a tfx-gpt2 model directory."""
     import keras
 
     from tfx_gpt2.config import GPT2Config
@@ -88,4 +89,4 @@ def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16) -> str:
     from tfx_gpt2.model.io import save_model_dir
 
     keras.utils.set_random_seed(seed)
-    return save_model_dir(GPT2(GPT2Config(n_ctx=n_ctx, n_embd=16, n_layer=1, n_head=2)), path)
+    return save_model_dir(GPT2(GPT2Config(n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head)), path)

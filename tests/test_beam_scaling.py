@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import CORPUS_DIR
 
 from tfx_gpt2.local import metadata_config, run_local
-from tfx_gpt2.pipeline import create_data_pipeline
+from tfx_gpt2.pipeline import DataConfig, TextFolder, create_data_pipeline
 
 MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 ONE = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -49,7 +49,7 @@ class ChildCpu:
 
 def run(tmp, name, corpus, beam_args):
     root = os.path.join(tmp, name)
-    pipeline = create_data_pipeline(name, os.path.join(root, "pipeline"), corpus, block_len=65,
+    pipeline = create_data_pipeline(name, os.path.join(root, "pipeline"), DataConfig(TextFolder(corpus)), block_len=65,
                                     metadata_connection_config=metadata_config(os.path.join(root, "md.db")),
                                     beam_pipeline_args=beam_args)
     with ChildCpu() as cpu:

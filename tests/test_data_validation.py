@@ -8,7 +8,8 @@ import pytest
 from ml_metadata.metadata_store import metadata_store
 
 from tfx_gpt2 import local
-from tfx_gpt2.pipeline import create_data_pipeline
+from tfx_gpt2.pipeline import DataConfig, TextFolder, create_data_pipeline
+from tfx_gpt2.settings import DEFAULT_BEAM_ARGS
 from tfx_gpt2.text.blocks import read_blocks
 
 
@@ -21,11 +22,12 @@ def run(tmp_path_factory, corpus_text):
     docs += ["", "x" * 5000, "Text decoded with errors upstream: caf\ufffd, na\ufffdve."] * 2
     (data / "a.txt").write_text("<|endoftext|>".join(docs), encoding="utf-8")
     (data / "b.txt").write_bytes("good document<|endoftext|>".encode() + b"bad \xff bytes")
+    config = DataConfig(TextFolder(str(data)), vocab="train", vocab_size=600, special_tokens=("<|dialogue|>",),
+                        max_chars=4000)
     pipeline = create_data_pipeline(
-        "dv", str(root / "pipeline"), str(data), block_len=65, vocab="train", vocab_size=600,
-        special_tokens=["<|dialogue|>"], max_chars=4000,
+        "dv", str(root / "pipeline"), config, block_len=65,
         metadata_connection_config=local.metadata_config(str(root / "mlmd.sqlite")),
-        beam_pipeline_args=local.DEFAULT_BEAM_ARGS,
+        beam_pipeline_args=list(DEFAULT_BEAM_ARGS),
     )
     local.run_local(pipeline)
     store = metadata_store.MetadataStore(local.metadata_config(str(root / "mlmd.sqlite")))

@@ -1,8 +1,16 @@
-"""The whole pipeline on the bundled corpus with the `tiny` preset, run twice with Beam.
+"""The whole pipeline on the bundled corpus with the `tiny` preset (`make run`'s), run with Beam.
 
-Checks ML Metadata (one execution per component, then a fully cached second run), MLflow (the
-registered version, its metrics and aliases, the logged pyfunc generating text), TensorBoard
-(training loss in the event files) and that the model beats a unigram baseline.
+One shared sequence of runs into one output directory, used by every test here:
+    first     the tiny pipeline (what `make run` does)
+    second    the same again: every component reused from the cache
+    worse     a short training (12 steps): registered as the challenger only
+    rescored  the champion moved by hand to the worse version, then the first settings again:
+              the trained model comes from the cache, its evaluation does not (the champion
+              changed), and the champion moves back to the better model
+
+Checks ML Metadata (executions, the cache), MLflow (versions, metrics, aliases, samples, the
+logged pyfunc generating text), TensorBoard (loss and text samples) and that the model beats a
+unigram baseline.
 """
 
 import dataclasses
@@ -18,7 +26,9 @@ from mlflow_helpers import free_port, post_json, wait_http
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfx_gpt2.config import train_preset
-from tfx_gpt2.local import LocalPaths, metadata_config, run_and_report, ui_commands
+from tfx_gpt2.local import metadata_config, run_and_report, ui_commands
+from tfx_gpt2.pipeline_config import OutputLayout, TrainingSetup
+from tfx_gpt2.settings import from_env
 
 NAME = "e2e-tiny"
 COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
@@ -27,21 +37,27 @@ COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValida
 
 @pytest.fixture(scope="module")
 def all_runs(tmp_path_factory):
-    """Four runs into one output directory: the tiny pipeline, the same again (cached), a better
-    model (more training steps), a worse one (few steps). The data components stay cached."""
+    """first, second, worse, rescored: see the module docstring."""
+    from mlflow.tracking import MlflowClient
+
     out = str(tmp_path_factory.mktemp("e2e"))
-    tiny = train_preset("tiny")
-    first = run_and_report(NAME, CORPUS_DIR, out)
-    second = run_and_report(NAME, CORPUS_DIR, out)
-    better = run_and_report(NAME, CORPUS_DIR, out, train=dataclasses.replace(tiny, max_steps=240))
-    worse = run_and_report(NAME, CORPUS_DIR, out, train=dataclasses.replace(
-        tiny, max_steps=12, warmup_steps=2, eval_every=12, log_every=4))
-    return out, first, second, better, worse
+    settings = from_env({}, pipeline_name=NAME, output_dir=out, data_root=CORPUS_DIR)
+    first = run_and_report(settings)
+    second = run_and_report(settings)
+    short = dataclasses.replace(train_preset("tiny"), max_steps=12, warmup_steps=2, eval_every=12, log_every=4)
+    worse = run_and_report(settings, training=TrainingSetup(train=short))
+    MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(NAME, "champion", "2")
+    rescored = run_and_report(settings)
+    return out, first, second, worse, rescored
 
 
 @pytest.fixture(scope="module")
 def runs(all_runs):
     return all_runs[:3]
+
+
+def layout(out):
+    return OutputLayout(out, NAME)
 
 
 def executions_by_component(store):
@@ -60,7 +76,7 @@ def test_metadata_counts_and_cache(runs):
     out, first, second = runs
     assert first["executions"] == {c: "COMPLETE" for c in COMPONENTS}
     assert second["executions"] == {c: "CACHED" for c in COMPONENTS}
-    store = metadata_store.MetadataStore(metadata_config(LocalPaths(out, NAME).metadata_path))
+    store = metadata_store.MetadataStore(metadata_config(layout(out).metadata_path))
     executions = executions_by_component(store)
     assert {c: executions[c][:2] for c in COMPONENTS} == {c: ["COMPLETE", "CACHED"] for c in COMPONENTS}
     assert second["model_version"] == first["model_version"] == 1
@@ -86,7 +102,7 @@ def test_mlflow_version_metrics_and_model(runs):
     from mlflow.tracking import MlflowClient
 
     out, first, _ = runs
-    uri = LocalPaths(out, NAME).mlflow_tracking_uri
+    uri = layout(out).mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
     version = client.get_model_version(NAME, "1")
     assert version.tags["pipeline_name"] == NAME and version.tags["init_checkpoint"] == "scratch"
@@ -97,7 +113,13 @@ def test_mlflow_version_metrics_and_model(runs):
     history = client.get_metric_history(run.info.run_id, "trainer.loss")
     assert [m.step for m in history] == list(range(20, 161, 20))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"tensorboard", "tokenizer", "samples.txt"} <= artifacts
+    assert {"tensorboard", "tokenizer", "samples.txt", "training_samples.json"} <= artifacts
+    # In-training evaluations are named for the subset they score (8 batches of 16 of 234 blocks).
+    subset = client.get_metric_history(run.info.run_id, "trainer.eval_subset_perplexity")
+    assert [m.step for m in subset] == [80, 160]
+    assert "trainer.eval_perplexity" not in run.data.metrics and "trainer.eval_loss" not in run.data.metrics
+    samples = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/training_samples.json"))["samples"]
+    assert {s["step"] for s in samples} == {80, 160} and len(samples) == 6
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
@@ -111,6 +133,9 @@ def test_tensorboard_has_training_loss(runs):
     acc.Reload()
     losses = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("loss")]
     assert len(losses) == 8 and losses[-1] < losses[0]
+    # Text samples by default: at each evaluation (80) and at the end (160), three prompts each.
+    texts = [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("samples")]
+    assert [e.step for e in acc.Tensors("samples")] == [80, 160] and all(t.count("**") == 6 for t in texts)
 
 
 def get_json_when_up(url, proc):
@@ -129,7 +154,9 @@ def test_printed_ui_commands_serve_the_results(runs):
             f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/registered-models/get?name={NAME}", mlflow_proc)
         assert model["registered_model"]["aliases"]
         tags = get_json_when_up(f"http://127.0.0.1:{tb_port}/data/plugin/scalars/tags", tb_proc)
-        assert "loss" in tags["train"] and "perplexity" in tags["eval"]
+        assert "loss" in tags["train"] and "subset_perplexity" in tags["eval"]
+        text_tags = get_json_when_up(f"http://127.0.0.1:{tb_port}/data/plugin/text/tags", tb_proc)
+        assert "samples" in text_tags["train"]  # TensorBoard's Text tab has the samples
     finally:
         for p in procs:
             os.killpg(p.pid, 15)
@@ -137,24 +164,36 @@ def test_printed_ui_commands_serve_the_results(runs):
 
 
 def test_champion_moves_only_to_a_better_model(all_runs):
+
+    out, first, _, worse, _ = all_runs
+    print(f"perplexities: first {first['eval_perplexity']:.2f}, worse {worse['eval_perplexity']:.2f}")
+    assert (first["model_version"], worse["model_version"]) == (1, 2)
+    assert first["aliases"] == "challenger,champion" and "champion_version" not in first
+    # The worse model was compared with the champion (version 1) re-scored on the same eval blocks.
+    assert worse["champion_version"] == 1
+    assert worse["champion_eval_perplexity"] == pytest.approx(first["eval_perplexity"], rel=1e-4)
+    assert not worse["blessed"] and worse["aliases"] == "challenger"
+    assert "not below the champion's" in worse["reason"]
+    assert worse["executions"]["TextExampleGen"] == "CACHED" and worse["executions"]["Trainer"] == "COMPLETE"
+
+
+def test_a_moved_champion_is_seen_by_the_cache(all_runs):
     from mlflow.tracking import MlflowClient
 
-    out, first, second, better, worse = all_runs
-    print(f"perplexities: first {first['eval_perplexity']:.2f}, better {better['eval_perplexity']:.2f}, "
-          f"worse {worse['eval_perplexity']:.2f}")
-    assert (first["model_version"], better["model_version"], worse["model_version"]) == (1, 2, 3)
-    assert first["aliases"] == "challenger,champion" and "champion_version" not in first
-    # The better model was compared with the champion (version 1) re-scored on the same eval blocks.
-    assert better["champion_version"] == 1
-    assert better["champion_eval_perplexity"] == pytest.approx(first["eval_perplexity"], rel=1e-4)
-    assert better["blessed"] and better["aliases"] == "challenger,champion"
-    assert better["eval_perplexity"] < first["eval_perplexity"]
-    # The worse one is registered as the challenger only; champion stays with version 2.
-    assert worse["champion_version"] == 2 and not worse["blessed"] and worse["aliases"] == "challenger"
-    assert "not below the champion's" in worse["reason"]
-    client = MlflowClient(tracking_uri=LocalPaths(out, NAME).mlflow_tracking_uri)
-    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "2", "challenger": "3"}
-    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == [1, 2, 3]
+    out, first, second, worse, rescored = all_runs
+    # The cached second run kept the blessing decided against no champion (the model is the
+    # champion because of it); after the champion moved to version 2, the evaluation ran again.
+    assert second["champion_key"] == first["champion_key"] == "none"
+    assert rescored["executions"]["Trainer"] == "CACHED"
+    assert rescored["executions"]["PerplexityEvaluator"] == "COMPLETE"
+    assert rescored["champion_key"].startswith("version 2 (run ")
+    assert rescored["champion_version"] == 2 and rescored["blessed"]
+    assert rescored["champion_eval_perplexity"] == pytest.approx(worse["eval_perplexity"], rel=1e-4)
+    # The same model is not registered twice; the champion moves back to it.
+    assert rescored["model_version"] == 1 and rescored["already_pushed"] == 1
+    client = MlflowClient(tracking_uri=layout(out).mlflow_tracking_uri)
+    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "1", "challenger": "2"}
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == [1, 2]
 
 
 def test_registered_champion_answers_over_http(all_runs, tmp_path):
@@ -165,7 +204,7 @@ def test_registered_champion_answers_over_http(all_runs, tmp_path):
             "local", "--host", "127.0.0.1", "-p", str(port)]
     with open(tmp_path / "serve.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": LocalPaths(out, NAME).mlflow_tracking_uri,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": layout(out).mlflow_tracking_uri,
                                      "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")})
         try:
             wait_http(f"http://127.0.0.1:{port}/ping", proc)

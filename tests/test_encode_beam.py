@@ -56,8 +56,9 @@ def test_control_tokens_start_their_documents(tmp_path):
     docs = [("a", "Hello there", "<|dialogue|>"), ("b", "plain text", "")]
     with TestPipeline() as p:
         out = p | beam.Create(docs, reshuffle=False) | EncodeAndPack(vocab, 4)
-        assert_that(_all_blocks(out) | beam.Map(lambda b: b[0]) | beam.combiners.ToList(),
-                    lambda firsts: 50257 in firsts[0], label="control")
+        # <|dialogue|> (50257) starts document a; document b is the 2-token remainder.
+        assert_that(_all_blocks(out), equal_to([[50257, 15496, 612, 50256]]), label="control")
+        assert_that(out["stats"], lambda items: _equal(items[0]["remainder_tokens"], 2), label="remainder")
 
 
 def test_unknown_control_token_is_named(tmp_path):
@@ -93,6 +94,11 @@ def test_encode_examples_writes_blocks_and_stats(tmp_path, tokenizer, corpus_tex
     n_eot = len(texts) - 1
     assert stats["blocks"] * 64 + stats["remainder_tokens"] in (stats["tokens"] + n_eot, stats["tokens"] + n_eot - 1)
     assert np.max(blocks) < 50257
+
+
+def _equal(value, expected):
+    # assert_that ignores a matcher's return value: a matcher must raise to fail.
+    assert value == expected, (value, expected)
 
 
 def _between(value, low, high):

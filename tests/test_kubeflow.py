@@ -56,6 +56,10 @@ def test_every_component_with_its_image_and_arguments(compiled):
     assert (trainer.accelerator.type, trainer.accelerator.count) == ("NVIDIA_L4", 1)
     assert trainer.cpu_limit == 8.0 and trainer.memory_limit == 32.0
     assert "9 tasks" in stdout
+    # KFP runs no TFX driver, so its cache cannot see the champion move: the evaluator and the
+    # pusher always run; the other steps keep KFP's cache.
+    uncached = {name for name, task in spec.root.dag.tasks.items() if not task.caching_options.enable_cache}
+    assert uncached == {"PerplexityEvaluator", "MlflowPusher"}
 
 
 def test_parameters_reach_the_components(compiled):

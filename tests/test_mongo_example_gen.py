@@ -12,7 +12,8 @@ from ml_metadata.metadata_store import metadata_store
 from mongo_helpers import SharedClient
 
 from tfx_gpt2 import local
-from tfx_gpt2.pipeline import create_data_pipeline
+from tfx_gpt2.pipeline import DataConfig, create_data_pipeline
+from tfx_gpt2.settings import DEFAULT_BEAM_ARGS
 from tfx_gpt2.sources import mongo
 
 PASSWORD = "s3cretPW-do-not-store"
@@ -44,11 +45,12 @@ def db(monkeypatch):
 
 
 def data_pipeline(root, source):
+    config = DataConfig(source, validate=False, split_ratios={"train": 8, "eval": 1, "test": 1},
+                        control_feature="kind", special_tokens=("<|news|>",))
     return create_data_pipeline(
-        "mongo-test", os.path.join(root, "pipeline"), source, block_len=65, validate=False,
-        split_ratios={"train": 8, "eval": 1, "test": 1}, control_feature="kind", special_tokens=["<|news|>"],
+        "mongo-test", os.path.join(root, "pipeline"), config, block_len=65,
         metadata_connection_config=local.metadata_config(os.path.join(root, "mlmd.sqlite")),
-        beam_pipeline_args=local.DEFAULT_BEAM_ARGS,
+        beam_pipeline_args=list(DEFAULT_BEAM_ARGS),
     )
 
 

@@ -3,13 +3,20 @@ import json
 import pytest
 
 from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, from_json
-from tfx_gpt2.pipeline import create_pipeline
+from tfx_gpt2.pipeline import DataConfig, RegistryConfig, TextFolder, TrainingSetup, create_pipeline
+
+DATA_FIELDS = {"vocab", "vocab_size", "special_tokens", "control_feature", "split_ratios", "max_spans", "min_chars",
+               "max_chars", "validate"}
+TRAINING_FIELDS = {"model", "train", "init_checkpoint"}
 
 
-def build(**kwargs):
-    args = dict(pipeline_name="p", pipeline_root="/tmp/root", data_root="/tmp/data",
-                mlflow_tracking_uri="sqlite:////tmp/mlflow.db")
-    return create_pipeline(**{**args, **kwargs})
+def build(source=None, **kwargs):
+    """create_pipeline with each keyword routed to its config."""
+    data = DataConfig(source or TextFolder("/tmp/data"), **{k: v for k, v in kwargs.items() if k in DATA_FIELDS})
+    training = TrainingSetup(**{k: v for k, v in kwargs.items() if k in TRAINING_FIELDS})
+    registry = RegistryConfig(kwargs.pop("mlflow_tracking_uri", "sqlite:////tmp/mlflow.db"))
+    assert set(kwargs) <= DATA_FIELDS | TRAINING_FIELDS, kwargs
+    return create_pipeline("p", "/tmp/root", data, training, registry)
 
 
 def test_components_and_wiring():
@@ -59,7 +66,7 @@ def test_incremental_mongodb_source_reads_spans_through_a_resolver():
     from tfx_gpt2.sources.mongo import MongoSource
 
     source = MongoSource(collections=("news.articles",), text_field="body", incremental=True)
-    pipeline = build(data_root=source, max_spans=7, split_ratios={"train": 18, "eval": 1, "test": 1})
+    pipeline = build(source, max_spans=7, split_ratios={"train": 18, "eval": 1, "test": 1})
     by_id = {c.id: c for c in pipeline.components}
     assert "MongoExampleGen" in by_id and "TextExampleGen" not in by_id
     assert by_id["BpeEncoder"].inputs["examples"].producer_component_id == "latest_spans"
@@ -73,11 +80,15 @@ def test_split_ratios_need_train_and_eval():
         build(split_ratios={"train": 9, "test": 1})
 
 
-def test_fine_tuning_is_an_explicit_base_model_input():
+def test_fine_tuning_is_an_explicit_base_model_input(tmp_path):
+    from mlflow_helpers import tiny_model_dir
+
     by_id = {c.id: c for c in build().components}
     assert by_id["Trainer"].inputs.get("base_model") is None  # from scratch by default
-    imported = {c.id: c for c in build(init_checkpoint="/models/gpt2-124M").components}
-    assert imported["base_model"].exec_properties["artifact_uri"] == "/models/gpt2-124M"
+    checkpoint = tiny_model_dir(str(tmp_path / "gpt2"))
+    imported = {c.id: c for c in build(init_checkpoint=checkpoint).components}
+    assert imported["base_model"].exec_properties["artifact_uri"] == checkpoint
+    assert imported["BpeEncoder"].exec_properties["block_len"] == 17  # the checkpoint's n_ctx + 1
     assert imported["Trainer"].inputs["base_model"].producer_component_id == "base_model"
     downloaded = {c.id: c for c in build(init_checkpoint="openai:355M").components}
     assert downloaded["base_model"].exec_properties["size"] == "355M"

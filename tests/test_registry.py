@@ -142,3 +142,23 @@ def test_refused_credentials_are_a_clear_error(auth_server, models, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-pw-for-tests-7f3a")
     assert push(auth_server, models[0], "auth", blessed=True, ppl=1.0).version == 1
 
+
+
+def test_champion_key_follows_the_alias_and_a_champion_keeps_its_own_key(mlflow_server, models):
+    from tfx_gpt2.registry import COMPARED_WITH_TAG, NO_CHAMPION, champion_key
+
+    name = "champion-key-test"
+    assert champion_key(mlflow_server.uri, name, "m0") == NO_CHAMPION
+    first = push(mlflow_server, models[0], "m0", blessed=True, ppl=100.0, name=name)
+    first_key = f"version 1 (run {first.run_id})"
+    # Another model's blessing depends on version 1; version 1's own on what it was compared with.
+    assert champion_key(mlflow_server.uri, name, "m1") == first_key
+    client = MlflowClient(mlflow_server.uri)
+    client.set_model_version_tag(name, "1", COMPARED_WITH_TAG, NO_CHAMPION)
+    assert champion_key(mlflow_server.uri, name, "m0") == NO_CHAMPION
+    second = push(mlflow_server, models[1], "m1", blessed=True, ppl=90.0, name=name)
+    assert champion_key(mlflow_server.uri, name, "m0") == f"version 2 (run {second.run_id})" != first_key
+    # Version 1 blessed again, against version 2: it is not registered twice, and takes champion back.
+    again = push(mlflow_server, models[0], "m0", blessed=True, ppl=80.0, name=name)
+    assert again.already_pushed and again.version == 1 and CHAMPION in again.aliases
+    assert aliases(mlflow_server, name) == {CHAMPION: "1", CHALLENGER: "2"}

@@ -25,7 +25,8 @@ def registered(out, name):
 
 
 def test_finetune_local_text(tmp_path):
-    checkpoint = tiny_model_dir(str(tmp_path / "base"), n_ctx=64)
+    # Not the tiny preset's shape: the template reads it from the checkpoint (n_ctx 32: blocks of 33).
+    checkpoint = tiny_model_dir(str(tmp_path / "base"), n_ctx=32, n_embd=32, n_layer=2)
     summary = load("template_finetune_local_text").main(
         ["--output-dir", str(tmp_path / "out"), "--init-checkpoint", checkpoint, "--train", "tiny", "--max-steps", "10"])
     assert summary["model_version"] == 1

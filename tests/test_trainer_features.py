@@ -64,8 +64,8 @@ def test_early_stopping_keeps_the_best_weights(counting_data):
     model, result = run(counting_data, max_steps=30, eval_every=2, early_stopping_patience=2,
                         early_stopping_min_delta=100.0)
     assert result.stopped_early and result.steps == 6  # evals at 2 (best), 4 and 6 (no improvement)
-    first_eval = next(h["eval_loss"] for h in result.history if "eval_loss" in h)
-    assert result.eval_loss == first_eval
+    first_eval = next(h["eval_subset_loss"] for h in result.history if "eval_subset_loss" in h)
+    assert result.eval_subset_loss == first_eval
 
 
 def test_epochs_set_the_number_of_steps(counting_data):
@@ -86,16 +86,43 @@ def test_mixed_precision_trains_in_float32_variables(counting_data, precision):
 
 def test_samples_in_results_and_tensorboard(counting_data, tmp_path, tokenizer):
     train_files, eval_files = counting_data
-    cfg = dataclasses.replace(BASE, samples_every=3, sample_tokens=4, sample_prompt="!")
+    cfg = dataclasses.replace(BASE, samples_every=3, sample_tokens=4, sample_prompts=("!", "?"))
     from tfx_gpt2.text.bpe import BPETokenizer
 
     small = BPETokenizer({s: i for s, i in tokenizer.encoder.items() if i < 63}, [])
     _, result = train(CFG, cfg, train_files, eval_files, log_dir=str(tmp_path / "tb"), tokenizer=small)
-    assert [s["step"] for s in result.samples] == [3, 6] and all(isinstance(s["text"], str) for s in result.samples)
+    assert [(s["step"], s["prompt"]) for s in result.samples] == [(3, "!"), (3, "?"), (6, "!"), (6, "?")]
+    assert all(isinstance(s["text"], str) for s in result.samples)
     acc = EventAccumulator(str(tmp_path / "tb" / "train"))
     acc.Reload()
     assert "samples/text_summary" in acc.Tags()["tensors"] or "samples" in acc.Tags()["tensors"]
     assert "perplexity" in acc.Tags()["tensors"]
+
+
+def test_samples_by_default_at_each_evaluation_with_one_compiled_generator(counting_data, tmp_path, tokenizer,
+                                                                          monkeypatch):
+    from tfx_gpt2.model import generate
+    from tfx_gpt2.text.bpe import BPETokenizer
+
+    built = []
+
+    class CountingGenerator(generate.Generator):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self)
+
+    monkeypatch.setattr(generate, "Generator", CountingGenerator)
+    small = BPETokenizer({s: i for s, i in tokenizer.encoder.items() if i < 63}, [])
+    assert BASE.samples_every == -1 and len(BASE.sample_prompts) == 3  # the defaults
+    # eval_every=3: evaluations at 3, 6 and 7; prompts the 63-token vocabulary can spell
+    cfg = dataclasses.replace(BASE, max_steps=7, sample_tokens=4, sample_prompts=("A", "BC", "D"))
+    _, result = train(CFG, cfg, *counting_data, log_dir=str(tmp_path / "tb"), tokenizer=small)
+    assert sorted({s["step"] for s in result.samples}) == [3, 6, 7] and len(result.samples) == 9
+    assert len(built) == 1 and built[0]._loop.experimental_get_tracing_count() == 1
+    acc = EventAccumulator(str(tmp_path / "tb" / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors("samples")]
+    assert [e.step for e in acc.Tensors("samples")] == [3, 6, 7] and all("'BC'" in t for t in texts)
 
 
 def test_config_errors():

@@ -33,7 +33,7 @@ def encoded(root, n_ctx, special_tokens=()):
 def fn_args(tmp_path, data, base_model=None):
     train_files, eval_files = data
     cfg = TrainConfig(batch_size=4, max_steps=2, warmup_steps=0, eval_every=2, eval_batches=1, log_every=1,
-                      shuffle_buffer=8, samples_every=2, sample_tokens=3, sample_prompt="Hello", checkpoint_every=1)
+                      shuffle_buffer=8, samples_every=2, sample_tokens=3, sample_prompts=("Hello",), checkpoint_every=1)
     model_cfg = GPT2Config(n_ctx=16, n_embd=32, n_layer=1, n_head=2)
     run_dir = tmp_path / "pipeline" / "Trainer" / "model_run" / "7"
     return types.SimpleNamespace(

@@ -7,9 +7,10 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfx_gpt2.config import GPT2Config, TrainConfig
+from tfx_gpt2.evaluation import _EVAL_FUNCTIONS, evaluate
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.text.blocks import block_dataset, block_to_example, read_blocks, target_counts
-from tfx_gpt2.training import _EVAL_FUNCTIONS, TrainingError, WarmupCosine, evaluate, train
+from tfx_gpt2.training import TrainingError, WarmupCosine, train
 
 CFG = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=1, n_head=2)
 
@@ -56,7 +57,8 @@ def test_training_learns_and_writes_tensorboard(counting_data, tmp_path):
     model, result = train(CFG, cfg, train_files, eval_files, log_dir=str(tmp_path / "tb"))
     assert result.steps == 60 and result.tokens == 60 * 16 * 8
     # Uniform guessing is ln(64) = 4.16 nats; the counting rule is learnable from one token.
-    assert result.eval_loss < 1.0 < math.log(64)
+    assert result.eval_subset_loss < 1.0 < math.log(64)
+    assert (result.eval_subset_blocks, result.eval_blocks) == (32, 32)
     full_loss, n = evaluate(model, block_dataset(eval_files, 9, 16, drop_remainder=False))
     assert n == 32 * 8 and full_loss < 1.0
     # The evaluations at steps 30 and 60 and this one share one traced function.
@@ -69,7 +71,8 @@ def test_training_learns_and_writes_tensorboard(counting_data, tmp_path):
     assert len(losses) == 6 and losses[-1] < losses[0]
     eval_acc = EventAccumulator(str(tmp_path / "tb" / "eval"))
     eval_acc.Reload()
-    assert [e.step for e in eval_acc.Tensors("perplexity")] == [30, 60]
+    assert [e.step for e in eval_acc.Tensors("subset_perplexity")] == [30, 60]
+    assert "32 of 32 eval blocks" in eval_acc.SummaryMetadata("subset_perplexity").summary_description
 
 
 def test_block_length_mismatch_names_both(counting_data):
@@ -109,3 +112,24 @@ def test_uncompressed_and_gzip_block_files_read_alike(tmp_path):
     assert list(read_blocks([str(tmp_path / "a.tfrecord"), str(tmp_path / "b.gz")])) == [[1, 2, 3], [4, 5, 6]]
     with pytest.raises(ValueError, match="mix GZIP"):
         block_dataset([str(tmp_path / "*")], 3, 1)
+
+
+@pytest.mark.parametrize("log_every", [2, 4, 5])
+def test_evaluates_every_eval_every_steps_whatever_log_every(counting_data, log_every):
+    # Evaluation used to sit inside the logging branch: with eval_every=3 it ran only at steps
+    # where both divide (and at the last one).
+    train_files, eval_files = counting_data
+    cfg = TrainConfig(batch_size=8, max_steps=10, warmup_steps=1, eval_every=3, eval_batches=1,
+                      log_every=log_every, shuffle_buffer=32)
+    _, result = train(CFG, cfg, train_files, eval_files)
+    assert [h["step"] for h in result.history if "eval_subset_loss" in h] == [3, 6, 9, 10]
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(log_every, 10, log_every)) + [10]
+    assert result.eval_subset_blocks == 8 and result.eval_blocks == 32
+
+
+def test_early_stopping_counts_evaluations_between_log_steps(counting_data):
+    train_files, eval_files = counting_data
+    cfg = TrainConfig(batch_size=8, max_steps=30, warmup_steps=1, eval_every=2, eval_batches=1, log_every=7,
+                      shuffle_buffer=32, early_stopping_patience=2, early_stopping_min_delta=100.0)
+    _, result = train(CFG, cfg, train_files, eval_files)
+    assert result.stopped_early and result.steps == 6  # evals at 2 (best), 4 and 6 (no improvement)

@@ -50,13 +50,14 @@ def main():
     if args.step_delay:  # a pause after each step, so that a test can kill the run mid-way
         import time
 
-        update = training.Progress.update
+        step = training.TrainStep.__call__
 
-        def slow_update(self, *a, **kw):
+        def slow_step(self, *a, **kw):
+            out = step(self, *a, **kw)
             time.sleep(args.step_delay)
-            return update(self, *a, **kw)
+            return out
 
-        training.Progress.update = slow_update
+        training.TrainStep.__call__ = slow_step
     model_cfg = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=2, n_head=2)
     cfg = TrainConfig(batch_size=8, max_steps=args.max_steps, learning_rate=1e-2, min_learning_rate=1e-3,
                       warmup_steps=2, eval_every=1000, eval_batches=1, log_every=1, shuffle_buffer=32,

@@ -165,8 +165,10 @@ class TrainConfig:
             included, as in nanoGPT), not to biases or layer-norm gains.
         beta1, beta2: Adam's moment decay rates.
         grad_clip: clip the global gradient norm to this value (0 disables clipping).
-        eval_every: evaluate on `eval_batches` batches of the eval split every this many steps.
-        eval_batches: batches per evaluation.
+        eval_every: evaluate on the eval subset (the first `eval_batches` batches of the eval
+            split) every this many steps and at the last step. It is shown as the eval subset
+            (`eval_subset_loss`, with its block count); the PerplexityEvaluator scores the whole split.
+        eval_batches: batches in the eval subset.
         log_every: log progress (loss, tokens/s) every this many steps.
         seed: seed for initialisation, shuffling and dropout.
         shuffle_buffer: blocks held for shuffling the training stream.
@@ -191,9 +193,10 @@ class TrainConfig:
         checkpoint_every: save a resumable checkpoint (weights, optimizer, step, data position)
             every this many steps (0: never); a run given the same checkpoint directory resumes.
         keep_checkpoints: checkpoints kept on disk.
-        samples_every: generate a text sample every this many steps, logged to TensorBoard and
-            kept with the training metrics (0: never).
-        sample_prompt: the prompt of the samples.
+        samples_every: continue each of `sample_prompts` at every evaluation and at the end (-1,
+            the default), every this many steps and at the end (> 0), or never (0). Samples go to
+            TensorBoard's Text tab (`train/samples`), the log, `samples.json` and the MLflow run.
+        sample_prompts: the prompts of the samples.
         sample_tokens: tokens per sample.
     """
 
@@ -223,8 +226,8 @@ class TrainConfig:
     distribution: str = "auto"
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    samples_every: int = 0
-    sample_prompt: str = "\n"
+    samples_every: int = -1
+    sample_prompts: Tuple[str, ...] = ("\n", "The", "In Python,")
     sample_tokens: int = 32
 
     def __post_init__(self):
@@ -241,9 +244,16 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)!r}; choose one of {list(allowed)}.")
-        if self.epochs < 0 or self.early_stopping_patience < 0 or self.checkpoint_every < 0 or self.samples_every < 0:
-            raise ConfigError("TrainConfig.epochs, early_stopping_patience, checkpoint_every and samples_every "
-                              "must not be negative (0 turns each off).")
+        if self.epochs < 0 or self.early_stopping_patience < 0 or self.checkpoint_every < 0:
+            raise ConfigError("TrainConfig.epochs, early_stopping_patience and checkpoint_every must not be negative "
+                              "(0 turns each off).")
+        if self.samples_every < -1:
+            raise ConfigError(f"TrainConfig.samples_every = {self.samples_every}; use -1 (at every evaluation), "
+                              "0 (never) or a number of steps.")
+        prompts = self.sample_prompts
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
+            raise ConfigError(f"TrainConfig.sample_prompts = {prompts!r} must be a non-empty list of strings.")
+        object.__setattr__(self, "sample_prompts", tuple(prompts))
         if not (self.dropout == -1.0 or 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"TrainConfig.dropout = {self.dropout} must be in [0, 1), or -1 for the model's own.")
         if not 0 < self.learning_rate < 1:

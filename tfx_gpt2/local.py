@@ -1,14 +1,11 @@
 """Running the pipeline locally with Beam, and reading back what a run produced.
 
-Local layout under `output_dir` (default `./tfx_gpt2_output`):
-    pipelines/<name>/     component outputs (the pipeline root)
-    metadata/<name>.db    ML Metadata (sqlite)
-    mlflow/mlflow.db      MLflow tracking and registry store (sqlite); artifacts in mlflow/mlartifacts/
+Outputs go under the settings' `output_dir` in the layout of `tfx_gpt2.pipeline_config.OutputLayout`
+(pipeline root, ML Metadata and, unless MLFLOW_TRACKING_URI names a server, MLflow's sqlite store).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -16,40 +13,11 @@ import shlex
 import sys
 from typing import Dict, List, Optional
 
+from tfx_gpt2.pipeline_config import DataConfig, OutputLayout, RegistryConfig, TrainingSetup
 from tfx_gpt2.progress import get_logger
+from tfx_gpt2.settings import PipelineSettings
 
 logger = get_logger("tfx_gpt2.local")
-
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
-
-
-@dataclasses.dataclass(frozen=True)
-class LocalPaths:
-    output_dir: str
-    pipeline_name: str
-
-    @property
-    def pipeline_root(self) -> str:
-        return os.path.join(self.output_dir, "pipelines", self.pipeline_name)
-
-    @property
-    def metadata_path(self) -> str:
-        return os.path.join(self.output_dir, "metadata", f"{self.pipeline_name}.db")
-
-    @property
-    def mlflow_db(self) -> str:
-        return os.path.join(self.output_dir, "mlflow", "mlflow.db")
-
-    @property
-    def mlflow_tracking_uri(self) -> str:
-        return "sqlite:///" + self.mlflow_db
-
-    @classmethod
-    def create(cls, output_dir: str, pipeline_name: str) -> "LocalPaths":
-        paths = cls(os.path.abspath(output_dir), pipeline_name)
-        for d in (paths.pipeline_root, os.path.dirname(paths.metadata_path), os.path.dirname(paths.mlflow_db)):
-            os.makedirs(d, exist_ok=True)
-        return paths
 
 
 def metadata_config(path: str):
@@ -140,14 +108,14 @@ def data_summary(store, context_id: int) -> Dict[str, object]:
     return out
 
 
-def summarize(paths: LocalPaths) -> Dict[str, object]:
+def summarize(layout: OutputLayout) -> Dict[str, object]:
     """What the latest run of the pipeline registered and measured, read from ML Metadata."""
     from ml_metadata.metadata_store import metadata_store
 
-    store = metadata_store.MetadataStore(metadata_config(paths.metadata_path))
-    context = store.get_context_by_type_and_name("pipeline", paths.pipeline_name)
+    store = metadata_store.MetadataStore(metadata_config(layout.metadata_path))
+    context = store.get_context_by_type_and_name("pipeline", layout.pipeline_name)
     if context is None:
-        raise RuntimeError(f"ML Metadata at {paths.metadata_path} has no pipeline {paths.pipeline_name!r}.")
+        raise RuntimeError(f"ML Metadata at {layout.metadata_path} has no pipeline {layout.pipeline_name!r}.")
     pushed = _latest(store, "PushedModel", context.id)
     evaluation = _latest(store, "ModelEvaluation", context.id)
     model_run = _latest(store, "ModelRun", context.id)
@@ -157,21 +125,23 @@ def summarize(paths: LocalPaths) -> Dict[str, object]:
     summary = {**_props(pushed), **_props(evaluation)}
     summary["blessed"] = bool(_props(blessing).get("blessed")) if blessing else False
     summary["tensorboard_logdir"] = model_run.uri if model_run else None
-    summary["mlflow_db"] = paths.mlflow_db
-    summary["executions"] = execution_states(store, paths.pipeline_name)
+    summary["executions"] = execution_states(store, layout.pipeline_name)
     summary["data"] = data_summary(store, context.id)
     return summary
 
 
 def ui_commands(summary: Dict[str, object], mlflow_port: int = 5000, tensorboard_port: int = 6006) -> Dict[str, List[str]]:
-    """The commands that open the MLflow UI and TensorBoard on a run's results (argv lists)."""
+    """The commands that open the MLflow UI (for a sqlite store; a tracking server is its own UI)
+    and TensorBoard on a run's results (argv lists)."""
     bin_dir = os.path.dirname(sys.executable)
-    return {
-        "MLflow UI": [os.path.join(bin_dir, "mlflow"), "ui", "--backend-store-uri",
-                      "sqlite:///" + str(summary["mlflow_db"]), "--port", str(mlflow_port)],
-        "TensorBoard": [os.path.join(bin_dir, "tensorboard"), "--logdir", str(summary["tensorboard_logdir"]),
-                        "--port", str(tensorboard_port)],
-    }
+    commands = {}
+    tracking_uri = str(summary.get("tracking_uri", ""))
+    if tracking_uri.startswith("sqlite:"):
+        commands["MLflow UI"] = [os.path.join(bin_dir, "mlflow"), "ui", "--backend-store-uri", tracking_uri,
+                                 "--port", str(mlflow_port)]
+    commands["TensorBoard"] = [os.path.join(bin_dir, "tensorboard"), "--logdir", str(summary["tensorboard_logdir"]),
+                               "--port", str(tensorboard_port)]
+    return commands
 
 
 def _data_lines(data: Dict[str, object]) -> List[str]:
@@ -214,28 +184,23 @@ def report(summary: Dict[str, object]) -> str:
         "",
         "Open the results:",
     ]
+    if not str(summary.get("tracking_uri", "")).startswith("sqlite:"):
+        lines.append(f"  {'MLflow UI:':<13}{summary.get('tracking_uri')} (the tracking server)")
     lines += [f"  {name + ':':<13}{shlex.join(argv)}" for name, argv in ui_commands(summary).items()]
     lines.append("=" * 72)
     return "\n".join(lines)
 
 
-def run_and_report(pipeline_name: str, data_root, output_dir: str, beam_args: Optional[list] = None,
-                   **pipeline_kwargs) -> Dict[str, object]:
-    """Builds the pipeline with local paths, runs it with Beam, prints and returns the summary."""
-    from tfx_gpt2.pipeline import create_pipeline
-
-    paths = LocalPaths.create(output_dir, pipeline_name)
-    pipeline = create_pipeline(
-        pipeline_name=pipeline_name,
-        pipeline_root=paths.pipeline_root,
-        data_root=data_root if not isinstance(data_root, str) else os.path.abspath(data_root),
-        mlflow_tracking_uri=paths.mlflow_tracking_uri,
-        metadata_connection_config=metadata_config(paths.metadata_path),
-        beam_pipeline_args=beam_args if beam_args is not None else DEFAULT_BEAM_ARGS,
-        **pipeline_kwargs,
-    )
-    logger.info("running pipeline %r with Beam; outputs in %s", pipeline_name, paths.output_dir)
+def run_and_report(settings: PipelineSettings, data: Optional[DataConfig] = None,
+                   training: Optional[TrainingSetup] = None,
+                   registry: Optional[RegistryConfig] = None) -> Dict[str, object]:
+    """Runs the pipeline of `settings` with Beam (ML Metadata in sqlite under its output
+    directory), prints and returns the summary; `data`, `training`, `registry` replace the
+    configs the settings make."""
+    layout = settings.layout.create()
+    pipeline = settings.create_pipeline(metadata_config(layout.metadata_path), data, training, registry)
+    logger.info("running pipeline %r with Beam; outputs in %s", settings.pipeline_name, layout.output_dir)
     run_local(pipeline)
-    summary = summarize(paths)
+    summary = summarize(layout)
     print(report(summary), flush=True)
     return summary

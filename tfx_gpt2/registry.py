@@ -32,6 +32,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
 MODEL_KEY_TAG = "tfx_gpt2.model_key"
+# On a version: the champion its blessing was decided against (`champion_key()` at evaluation time).
+COMPARED_WITH_TAG = "tfx_gpt2.compared_with"
+NO_CHAMPION = "none"
 # What the pyfunc needs from a model directory (the Trainer's `hf/` and `savedmodel/` stay out).
 MODEL_DIR_FILES = ("gpt2_config.json", "model.weights.npz", "encoder.json", "vocab.bpe", "special_tokens.json")
 # MLflow's HTTP client retries (defaults 7 retries, backoff factor 2: minutes of waiting on a
@@ -169,6 +172,25 @@ def pushed_version(client, registered_model_name: str, model_key: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def champion_key(tracking_uri: str, registered_model_name: str, model_key: str) -> str:
+    """What a blessing of the model `model_key` depends on in the registry, as a string that
+    changes when the champion does: `none` without a champion, else `version N (run R)` of the
+    champion. When the champion is that model itself, the key its blessing was decided against
+    (the version's `COMPARED_WITH_TAG`): that blessing is what made it champion, so it still holds.
+
+    Raises:
+        RegistryError: the server is unreachable or refuses the credentials.
+    """
+    client = connect(tracking_uri)
+    version = version_with_alias(client, registered_model_name, CHAMPION)
+    if version is None:
+        return NO_CHAMPION
+    tags = version.tags or {}
+    if tags.get(MODEL_KEY_TAG) == model_key and tags.get(COMPARED_WITH_TAG):
+        return tags[COMPARED_WITH_TAG]
+    return f"version {version.version} (run {version.run_id})"
+
+
 def download_champion(tracking_uri: str, registered_model_name: str, dst: Optional[str] = None) -> Optional[Champion]:
     """Downloads the model directory of the version holding `champion`; None when no version does.
 
@@ -216,6 +238,7 @@ def push_model(
     tags: Optional[Mapping[str, str]] = None,
     samples: Optional[List[str]] = None,
     input_example: Optional[List[str]] = None,
+    training_samples: Optional[List[Dict[str, object]]] = None,
 ) -> PushResult:
     """Logs and registers the model in `model_dir`; see the module docstring.
 
@@ -225,7 +248,8 @@ def push_model(
         registered_model_name: the registered model that gets a new version.
         model_dir: a tfx-gpt2 model directory (`tfx_gpt2.model.io`).
         model_key: identifies this model (e.g. its TFX artifact URI): a second push with the same
-            key returns the version registered by the first, and moves no alias.
+            key returns the version registered by the first, and moves no alias, except `champion`
+            to it when it is blessed again (against a champion that has moved since).
         params: run params (configs, flattened).
         history: training records (`step` plus metrics), logged as `trainer.<name>` series.
         eval_metrics: final evaluation figures (logged at the last step).
@@ -234,6 +258,8 @@ def push_model(
         tags: run and version tags (pipeline name, run id, data span, checkpoint origin, ...).
         samples: generated texts to log as `samples.txt`.
         input_example: prompts logged as the pyfunc's input example.
+        training_samples: the samples taken while training (`step`, `prompt`, `text`), logged as
+            `training_samples.json`.
 
     Raises:
         RegistryError: the server is unreachable or refuses the credentials.
@@ -252,6 +278,13 @@ def push_model(
             aliases = sorted(existing.aliases)
             logger.info("%s version %s already holds this model (%s): nothing to push", registered_model_name,
                         existing.version, model_key)
+            if blessed and CHAMPION not in aliases:
+                # Blessed again, against a champion that moved since the first push (the
+                # evaluator's cache key follows the champion): the production label follows.
+                client.set_registered_model_alias(registered_model_name, CHAMPION, existing.version)
+                aliases = sorted(aliases + [CHAMPION])
+                logger.info("blessed against the current champion: %s moves to version %s", CHAMPION,
+                            existing.version)
             return PushResult(run_id=existing.run_id, experiment_id=run.info.experiment_id,
                               registered_model_name=registered_model_name, version=int(existing.version),
                               model_uri=f"models:/{registered_model_name}/{existing.version}", aliases=aliases,
@@ -280,6 +313,8 @@ def push_model(
                     mlflow.log_artifact(os.path.join(model_dir, name), artifact_path="tokenizer")
             if samples:
                 mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
+            if training_samples:
+                mlflow.log_dict({"samples": training_samples}, "training_samples.json")
             example = None
             if input_example:
                 example = (list(input_example), {**DEFAULT_PARAMS, "max_new_tokens": 8, "temperature": 0.0})

@@ -1,8 +1,9 @@
-"""Pipeline settings for orchestrators, from environment variables or a JSON file.
+"""Pipeline settings for every runner, from environment variables, a JSON file and flags.
 
-The Airflow DAG (`dags/tfx_gpt2_dag.py`) and the Kubeflow runner (`pipelines/kubeflow_runner.py`)
-build their pipeline with `create_pipeline()` from these settings, so that a deployment is
-configured without editing code:
+The Beam example and templates (`examples/`), the Airflow DAG (`dags/tfx_gpt2_dag.py`) and the
+Kubeflow runner (`pipelines/kubeflow_runner.py`) all start from `from_env()`, apply their
+command-line flags with `dataclasses.replace`, and build the pipeline with
+`PipelineSettings.create_pipeline()`, so that a deployment is configured without editing code:
 
     TFX_GPT2_CONFIG        a JSON file with any of the fields below (environment variables win)
     TFX_GPT2_<FIELD>       one field, e.g. TFX_GPT2_MODEL=124M, TFX_GPT2_MAX_STEPS=2000,
@@ -20,9 +21,14 @@ import json
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
+from tfx_gpt2.pipeline_config import DataConfig, OutputLayout, RegistryConfig, TextFolder, TrainingSetup
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_CORPUS = os.path.join(REPO, "data", "pydoc_topics")
 PREFIX = "TFX_GPT2_"
+# One Beam worker in this process: the data components are small next to training, and a
+# process pool would hold a second TensorFlow. `--beam-arg` / TFX_GPT2_BEAM_ARGS change it.
+DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 
 class SettingsError(ValueError):
@@ -31,81 +37,112 @@ class SettingsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
-    """What a deployed pipeline runs on. Every field is `TFX_GPT2_<FIELD>` in the environment.
+    """What a pipeline runs on. Every field is `TFX_GPT2_<FIELD>` in the environment.
 
     Attributes:
         pipeline_name: the pipeline (and Airflow DAG id, MLflow experiment and registered model).
         data_root: folder of text files (local path or a remote filesystem URI such as gs://).
+        file_pattern: glob of the text files under `data_root`.
         mongo_collections: `database.collection`s to read instead of `data_root` (comma-separated).
         mongo_text_field: the MongoDB field with the text.
         mongo_filter: MongoDB query as JSON.
         mongo_uri_env: the variable holding the MongoDB connection string at run time.
-        output_dir: local runs keep the pipeline root, ML Metadata and (by default) MLflow here.
+        mongo_incremental: export only new documents each run, as a new span.
+        mongo_watermark_field: the field that orders documents for incremental exports.
+        control_field: a MongoDB field holding a special token that starts each document.
+        output_dir: the pipeline root, ML Metadata and (by default) MLflow go here (`OutputLayout`).
         pipeline_root: where component outputs go (default `<output_dir>/pipelines/<name>`).
-        model, train: presets (`tiny`, `124M`, ...; `tiny`, `finetune`).
+        model, train: presets (`tiny`, `124M`, ...; `tiny`, `finetune`); model '' means `tiny`,
+            or the checkpoint's shape when fine-tuning.
         max_steps: overrides the training preset's steps (0: the preset's).
         vocab, vocab_size: 'gpt2', a vocabulary directory, or 'train' with a size.
+        special_tokens: extra special tokens (comma-separated).
         init_checkpoint: '' trains from scratch; a checkpoint directory or 'openai:124M' fine-tunes.
         mlflow_tracking_uri: default `$MLFLOW_TRACKING_URI`, else sqlite under `output_dir`.
         perplexity_threshold, min_improvement: the evaluator's blessing rule.
         schedule: the Airflow schedule ('' or 'none': only triggered by hand).
         beam_args: Beam pipeline arguments of the data components (space-separated).
+        enable_cache: reuse the outputs of components whose inputs did not change.
     """
 
     pipeline_name: str = "tfx-gpt2"
     data_root: str = BUNDLED_CORPUS
+    file_pattern: str = "*.txt"
     mongo_collections: Tuple[str, ...] = ()
     mongo_text_field: str = "text"
     mongo_filter: str = "{}"
     mongo_uri_env: str = "MONGO_URI"
+    mongo_incremental: bool = False
+    mongo_watermark_field: str = "_id"
+    control_field: str = ""
     output_dir: str = os.path.join(os.path.expanduser("~"), "tfx_gpt2_output")
     pipeline_root: str = ""
-    model: str = "tiny"
+    model: str = ""
     train: str = "tiny"
     max_steps: int = 0
     vocab: str = "gpt2"
     vocab_size: int = 0
+    special_tokens: Tuple[str, ...] = ()
     init_checkpoint: str = ""
     mlflow_tracking_uri: str = ""
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
     schedule: str = "@daily"
-    beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+    beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
+    enable_cache: bool = True
+
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(os.path.abspath(self.output_dir), self.pipeline_name)
 
     @property
     def root(self) -> str:
-        return self.pipeline_root or os.path.join(self.output_dir, "pipelines", self.pipeline_name)
+        return self.pipeline_root or self.layout.pipeline_root
 
     @property
     def metadata_path(self) -> str:
-        return os.path.join(self.output_dir, "metadata", f"{self.pipeline_name}.db")
+        return self.layout.metadata_path
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or "sqlite:///" + os.path.join(self.output_dir, "mlflow", "mlflow.db")
+        return self.mlflow_tracking_uri or self.layout.mlflow_tracking_uri
 
-    def create_pipeline(self, metadata_connection_config=None, **overrides):
-        """The pipeline of `tfx_gpt2.pipeline.create_pipeline()` for these settings."""
-        from tfx_gpt2.config import train_preset
-        from tfx_gpt2.pipeline import create_pipeline
+    def data_config(self) -> DataConfig:
         from tfx_gpt2.sources.mongo import MongoSource
 
-        train = train_preset(self.train, self.max_steps)
-        source = self.data_root
+        source = TextFolder(root=self.data_root, file_pattern=self.file_pattern)
         if self.mongo_collections:
-            source = MongoSource(collections=self.mongo_collections, text_field=self.mongo_text_field,
-                                 filter=self.mongo_filter, uri_env=self.mongo_uri_env)
+            source = MongoSource(
+                collections=self.mongo_collections, text_field=self.mongo_text_field, filter=self.mongo_filter,
+                uri_env=self.mongo_uri_env, incremental=self.mongo_incremental,
+                watermark_field=self.mongo_watermark_field,
+                metadata_fields=(self.control_field,) if self.control_field else ())
+        return DataConfig(source=source, vocab=self.vocab, vocab_size=self.vocab_size or None,
+                          special_tokens=self.special_tokens, control_feature=self.control_field)
+
+    def training_setup(self) -> TrainingSetup:
+        from tfx_gpt2.config import train_preset
+
+        return TrainingSetup(model=self.model or None, train=train_preset(self.train, self.max_steps),
+                             init_checkpoint=self.init_checkpoint or None)
+
+    def registry_config(self) -> RegistryConfig:
+        return RegistryConfig(tracking_uri=self.tracking_uri, perplexity_threshold=self.perplexity_threshold,
+                              min_improvement=self.min_improvement)
+
+    def create_pipeline(self, metadata_connection_config=None, data: Optional[DataConfig] = None,
+                        training: Optional[TrainingSetup] = None, registry: Optional[RegistryConfig] = None):
+        """The pipeline of `tfx_gpt2.pipeline.create_pipeline()` for these settings; `data`,
+        `training` or `registry` replace the configs the settings make."""
+        from tfx_gpt2.pipeline import create_pipeline
+
         if self.tracking_uri.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(self.tracking_uri[len("sqlite:///"):]), exist_ok=True)
-        kwargs = dict(
-            pipeline_name=self.pipeline_name, pipeline_root=self.root, data_root=source,
-            mlflow_tracking_uri=self.tracking_uri, model=self.model, train=train, vocab=self.vocab,
-            vocab_size=self.vocab_size or None, init_checkpoint=self.init_checkpoint or None,
-            perplexity_threshold=self.perplexity_threshold, min_improvement=self.min_improvement,
-            metadata_connection_config=metadata_connection_config, beam_pipeline_args=list(self.beam_args),
+        return create_pipeline(
+            self.pipeline_name, self.root, data or self.data_config(), training or self.training_setup(),
+            registry or self.registry_config(), metadata_connection_config=metadata_connection_config,
+            beam_pipeline_args=list(self.beam_args), enable_cache=self.enable_cache,
         )
-        kwargs.update(overrides)
-        return create_pipeline(**kwargs)
 
 
 def _convert(name: str, value, field: dataclasses.Field, where: str):
@@ -115,6 +152,10 @@ def _convert(name: str, value, field: dataclasses.Field, where: str):
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v] if name != "beam_args" else value.split()
             return tuple(str(v) for v in value)
+        if isinstance(default, bool) and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
         return type(default)(value)
     except (TypeError, ValueError):
         raise SettingsError(
@@ -122,27 +163,30 @@ def _convert(name: str, value, field: dataclasses.Field, where: str):
         ) from None
 
 
-def from_env(environ: Optional[Mapping[str, str]] = None) -> PipelineSettings:
-    """Settings from `TFX_GPT2_CONFIG` (a JSON file) and `TFX_GPT2_<FIELD>` variables.
+def _from_file(path: str, fields: Dict[str, dataclasses.Field]) -> Dict[str, object]:
+    try:
+        with open(path) as f:
+            from_file = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SettingsError(f"{PREFIX}CONFIG = {path!r} could not be read as JSON: {e}.") from None
+    unknown = sorted(set(from_file) - set(fields))
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting(s) {unknown}; the settings are {sorted(fields)}.")
+    return {name: _convert(name, value, fields[name], f"{path}: {name}") for name, value in from_file.items()}
+
+
+def from_env(environ: Optional[Mapping[str, str]] = None, **defaults) -> PipelineSettings:
+    """Settings from `defaults` (a runner's own, e.g. its output directory), then `TFX_GPT2_CONFIG`
+    (a JSON file), then `MLFLOW_TRACKING_URI`, then `TFX_GPT2_<FIELD>` variables, each over the last.
 
     Raises:
         SettingsError: an unknown key in the file, or a value of the wrong type, named with its source.
     """
     environ = os.environ if environ is None else environ
     fields = {f.name: f for f in dataclasses.fields(PipelineSettings)}
-    values: Dict[str, object] = {}
-    path = environ.get(PREFIX + "CONFIG")
-    if path:
-        try:
-            with open(path) as f:
-                from_file = json.load(f)
-        except (OSError, ValueError) as e:
-            raise SettingsError(f"{PREFIX}CONFIG = {path!r} could not be read as JSON: {e}.") from None
-        unknown = sorted(set(from_file) - set(fields))
-        if unknown:
-            raise SettingsError(f"{path}: unknown setting(s) {unknown}; the settings are {sorted(fields)}.")
-        for name, value in from_file.items():
-            values[name] = _convert(name, value, fields[name], f"{path}: {name}")
+    values: Dict[str, object] = dict(defaults)
+    if environ.get(PREFIX + "CONFIG"):
+        values.update(_from_file(environ[PREFIX + "CONFIG"], fields))
     if environ.get("MLFLOW_TRACKING_URI") and not environ.get(PREFIX + "MLFLOW_TRACKING_URI"):
         values["mlflow_tracking_uri"] = environ["MLFLOW_TRACKING_URI"]
     for name, field in fields.items():
@@ -152,4 +196,3 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> PipelineSettings:
     if str(values.get("schedule", "")).lower() == "none":
         values["schedule"] = ""
     return PipelineSettings(**values)
-

@@ -1,12 +1,24 @@
-"""Training and evaluating GPT-2 on packed token blocks (plain TensorFlow/Keras, no TFX).
+"""Training GPT-2 on packed token blocks (plain TensorFlow/Keras, no TFX).
 
 `train()` runs AdamW with linear warm-up and cosine decay, global-norm gradient clipping, gradient
 accumulation, early stopping, frozen embeddings, gradient checkpointing, mixed precision, XLA and
 `tf.distribute` strategies, resumable checkpoints (weights, optimizer, step and data position),
-progress lines with tokens/s, and TensorBoard scalars (`train/loss`, `train/perplexity`,
-`train/learning_rate`, `train/grad_norm`, `train/tokens_per_sec`, `eval/loss`, `eval/perplexity`)
-and text samples (`train/samples`).
-The TFX Trainer's `run_fn` (tfx_gpt2/components/trainer.py) only resolves paths and calls it.
+progress lines with tokens/s, TensorBoard scalars and text samples.
+
+The parts, in the order a step meets them:
+    build_state()      the model, the optimizer and its schedule, the step counter
+    open_checkpoints() restores a resumable checkpoint, saves new ones
+    TrainStep          one optimizer step (micro-batches, replicas, clipping, loss scaling) as one program
+    SubsetEvaluation   the eval loss on the first `eval_batches` batches of the eval split
+    EarlyStopping      keeps the best weights, says when to stop
+    Sampler            text samples of a few prompts, with one compiled generator
+    TrainLog           progress lines, TensorBoard scalars and text, the history
+    run_loop()         the loop that calls them on their schedules
+
+TensorBoard (under `log_dir`): run `train` has `loss`, `perplexity`, `learning_rate`, `grad_norm`,
+`tokens_per_sec` and the text `samples`; run `eval` has `subset_loss` and `subset_perplexity`
+(the eval subset: its block count is in the tag's description and the log line).
+The TFX Trainer's `run_fn` (tfx_gpt2/components/trainer.py) only resolves paths and calls `train()`.
 """
 
 from __future__ import annotations
@@ -15,7 +27,6 @@ import dataclasses
 import math
 import os
 import time
-import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
@@ -23,12 +34,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_gpt2.config import GPT2Config, TrainConfig
+from tfx_gpt2.evaluation import EvaluationError, check_block_length, count_blocks, evaluate
 from tfx_gpt2.metrics import perplexity
 from tfx_gpt2.model.gpt2 import GPT2, token_loss, weight_name
-from tfx_gpt2.progress import Progress, get_logger
-from tfx_gpt2.text.blocks import block_dataset, block_length_of
+from tfx_gpt2.progress import get_logger
+from tfx_gpt2.text.blocks import block_dataset
 
 logger = get_logger("tfx_gpt2.train")
+
+# AdamW decays matrices (weights, embeddings) only: biases `b` and layer-norm gains `g` are left alone.
+NO_WEIGHT_DECAY = ["^b$", "^g$"]
 
 
 class TrainingError(RuntimeError):
@@ -61,10 +76,15 @@ class TrainResult:
         tokens: training tokens seen.
         seconds: wall time of the training loop.
         train_loss: mean training loss over the last `log_every` steps.
-        eval_loss: loss on the eval batches after the last step.
-        history: one dict per logged step (`step`, `loss`, `perplexity`, `learning_rate`,
-            `grad_norm`, `tokens_per_sec`, and `eval_loss` where evaluated).
-        samples: text samples (`step`, `prompt`, `text`) taken every `samples_every` steps.
+        eval_subset_loss: loss on the eval subset (the first `eval_batches` batches of the eval
+            split) at the last evaluation; with early stopping, the best one's. The whole split
+            is scored by the PerplexityEvaluator, not here.
+        eval_subset_blocks: blocks in that subset.
+        eval_blocks: blocks in the whole eval split.
+        history: one dict per logged or evaluated step: `step`, and `loss`, `perplexity`,
+            `learning_rate`, `grad_norm`, `tokens_per_sec` at log steps, `eval_subset_loss`,
+            `eval_subset_perplexity` at evaluations.
+        samples: text samples (`step`, `prompt`, `text`).
         stopped_early: early stopping ended the run (the best weights were kept).
         resumed_from_step: the step of the checkpoint this run resumed from (0: a fresh start).
     """
@@ -73,60 +93,17 @@ class TrainResult:
     tokens: int
     seconds: float
     train_loss: float
-    eval_loss: float
+    eval_subset_loss: float
+    eval_subset_blocks: int
+    eval_blocks: int
     history: List[Dict[str, float]]
     samples: List[Dict[str, object]] = dataclasses.field(default_factory=list)
     stopped_early: bool = False
     resumed_from_step: int = 0
 
     @property
-    def eval_perplexity(self) -> float:
-        return perplexity(self.eval_loss)
-
-
-def check_block_length(files: Sequence[str], config: GPT2Config, what: str) -> None:
-    """Raises TrainingError unless the blocks in `files` are `n_ctx + 1` tokens long."""
-    got = block_length_of(files)
-    if got != config.n_ctx + 1:
-        raise TrainingError(
-            f"the {what} blocks hold {got} tokens but the model takes n_ctx + 1 = {config.n_ctx + 1}; "
-            f"encode the data with block length {config.n_ctx + 1} (n_ctx = {config.n_ctx}) or choose "
-            f"a model with n_ctx = {got - 1}."
-        )
-
-
-_EVAL_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def evaluate(model: GPT2, dataset: tf.data.Dataset, max_batches: Optional[int] = None) -> Tuple[float, int]:
-    """Mean next-token loss (nats) over every target of `dataset`, and the number of targets."""
-    batch_loss = _EVAL_FUNCTIONS.get(model)
-    if batch_loss is None:
-        # One traced function per model, reused by every evaluation of a training run (a new
-        # tf.function per call would trace the whole model again each time). It holds the model
-        # weakly, so the cache keeps no model alive.
-        ref = weakref.ref(model)
-
-        @tf.function(reduce_retracing=True)
-        def batch_loss(x, y):
-            return tf.reduce_sum(token_loss(ref()(x, training=False), y)), tf.size(y)
-
-        _EVAL_FUNCTIONS[model] = batch_loss
-    total, count = 0.0, 0
-    for i, (x, y) in enumerate(dataset):
-        if max_batches is not None and i >= max_batches:
-            break
-        s, n = batch_loss(x, y)
-        total += float(s)
-        count += int(n)
-    if count == 0:
-        raise TrainingError("the evaluation data holds no block; the eval split is empty or too small.")
-    return total / count, count
-
-
-# AdamW decays matrices (weights, embeddings) only: biases `b` and layer-norm gains `g` are left alone.
-NO_WEIGHT_DECAY = ["^b$", "^g$"]
-CHECKPOINT_DIR = "checkpoints"
+    def eval_subset_perplexity(self) -> float:
+        return perplexity(self.eval_subset_loss)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -157,19 +134,333 @@ def precision_policy(name: str) -> str:
     return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
 
 
-def count_blocks(files: Sequence[str]) -> int:
-    """Blocks in the block files (a pass over them, without parsing)."""
-    from tfx_gpt2.text.blocks import compression_of
-
-    paths = sorted(f for p in files for f in tf.io.gfile.glob(p))
-    return sum(1 for path in paths for _ in tf.data.TFRecordDataset(path, compression_type=compression_of([path])))
-
-
 def steps_for(cfg: TrainConfig, train_files: Sequence[str]) -> int:
     """`cfg.max_steps`, or the steps of `cfg.epochs` passes over the train blocks."""
     if cfg.epochs <= 0:
         return cfg.max_steps
     return max(1, math.ceil(cfg.epochs * count_blocks(train_files) / cfg.batch_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# The model, the optimizer and the checkpoints
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds, and what the step updates."""
+
+    model: GPT2
+    optimizer: keras.optimizers.Optimizer
+    schedule: WarmupCosine
+    variables: List[tf.Variable]  # the trained ones (all, or the transformer blocks only)
+    step: tf.Variable  # optimizer steps taken (int64)
+
+
+def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional[GPT2],
+                strategy: tf.distribute.Strategy, policy: str, max_steps: int) -> TrainState:
+    """A new model (with `init_model`'s weights if given) and its AdamW, inside `strategy`'s scope."""
+    with strategy.scope():
+        model = GPT2(model_config)
+        if init_model is not None:
+            for target, source in zip(model.weights, init_model.weights):
+                target.assign(source.numpy())
+        model.recompute = cfg.recompute
+        schedule = WarmupCosine(cfg.learning_rate, cfg.min_learning_rate, cfg.warmup_steps, max_steps)
+        optimizer = keras.optimizers.AdamW(
+            learning_rate=schedule, weight_decay=cfg.weight_decay, beta_1=cfg.beta1, beta_2=cfg.beta2,
+        )
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        variables = model.trainable_variables
+        if cfg.only_train_transformer_layers:
+            variables = [v for v in variables if weight_name(v).startswith("h")]
+        optimizer.build(variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    return TrainState(model, optimizer, schedule, variables, step)
+
+
+def open_checkpoints(state: TrainState, checkpoint_dir: Optional[str],
+                     cfg: TrainConfig) -> Optional[tf.train.CheckpointManager]:
+    """A manager saving to `checkpoint_dir` (None without one or with `checkpoint_every=0`); the
+    latest checkpoint there, if any, is restored into `state` first."""
+    if not (checkpoint_dir and cfg.checkpoint_every):
+        return None
+    checkpoint = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer, step=state.step)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logger.info("resumed from %s at step %d", manager.latest_checkpoint, int(state.step.numpy()))
+    return manager
+
+
+# ---------------------------------------------------------------------------------------------
+# One optimizer step
+
+
+class TrainStep:
+    """One optimizer step on a global batch `(x, y)`, each `(batch_size, n_ctx)`: the loss of the
+    batch and the global gradient norm before clipping.
+
+    On one device the gradients, the clipping and the AdamW update compile into one XLA program
+    (`cfg.xla`). With several replicas each computes its share of the gradient, the shares are
+    summed, clipped as one global gradient, and applied.
+    """
+
+    def __init__(self, state: TrainState, cfg: TrainConfig, strategy: tf.distribute.Strategy, n_ctx: int):
+        self.state, self.cfg, self.strategy = state, cfg, strategy
+        self.replicas = strategy.num_replicas_in_sync
+        self.tokens = cfg.batch_size * n_ctx  # targets per optimizer step
+        self.micro = cfg.batch_size // self.replicas // cfg.grad_accum_steps
+        self.loss_scaling = isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer)
+        self._grads = self._replica_grads if self.replicas == 1 else tf.function(self._replica_grads)
+        self._step = tf.function(self._single_device, jit_compile=cfg.xla) if self.replicas == 1 \
+            else tf.function(self._distributed)
+
+    def __call__(self, x, y) -> Tuple[tf.Tensor, tf.Tensor]:
+        return self._step(x, y)
+
+    def _micro_grads(self, x, y):
+        with tf.GradientTape() as tape:
+            loss_sum = tf.reduce_sum(token_loss(self.state.model(x, training=True), y))
+            # Each replica's share of the global mean: summed over replicas and micro-batches,
+            # the gradient is the gradient of the mean loss of the whole batch.
+            loss = loss_sum / self.tokens
+            scaled = self.state.optimizer.scale_loss(loss) if self.loss_scaling else loss
+        return loss_sum, tape.gradient(scaled, self.state.variables)
+
+    def _replica_grads(self, x, y):
+        n = self.cfg.grad_accum_steps
+        if n == 1:
+            return self._micro_grads(x, y)
+        xs, ys = tf.reshape(x, (n, self.micro, -1)), tf.reshape(y, (n, self.micro, -1))
+        total = tf.zeros([], tf.float32)
+        acc = [tf.zeros_like(v) for v in self.state.variables]
+        for i in tf.range(n):  # a while loop: one micro-batch's activations at a time
+            loss_sum, grads = self._micro_grads(xs[i], ys[i])
+            total += loss_sum
+            acc = [a + tf.convert_to_tensor(g) for a, g in zip(acc, grads)]
+        return total, acc
+
+    def _replica_step(self, x, y):
+        optimizer = self.state.optimizer
+        loss_sum, grads = self._grads(x, y)
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        if self.loss_scaling:
+            grads = [g / optimizer.dynamic_scale for g in grads]
+        if self.replicas > 1:
+            # Clip the *global* gradient: sum it over replicas here; Keras sums what it is given
+            # again, so each replica passes its share of the clipped sum.
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grad_norm = tf.linalg.global_norm(grads)
+        if self.cfg.grad_clip > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.cfg.grad_clip, use_norm=grad_norm)
+        if self.replicas > 1:
+            grads = [g / self.replicas for g in grads]
+        if self.loss_scaling:
+            grads = [g * optimizer.dynamic_scale for g in grads]  # the optimizer unscales them
+        optimizer.apply_gradients(zip(grads, self.state.variables))
+        return loss_sum, grad_norm
+
+    def _single_device(self, x, y):
+        loss_sum, grad_norm = self._replica_step(x, y)
+        self.state.step.assign_add(1)
+        return loss_sum / self.tokens, grad_norm
+
+    def _distributed(self, x, y):
+        loss_sum, grad_norm = self.strategy.run(self._replica_step, args=(x, y))
+        loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None) / self.tokens
+        self.state.step.assign_add(1)
+        return loss, self.strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# What happens around the steps: evaluation, early stopping, samples, logs
+
+
+class SubsetEvaluation:
+    """The eval loss on the first `batches` batches of the eval split: cheap enough to run every
+    `eval_every` steps, and named a subset wherever it is shown."""
+
+    def __init__(self, eval_files: Sequence[str], block_len: int, batch_size: int, batches: int):
+        self.dataset = block_dataset(eval_files, block_len, batch_size, drop_remainder=False)
+        self.batches = batches
+        self.total_blocks = count_blocks(eval_files)
+        self.blocks = min(self.total_blocks, batches * batch_size)
+        self.description = f"{self.blocks:,} of {self.total_blocks:,} eval blocks"
+
+    def __call__(self, model: GPT2) -> float:
+        return evaluate(model, self.dataset, self.batches)[0]
+
+
+class EarlyStopping:
+    """Stops after `patience` evaluations without an improvement of `min_delta` on the best
+    eval loss, and puts the best weights back (`patience=0`: never stops)."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss = float("inf")
+        self.best_weights: Optional[List[np.ndarray]] = None
+        self.misses = 0
+
+    def should_stop(self, eval_loss: float, model: GPT2) -> bool:
+        if not self.patience:
+            return False
+        if eval_loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_weights, self.misses = eval_loss, [v.numpy() for v in model.weights], 0
+        else:
+            self.misses += 1
+        return self.misses >= self.patience
+
+    def restore_best(self, model: GPT2) -> None:
+        for v, value in zip(model.weights, self.best_weights or []):
+            v.assign(value)
+
+
+class Sampler:
+    """Continues each of `prompts` with one generator, compiled once and reused for every sample
+    (the model's weights change between samples; the compiled loop reads them as they are)."""
+
+    def __init__(self, model: GPT2, tokenizer, cfg: TrainConfig):
+        from tfx_gpt2.model.generate import Generator, SamplingConfig
+
+        self.prompts = list(cfg.sample_prompts)
+        self.generator = Generator(model, tokenizer)
+        self.sampling = SamplingConfig(max_new_tokens=min(cfg.sample_tokens, model.config.n_ctx - 1),
+                                       temperature=0.8, top_k=40, seed=cfg.seed)
+
+    def __call__(self, step: int) -> List[Dict[str, object]]:
+        texts = self.generator.generate(self.prompts, self.sampling)
+        return [{"step": step, "prompt": p, "text": t} for p, t in zip(self.prompts, texts)]
+
+
+class TrainLog:
+    """Progress lines, TensorBoard scalars and text (runs `train` and `eval` under `log_dir`),
+    and the history of logged values."""
+
+    def __init__(self, log_dir: Optional[str], max_steps: int):
+        self.max_steps = max_steps
+        self.writers = {}
+        if log_dir:
+            self.writers = {k: tf.summary.create_file_writer(os.path.join(log_dir, k)) for k in ("train", "eval")}
+        self.history: List[Dict[str, float]] = []
+
+    def record(self, step: int, values: Dict[str, float]) -> None:
+        if self.history and self.history[-1]["step"] == step:
+            self.history[-1].update(values)
+        else:
+            self.history.append({"step": step, **values})
+
+    def scalars(self, run: str, step: int, values: Dict[str, float], description: str = "") -> None:
+        if run in self.writers:
+            with self.writers[run].as_default(step=step):
+                for k, v in values.items():
+                    tf.summary.scalar(k, v, description=description or None)
+
+    def train_line(self, step: int, values: Dict[str, float]) -> None:
+        self.record(step, values)
+        self.scalars("train", step, values)
+        logger.info("step %d/%d: loss %.4f, lr %.2e, grad norm %.2f, %s tokens/s", step, self.max_steps,
+                    values["loss"], values["learning_rate"], values["grad_norm"], f"{values['tokens_per_sec']:,.0f}")
+
+    def eval_line(self, step: int, loss: float, description: str) -> None:
+        self.record(step, {"eval_subset_loss": loss, "eval_subset_perplexity": perplexity(loss)})
+        self.scalars("eval", step, {"subset_loss": loss, "subset_perplexity": perplexity(loss)},
+                     f"on the eval subset: {description}")
+        logger.info("step %d/%d: eval subset (%s): loss %.4f, perplexity %.1f", step, self.max_steps,
+                    description, loss, perplexity(loss))
+
+    def samples(self, step: int, samples: List[Dict[str, object]]) -> None:
+        if "train" in self.writers:
+            table = "\n\n".join(f"**{s['prompt']!r}** → {s['text']}" for s in samples)
+            with self.writers["train"].as_default(step=step):
+                tf.summary.text("samples", table)
+        for s in samples:
+            logger.info("step %d sample: %r -> %r", step, s["prompt"], s["text"])
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.flush()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class LoopParts:
+    """What `run_loop` calls, built by `train()`."""
+
+    state: TrainState
+    step_fn: TrainStep
+    batches: object  # iterator of (x, y) global batches
+    evaluation: SubsetEvaluation
+    early_stopping: EarlyStopping
+    log: TrainLog
+    checkpoints: Optional[tf.train.CheckpointManager] = None
+    sampler: Optional[Sampler] = None
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _sample_every(cfg: TrainConfig) -> int:
+    # -1: with every evaluation; 0: never (the Sampler is not built then).
+    return cfg.eval_every if cfg.samples_every < 0 else cfg.samples_every
+
+
+def _checked_loss(loss: float, step: int, cfg: TrainConfig) -> float:
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the training loss became {loss} at step {step}; lower the learning rate "
+            f"(now {cfg.learning_rate}) or check the data."
+        )
+    return loss
+
+
+def run_loop(parts: LoopParts, cfg: TrainConfig, start: int, max_steps: int) -> Tuple[int, List[dict], bool]:
+    """Steps from `start + 1` to `max_steps`, logging every `log_every` steps, evaluating every
+    `eval_every` steps, sampling and checkpointing on their own schedules, and at the last step.
+
+    Returns:
+        The last step taken, the samples, and whether early stopping ended the run.
+    """
+    samples: List[dict] = []
+    window: List[float] = []
+    window_seconds = 0.0
+    step = start
+    for step in range(start + 1, max_steps + 1):
+        t0 = time.monotonic()
+        loss, grad_norm = parts.step_fn(*next(parts.batches))
+        window.append(_checked_loss(float(loss), step, cfg))  # float() waits for the step to finish
+        window_seconds += time.monotonic() - t0
+        if _due(step, cfg.log_every, max_steps):
+            parts.log.train_line(step, {
+                "loss": float(np.mean(window)), "perplexity": perplexity(float(np.mean(window))),
+                "learning_rate": float(parts.state.schedule(step - 1)), "grad_norm": float(grad_norm),
+                "tokens_per_sec": len(window) * parts.step_fn.tokens / max(window_seconds, 1e-9),
+            })
+            window, window_seconds = [], 0.0
+        if parts.checkpoints is not None and _due(step, cfg.checkpoint_every, max_steps):
+            parts.checkpoints.save(checkpoint_number=step)
+        if parts.sampler is not None and _due(step, _sample_every(cfg), max_steps):
+            samples += parts.sampler(step)
+            parts.log.samples(step, samples[-len(parts.sampler.prompts):])
+        if _due(step, cfg.eval_every, max_steps):
+            eval_loss = parts.evaluation(parts.state.model)
+            parts.log.eval_line(step, eval_loss, parts.evaluation.description)
+            if parts.early_stopping.should_stop(eval_loss, parts.state.model):
+                logger.warning("early stopping at step %d: the eval subset loss has not improved on %.4f for %d "
+                               "evaluations; keeping the best weights", step, parts.early_stopping.best_loss,
+                               parts.early_stopping.misses)
+                return step, samples, True
+    return step, samples, False
+
+
+# ---------------------------------------------------------------------------------------------
+# train()
 
 
 def train(
@@ -193,7 +484,7 @@ def train(
         model: a model to start from (fine-tuning); a new one is initialised if None.
         checkpoint_dir: where resumable checkpoints go (with `checkpoint_every`); if it holds one,
             training resumes from it: same step, optimizer state and data position.
-        tokenizer: a `BPETokenizer`, for text samples (`samples_every`).
+        tokenizer: a `BPETokenizer`, for text samples (`samples_every`); None: no samples.
 
     Returns:
         The trained model and a `TrainResult`.
@@ -201,141 +492,49 @@ def train(
     Raises:
         TrainingError: the data does not fit the model, or the loss became NaN or infinite.
     """
-    cfg = train_config
     previous_policy = keras.config.dtype_policy()
-    policy = precision_policy(cfg.mixed_precision)
+    policy = precision_policy(train_config.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(model_config, cfg, train_files, eval_files, log_dir, model, checkpoint_dir, tokenizer, policy)
+        return _train(model_config, train_config, train_files, eval_files, log_dir, model, checkpoint_dir,
+                      tokenizer, policy)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, checkpoint_dir, tokenizer, policy):
-    keras.utils.set_random_seed(cfg.seed)
+def _effective_config(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional[GPT2],
+                      train_files: Sequence[str], eval_files: Sequence[str]) -> GPT2Config:
+    """The shape trained (the initial model's, if any), with the run's dropout; checked against the data."""
     if init_model is not None:
         model_config = init_model.config
     if cfg.dropout >= 0:
         model_config = dataclasses.replace(model_config, dropout=cfg.dropout)
-    check_block_length(train_files, model_config, "train")
-    check_block_length(eval_files, model_config, "eval")
-    block_len = model_config.n_ctx + 1
-    max_steps = steps_for(cfg, train_files)
-    strategy = make_strategy(cfg.distribution)
-    replicas = strategy.num_replicas_in_sync
+    try:
+        check_block_length(train_files, model_config, "train")
+        check_block_length(eval_files, model_config, "eval")
+    except EvaluationError as e:
+        raise TrainingError(str(e)) from None
+    return model_config
+
+
+def _check_batch_split(cfg: TrainConfig, replicas: int) -> None:
     if cfg.batch_size % (replicas * cfg.grad_accum_steps):
         raise TrainingError(
             f"batch_size = {cfg.batch_size} must split evenly over {replicas} replica(s) x "
             f"{cfg.grad_accum_steps} micro-batch(es); choose a multiple of {replicas * cfg.grad_accum_steps}."
         )
 
-    with strategy.scope():
-        model = GPT2(model_config)
-        if init_model is not None:
-            for target, source in zip(model.weights, init_model.weights):
-                target.assign(source.numpy())
-        model.recompute = cfg.recompute
-        schedule = WarmupCosine(cfg.learning_rate, cfg.min_learning_rate, cfg.warmup_steps, max_steps)
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=schedule, weight_decay=cfg.weight_decay, beta_1=cfg.beta1, beta_2=cfg.beta2,
-        )
-        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
-        if policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        variables = model.trainable_variables
-        if cfg.only_train_transformer_layers:
-            variables = [v for v in variables if weight_name(v).startswith("h")]
-        optimizer.build(variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
-    manager = None
-    if checkpoint_dir and cfg.checkpoint_every:
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logger.info("resumed from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
-    start = int(step_var.numpy())
-
+def _train_batches(train_files, cfg: TrainConfig, block_len: int, start: int, strategy):
     # The training stream is a function of the seed alone (seeded file order and shuffle), so a
     # resumed run finds its data position by skipping the batches the first run consumed.
-    train_ds = block_dataset(train_files, block_len, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
-                             seed=cfg.seed, repeat=True).skip(start)
-    eval_ds = block_dataset(eval_files, block_len, cfg.batch_size, drop_remainder=False)
-    batches = iter(train_ds if replicas == 1 else strategy.experimental_distribute_dataset(train_ds))
+    ds = block_dataset(train_files, block_len, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
+                       seed=cfg.seed, repeat=True).skip(start)
+    return iter(ds if strategy.num_replicas_in_sync == 1 else strategy.experimental_distribute_dataset(ds))
 
-    tokens_global = cfg.batch_size * model_config.n_ctx  # targets per optimizer step
-    micro = cfg.batch_size // replicas // cfg.grad_accum_steps
-    scale_loss = optimizer.scale_loss if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
-    def micro_grads(x, y):
-        with tf.GradientTape() as tape:
-            loss_sum = tf.reduce_sum(token_loss(model(x, training=True), y))
-            # Each replica's share of the global mean: summed over replicas and micro-batches,
-            # the gradient is the gradient of the mean loss of the whole batch.
-            loss = loss_sum / tokens_global
-            scaled = scale_loss(loss) if scale_loss is not None else loss
-        return loss_sum, tape.gradient(scaled, variables)
-
-    def replica_grads(x, y):
-        if cfg.grad_accum_steps == 1:
-            return micro_grads(x, y)
-        xs = tf.reshape(x, (cfg.grad_accum_steps, micro, -1))
-        ys = tf.reshape(y, (cfg.grad_accum_steps, micro, -1))
-        total = tf.zeros([], tf.float32)
-        acc = [tf.zeros_like(v) for v in variables]
-        for i in tf.range(cfg.grad_accum_steps):  # a while loop: one micro-batch's activations at a time
-            loss_sum, grads = micro_grads(xs[i], ys[i])
-            total += loss_sum
-            acc = [a + tf.convert_to_tensor(g) for a, g in zip(acc, grads)]
-        return total, acc
-
-    compute = replica_grads if replicas == 1 else tf.function(replica_grads)
-
-    def replica_step(x, y):
-        loss_sum, grads = compute(x, y)
-        grads = [tf.convert_to_tensor(g) for g in grads]
-        if scale_loss is not None:
-            grads = [g / optimizer.dynamic_scale for g in grads]
-        if replicas > 1:
-            context = tf.distribute.get_replica_context()
-            # Clip the *global* gradient: sum it over replicas here; Keras sums what it is given
-            # again, so each replica passes its share of the clipped sum.
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grad_norm = tf.linalg.global_norm(grads)
-        if cfg.grad_clip > 0:
-            grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip, use_norm=grad_norm)
-        if replicas > 1:
-            grads = [g / replicas for g in grads]
-        if scale_loss is not None:
-            grads = [g * optimizer.dynamic_scale for g in grads]  # the optimizer unscales them
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss_sum, grad_norm
-
-    if replicas == 1:
-        @tf.function(jit_compile=cfg.xla)
-        def train_step(x, y):  # gradients, clipping and the AdamW update in one XLA program
-            loss_sum, grad_norm = replica_step(x, y)
-            step_var.assign_add(1)
-            return loss_sum / tokens_global, grad_norm
-    else:
-        @tf.function
-        def train_step(x, y):
-            loss_sum, grad_norm = strategy.run(replica_step, args=(x, y))
-            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None) / tokens_global
-            step_var.assign_add(1)
-            return loss, strategy.reduce(tf.distribute.ReduceOp.MEAN, grad_norm, axis=None)
-
-    writers = {}
-    if log_dir:
-        writers = {k: tf.summary.create_file_writer(os.path.join(log_dir, k)) for k in ("train", "eval")}
-
-    def scalars(run: str, step: int, values: Dict[str, float]) -> None:
-        if run in writers:
-            with writers[run].as_default(step=step):
-                for k, v in values.items():
-                    tf.summary.scalar(k, v)
-
+def _announce(model_config: GPT2Config, cfg: TrainConfig, max_steps: int, start: int, replicas: int,
+              policy: str) -> None:
     trained = "transformer layers only" if cfg.only_train_transformer_layers else "all weights"
     logger.info(
         "training %s parameters (%s) for %d steps%s: batch %d x %d tokens (%d replica(s), %d micro-batch(es)), "
@@ -344,94 +543,53 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
         cfg.batch_size, model_config.n_ctx, replicas, cfg.grad_accum_steps, cfg.learning_rate, policy,
         "on" if cfg.xla else "off", ", recompute" if cfg.recompute else "",
     )
-    progress = Progress(logger, "train", "steps", total=max_steps, every_s=float("inf"))
-    history: List[Dict[str, float]] = []
-    samples: List[Dict[str, object]] = []
-    window: List[float] = []
-    eval_loss = float("nan")
-    best = (float("inf"), None)  # (eval loss, weights) for early stopping
-    evals_without_improvement = 0
-    stopped_early = False
-    t_start = t_window = time.monotonic()
-    step = start
-    for step in range(start + 1, max_steps + 1):
-        x, y = next(batches)
-        loss, grad_norm = train_step(x, y)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the training loss became {loss} at step {step}; lower the learning rate "
-                f"(now {cfg.learning_rate}) or check the data."
-            )
-        window.append(loss)
-        progress.update(1, tokens=tokens_global)
-        if manager is not None and (step % cfg.checkpoint_every == 0 or step == max_steps):
-            manager.save(checkpoint_number=step)
-        if cfg.samples_every and tokenizer is not None and (step % cfg.samples_every == 0 or step == max_steps):
-            text = _sample(model, tokenizer, cfg)
-            samples.append({"step": step, "prompt": cfg.sample_prompt, "text": text})
-            if "train" in writers:
-                with writers["train"].as_default(step=step):
-                    tf.summary.text("samples", f"**{cfg.sample_prompt!r}** → {text}")
-        if step % cfg.log_every == 0 or step == max_steps:
-            now = time.monotonic()
-            record = {
-                "step": step,
-                "loss": float(np.mean(window)),
-                "learning_rate": float(schedule(step - 1)),
-                "grad_norm": float(grad_norm),
-                "tokens_per_sec": len(window) * tokens_global / max(now - t_window, 1e-9),
-            }
-            record["perplexity"] = perplexity(record["loss"])
-            if step % cfg.eval_every == 0 or step == max_steps:
-                eval_loss, _ = evaluate(model, eval_ds, cfg.eval_batches)
-                record["eval_loss"] = eval_loss
-                scalars("eval", step, {"loss": eval_loss, "perplexity": perplexity(eval_loss)})
-                if cfg.early_stopping_patience:
-                    if eval_loss < best[0] - cfg.early_stopping_min_delta:
-                        best = (eval_loss, [v.numpy() for v in model.weights])
-                        evals_without_improvement = 0
-                    else:
-                        evals_without_improvement += 1
-            scalars("train", step, {k: v for k, v in record.items() if k not in ("step", "eval_loss")})
-            history.append(record)
-            logger.info(
-                "step %d/%d: loss %.4f, lr %.2e, grad norm %.2f, %s tokens/s%s",
-                step, max_steps, record["loss"], record["learning_rate"], record["grad_norm"],
-                f"{record['tokens_per_sec']:,.0f}",
-                f", eval loss {eval_loss:.4f} (perplexity {perplexity(eval_loss):.1f})"
-                if "eval_loss" in record else "",
-            )
-            window, t_window = [], time.monotonic()
-            if cfg.early_stopping_patience and evals_without_improvement >= cfg.early_stopping_patience:
-                logger.warning("early stopping at step %d: eval loss %.4f has not improved on %.4f for %d "
-                               "evaluations; keeping the best weights", step, eval_loss, best[0],
-                               evals_without_improvement)
-                stopped_early = True
-                break
+
+
+def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, checkpoint_dir, tokenizer, policy):
+    keras.utils.set_random_seed(cfg.seed)
+    model_config = _effective_config(model_config, cfg, init_model, train_files, eval_files)
+    block_len = model_config.n_ctx + 1
+    max_steps = steps_for(cfg, train_files)
+    strategy = make_strategy(cfg.distribution)
+    _check_batch_split(cfg, strategy.num_replicas_in_sync)
+    state = build_state(model_config, cfg, init_model, strategy, policy, max_steps)
+    checkpoints = open_checkpoints(state, checkpoint_dir, cfg)
+    start = int(state.step.numpy())
+    parts = LoopParts(
+        state=state, step_fn=TrainStep(state, cfg, strategy, model_config.n_ctx),
+        batches=_train_batches(train_files, cfg, block_len, start, strategy),
+        evaluation=SubsetEvaluation(eval_files, block_len, cfg.batch_size, cfg.eval_batches),
+        early_stopping=EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta),
+        log=TrainLog(log_dir, max_steps), checkpoints=checkpoints,
+        sampler=Sampler(state.model, tokenizer, cfg) if tokenizer is not None and cfg.samples_every else None,
+    )
+    _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy)
+    t_start = time.monotonic()
+    step, samples, stopped_early = run_loop(parts, cfg, start, max_steps)
+    seconds = time.monotonic() - t_start
+    return state.model, _finish(parts, cfg, step, start, max_steps, samples, stopped_early, seconds, checkpoint_dir)
+
+
+def _finish(parts: LoopParts, cfg: TrainConfig, step: int, start: int, max_steps: int, samples: List[dict],
+            stopped_early: bool, seconds: float, checkpoint_dir: Optional[str]) -> TrainResult:
+    model, history = parts.state.model, parts.log.history
+    evals = [h["eval_subset_loss"] for h in history if "eval_subset_loss" in h]
     if start >= max_steps:
         logger.info("the checkpoint in %s is already at step %d of %d: nothing left to train", checkpoint_dir,
                     start, max_steps)
-        eval_loss, _ = evaluate(model, eval_ds, cfg.eval_batches)
-    if stopped_early and best[1] is not None:
-        for v, value in zip(model.weights, best[1]):
-            v.assign(value)
-        eval_loss = best[0]
-    for w in writers.values():
-        w.flush()
-    seconds = time.monotonic() - t_start
-    progress.done()
-    result = TrainResult(
-        steps=step, tokens=(step - start) * tokens_global, seconds=seconds,
-        train_loss=history[-1]["loss"] if history else float("nan"), eval_loss=eval_loss, history=history,
-        samples=samples, stopped_early=stopped_early, resumed_from_step=start,
-    )
+        evals.append(parts.evaluation(model))
+    eval_loss = evals[-1]
+    if stopped_early and parts.early_stopping.best_weights is not None:
+        parts.early_stopping.restore_best(model)
+        eval_loss = parts.early_stopping.best_loss
+    parts.log.close()
     model.recompute = False
-    return model, result
-
-
-def _sample(model: GPT2, tokenizer, cfg: TrainConfig) -> str:
-    from tfx_gpt2.model.generate import generate_text
-
-    return generate_text(model, tokenizer, [cfg.sample_prompt], max_new_tokens=cfg.sample_tokens,
-                         temperature=0.8, top_k=40, seed=cfg.seed)[0]
+    trained = [h for h in history if "loss" in h]
+    tokens = (step - start) * parts.step_fn.tokens
+    logger.info("trained %d steps in %.1fs (%s tokens/s)", step - start, seconds, f"{tokens / max(seconds, 1e-9):,.0f}")
+    return TrainResult(
+        steps=step, tokens=tokens, seconds=seconds, train_loss=trained[-1]["loss"] if trained else float("nan"),
+        eval_subset_loss=eval_loss, eval_subset_blocks=parts.evaluation.blocks,
+        eval_blocks=parts.evaluation.total_blocks, history=history, samples=samples,
+        stopped_early=stopped_early, resumed_from_step=start,
+    )

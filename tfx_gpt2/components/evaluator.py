@@ -7,7 +7,8 @@ Input artifacts:
 Output artifacts:
     evaluation (ModelEvaluation): `metrics.json`, and the same figures as custom properties:
         `<split>_loss`, `<split>_perplexity`, `<split>_tokens`, `<split>_unigram_perplexity`;
-        with a champion also `champion_version`, `champion_eval_perplexity`; `data_span`.
+        with a champion also `champion_version`, `champion_eval_perplexity`; `data_span`, and
+        `champion_key` (below).
     blessing (ModelBlessing): a `BLESSED` or `NOT_BLESSED` file (TFX's convention), custom
         properties `blessed` (1/0) and `reason`.
 Parameters:
@@ -19,55 +20,94 @@ Parameters:
         the champion's times (1 - min_improvement); 0 means any improvement.
     compare_with_champion: 0 blesses on the threshold alone (e.g. to replace a champion that
         has another vocabulary, whose perplexity is over other tokens).
+    champion_key: set by the driver, not by hand (see below).
 
 The champion is downloaded from MLflow and scored on the same eval blocks as the candidate, so
 the two perplexities are over the same tokens even when the data changed since the champion was
 trained. A champion with another vocabulary, or a context shorter than the blocks, cannot be
 scored on them: the model is then not blessed, and the reason says so.
+
+The champion is an input that TFX cannot see, so the driver (`ChampionDriver`, run by the
+orchestrator before its cache lookup, as ExampleGen's driver is) resolves which version holds
+the alias into the `champion_key` parameter: when the champion moves, the cache key changes and
+the evaluation runs again instead of reusing a blessing decided against an older champion.
+Kubeflow V2 runs no TFX driver; there `pipelines/kubeflow_runner.py` turns KFP's cache off for
+this step and the pusher.
 """
 
-
+import dataclasses
 import json
 import os
 import tempfile
+from typing import Dict, Optional
 
-from tfx import v1 as tfx
-from tfx.types import artifact_utils
+from tfx import types
+from tfx.dsl.components.base import base_component, base_driver, base_executor, executor_spec
+from tfx.proto.orchestration import driver_output_pb2
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
+from tfx_gpt2.evaluation import check_block_length, evaluate
 from tfx_gpt2.metrics import blessing_decision, perplexity, unigram_perplexity
 from tfx_gpt2.model.io import load_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import block_dataset, target_counts
 from tfx_gpt2.text.bpe import BPETokenizer
-from tfx_gpt2.training import check_block_length, evaluate
 
 logger = get_logger("tfx_gpt2.evaluator")
 
 METRICS_FILE = "metrics.json"
+CHAMPION_KEY = "champion_key"
 
 
-@tfx.dsl.components.component
-def PerplexityEvaluator(
-    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
-    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    evaluation: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
-    blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    perplexity_threshold: tfx.dsl.components.Parameter[float] = 1e9,
-    batch_size: tfx.dsl.components.Parameter[int] = 8,
-    tracking_uri: tfx.dsl.components.Parameter[str] = "",
-    registered_model_name: tfx.dsl.components.Parameter[str] = "",
-    min_improvement: tfx.dsl.components.Parameter[float] = 0.0,
-    compare_with_champion: tfx.dsl.components.Parameter[int] = 1,
-):
-    """Scores the model on the held-out splits and decides whether to bless it."""
-    gpt2 = load_model_dir(path_utils.serving_model_path(model.uri))
-    splits = artifact_utils.decode_split_names(examples.split_names)
-    files = {s: [os.path.join(artifact_utils.get_split_uri([examples], s), "*")] for s in splits}
-    if "eval" not in files or "train" not in files:
-        raise ValueError(f"PerplexityEvaluator needs 'train' and 'eval' splits; the examples have {splits}.")
+@dataclasses.dataclass(frozen=True)
+class ChampionScore:
+    """The registry's champion scored on the candidate's eval blocks.
+
+    Attributes:
+        version: the version holding `champion` (0: none does).
+        eval_perplexity: its perplexity on the blocks (None when there is no champion, or it
+            cannot be scored on them).
+        not_comparable: why it cannot be scored on these blocks ('' when it could).
+    """
+
+    version: int = 0
+    eval_perplexity: Optional[float] = None
+    not_comparable: str = ""
+
+
+def score_champion(tracking_uri: str, name: str, candidate, candidate_encoder, eval_files,
+                   batch_size: int) -> ChampionScore:
+    """The champion of `name` scored on `eval_files`; see `ChampionScore`."""
+    from tfx_gpt2.registry import download_champion
+
+    with tempfile.TemporaryDirectory() as tmp:
+        champion = download_champion(tracking_uri, name, tmp)
+        if champion is None:
+            logger.info("no version of %s holds the champion alias: the threshold alone decides", name)
+            return ChampionScore()
+        model = load_model_dir(champion.model_dir)
+        same_vocab = BPETokenizer.from_dir(champion.model_dir).encoder == candidate_encoder
+        n_ctx = candidate.config.n_ctx
+        if model.config.n_vocab != candidate.config.n_vocab or not same_vocab:
+            return ChampionScore(champion.version, not_comparable=(
+                f"the champion (version {champion.version}) has another vocabulary ({model.config.n_vocab} "
+                f"tokens, this model {candidate.config.n_vocab}): its perplexity is over other tokens and "
+                "cannot be compared; to replace it anyway, run with compare_with_champion=False"))
+        if model.config.n_ctx < n_ctx:
+            return ChampionScore(champion.version, not_comparable=(
+                f"the champion (version {champion.version}) has a context of {model.config.n_ctx} tokens, "
+                f"shorter than the blocks of {n_ctx}; to replace it anyway, run with compare_with_champion=False"))
+        loss, _ = evaluate(model, block_dataset(eval_files, n_ctx + 1, batch_size, drop_remainder=False))
+    ppl = perplexity(loss)
+    logger.info("champion: version %d, eval perplexity %.3f on the same blocks", champion.version, ppl)
+    return ChampionScore(champion.version, ppl)
+
+
+def score_splits(gpt2, files: Dict[str, list], batch_size: int) -> Dict[str, float]:
+    """Loss, perplexity, token count and unigram baseline of the `eval` (and `test`) blocks."""
     train_counts = target_counts(files["train"], gpt2.config.n_vocab)
-
     metrics = {}
     for split in [s for s in ("eval", "test") if s in files]:
         check_block_length(files[split], gpt2.config, split)
@@ -77,55 +117,45 @@ def PerplexityEvaluator(
         metrics[f"{split}_perplexity"] = perplexity(loss)
         metrics[f"{split}_tokens"] = n
         metrics[f"{split}_unigram_perplexity"] = unigram_perplexity(
-            train_counts, target_counts(files[split], gpt2.config.n_vocab)
-        )
-        logger.info(
-            "%s: perplexity %.2f over %s tokens (unigram baseline %.2f)", split, metrics[f"{split}_perplexity"],
-            f"{n:,}", metrics[f"{split}_unigram_perplexity"],
-        )
+            train_counts, target_counts(files[split], gpt2.config.n_vocab))
+        logger.info("%s: perplexity %.2f over %s tokens (unigram baseline %.2f)", split,
+                    metrics[f"{split}_perplexity"], f"{n:,}", metrics[f"{split}_unigram_perplexity"])
+    return metrics
 
-    champion_ppl = None
-    if compare_with_champion and tracking_uri and registered_model_name:
-        encoder = BPETokenizer.from_dir(path_utils.serving_model_path(model.uri)).encoder
-        champion = score_champion(tracking_uri, registered_model_name, gpt2, encoder, files["eval"], batch_size)
-        if isinstance(champion, str):  # not comparable: the reason
-            _write(evaluation, blessing, metrics, examples, False, champion)
+
+class Executor(base_executor.BaseExecutor):
+    """Scores the model on the held-out splits and decides whether to bless it."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+        model_dir = path_utils.serving_model_path(model.uri)
+        gpt2 = load_model_dir(model_dir)
+        splits = artifact_utils.decode_split_names(examples.split_names)
+        files = {s: [os.path.join(artifact_utils.get_split_uri([examples], s), "*")] for s in splits}
+        if "eval" not in files or "train" not in files:
+            raise ValueError(f"PerplexityEvaluator needs 'train' and 'eval' splits; the examples have {splits}.")
+        batch_size = int(exec_properties.get("batch_size") or 8)
+        metrics = score_splits(gpt2, files, batch_size)
+        metrics[CHAMPION_KEY] = exec_properties.get(CHAMPION_KEY) or ""
+        champion = ChampionScore()
+        tracking_uri, name = exec_properties.get("tracking_uri"), exec_properties.get("registered_model_name")
+        if int(exec_properties.get("compare_with_champion", 1)) and tracking_uri and name:
+            encoder = BPETokenizer.from_dir(model_dir).encoder
+            champion = score_champion(tracking_uri, name, gpt2, encoder, files["eval"], batch_size)
+        if champion.not_comparable:
+            _write(evaluation, blessing, metrics, examples, False, champion.not_comparable)
             return
-        if champion is not None:
-            metrics["champion_version"], champion_ppl = champion
-            metrics["champion_eval_perplexity"] = champion_ppl
-    blessed, reason = blessing_decision(metrics["eval_perplexity"], perplexity_threshold, champion_ppl,
-                                        min_improvement)
-    if champion_ppl is not None:
-        reason += f" (champion: version {metrics['champion_version']})"
-    _write(evaluation, blessing, metrics, examples, blessed, reason)
-
-
-def score_champion(tracking_uri: str, name: str, candidate, candidate_encoder, eval_files, batch_size: int):
-    """`(version, eval perplexity)` of the champion on `eval_files`, None without a champion, or
-    the reason (a str) why it cannot be scored on them."""
-    from tfx_gpt2.registry import download_champion
-
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = download_champion(tracking_uri, name, tmp)
-        if champion is None:
-            logger.info("no version of %s holds the champion alias: the threshold alone decides", name)
-            return None
-        model = load_model_dir(champion.model_dir)
-        same_vocab = BPETokenizer.from_dir(champion.model_dir).encoder == candidate_encoder
-        n_ctx = candidate.config.n_ctx
-        if model.config.n_vocab != candidate.config.n_vocab or not same_vocab:
-            return (f"the champion (version {champion.version}) has another vocabulary ({model.config.n_vocab} "
-                    f"tokens, this model {candidate.config.n_vocab}): its perplexity is over other tokens and "
-                    "cannot be compared; to replace it anyway, run with compare_with_champion=False")
-        if model.config.n_ctx < n_ctx:
-            return (f"the champion (version {champion.version}) has a context of {model.config.n_ctx} tokens, "
-                    f"shorter than the blocks of {n_ctx}; to replace it anyway, run with "
-                    "compare_with_champion=False")
-        loss, _ = evaluate(model, block_dataset(eval_files, n_ctx + 1, batch_size, drop_remainder=False))
-    ppl = perplexity(loss)
-    logger.info("champion: version %d, eval perplexity %.3f on the same blocks", champion.version, ppl)
-    return champion.version, ppl
+        if champion.eval_perplexity is not None:
+            metrics["champion_version"] = champion.version
+            metrics["champion_eval_perplexity"] = champion.eval_perplexity
+        blessed, reason = blessing_decision(metrics["eval_perplexity"], float(exec_properties["perplexity_threshold"]),
+                                            champion.eval_perplexity, float(exec_properties.get("min_improvement", 0)))
+        if champion.eval_perplexity is not None:
+            reason += f" (champion: version {champion.version})"
+        _write(evaluation, blessing, metrics, examples, blessed, reason)
 
 
 def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) -> None:
@@ -145,3 +175,72 @@ def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) 
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("reason", reason)
     logger.info("%s: %s", "BLESSED" if blessed else "NOT BLESSED", reason)
+
+
+def resolve_champion_key(exec_properties, model_uri: str) -> str:
+    """The `champion_key` of an evaluation of the model at `model_uri` (see the module docstring)."""
+    tracking_uri, name = exec_properties.get("tracking_uri"), exec_properties.get("registered_model_name")
+    if not (int(exec_properties.get("compare_with_champion", 1)) and tracking_uri and name):
+        return "not compared"
+    from tfx_gpt2.registry import champion_key
+
+    key = champion_key(tracking_uri, name, model_uri)
+    logger.info("champion of %s for the cache key: %s", name, key)
+    return key
+
+
+class ChampionDriver(base_driver.BaseDriver):
+    """Puts the registry's current champion into `champion_key` before the cache lookup, under
+    both of TFX's launchers: the IR one (Beam, `run`) and the legacy one (Airflow)."""
+
+    def run(self, execution_info) -> driver_output_pb2.DriverOutput:
+        model_uri = execution_info.input_dict["model"][0].uri
+        output = driver_output_pb2.DriverOutput()
+        output.exec_properties[CHAMPION_KEY].string_value = resolve_champion_key(
+            execution_info.exec_properties, model_uri)
+        return output
+
+    def resolve_input_artifacts(self, input_dict, exec_properties, driver_args, pipeline_info):
+        artifacts = super().resolve_input_artifacts(input_dict, exec_properties, driver_args, pipeline_info)
+        # The legacy launcher looks up its cache with this same dict, after this call.
+        exec_properties[CHAMPION_KEY] = resolve_champion_key(exec_properties, artifacts["model"][0].uri)
+        return artifacts
+
+
+class PerplexityEvaluatorSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "perplexity_threshold": ExecutionParameter(type=float),
+        "batch_size": ExecutionParameter(type=int),
+        "tracking_uri": ExecutionParameter(type=str, optional=True),
+        "registered_model_name": ExecutionParameter(type=str, optional=True),
+        "min_improvement": ExecutionParameter(type=float, optional=True),
+        "compare_with_champion": ExecutionParameter(type=int, optional=True),
+        CHAMPION_KEY: ExecutionParameter(type=str, optional=True),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class PerplexityEvaluator(base_component.BaseComponent):
+    """Scores the Trainer's model and blesses it or not; see the module docstring for the args."""
+
+    SPEC_CLASS = PerplexityEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+    DRIVER_CLASS = ChampionDriver
+
+    def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, perplexity_threshold: float = 1e9,
+                 batch_size: int = 8, tracking_uri: str = "", registered_model_name: str = "",
+                 min_improvement: float = 0.0, compare_with_champion: int = 1):
+        super().__init__(spec=PerplexityEvaluatorSpec(
+            model=model, examples=examples, perplexity_threshold=perplexity_threshold, batch_size=batch_size,
+            tracking_uri=tracking_uri, registered_model_name=registered_model_name,
+            min_improvement=min_improvement, compare_with_champion=compare_with_champion,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        ))

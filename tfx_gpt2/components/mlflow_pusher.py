@@ -5,7 +5,8 @@ executor knows the pipeline run it belongs to.
 
 Input artifacts:
     model (Model): the Trainer's output (`Format-Serving/` is the model directory, with
-        `train_metrics.json`).
+        `train_metrics.json`; its `samples.json`, the samples taken while training, is logged as
+        `training_samples.json`).
     model_run (ModelRun): the Trainer's TensorBoard logs, logged under `tensorboard/`.
     evaluation (ModelEvaluation): PerplexityEvaluator's figures, logged as metrics.
     model_blessing (ModelBlessing): whether the version also takes the `champion` alias.
@@ -36,9 +37,9 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
 from tfx_gpt2.components.evaluator import METRICS_FILE
-from tfx_gpt2.components.trainer import TRAIN_METRICS_FILE
+from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.registry import SAMPLE_PROMPTS, push_model, redact_uri
+from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, push_model, redact_uri
 
 logger = get_logger("tfx_gpt2.pusher")
 
@@ -79,6 +80,10 @@ class Executor(base_executor.BaseExecutor):
         with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
             eval_metrics = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
         blessed = bool(blessing.get_int_custom_property("blessed"))
+        training_samples = []
+        if os.path.exists(os.path.join(model_dir, SAMPLES_FILE)):
+            with open(os.path.join(model_dir, SAMPLES_FILE)) as f:
+                training_samples = json.load(f)
 
         samples = []
         num_samples = exec_properties.get("num_samples")
@@ -102,6 +107,7 @@ class Executor(base_executor.BaseExecutor):
             "init_checkpoint": str(train_metrics.get("init", "scratch")),
             "blessed": str(blessed).lower(),
             "blessing_reason": blessing.get_string_custom_property("reason") or "",
+            COMPARED_WITH_TAG: evaluation.get_string_custom_property("champion_key") or "",
         }
         result = push_model(
             tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
@@ -109,6 +115,7 @@ class Executor(base_executor.BaseExecutor):
             model_key=model.uri, params=json.loads(exec_properties.get("params_json") or "{}"),
             history=train_metrics["history"], eval_metrics=eval_metrics, blessed=blessed,
             tensorboard_dir=model_run.uri, tags=tags, samples=samples, input_example=list(SAMPLE_PROMPTS[:1]),
+            training_samples=training_samples,
         )
         pushed_model.set_int_custom_property("pushed", 1)
         pushed_model.set_string_custom_property("pushed_destination", result.model_uri)

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config import GPT2Config, from_json
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.model.io import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, assign_weights, load_model_dir
 from tfx_gpt2.progress import get_logger
@@ -251,6 +251,24 @@ def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> s
 # ---------------------------------------------------------------------------------------------
 # Any format
 # ---------------------------------------------------------------------------------------------
+
+def read_checkpoint_config(path: str) -> GPT2Config:
+    """The shape of the model in an OpenAI, Hugging Face or tfx-gpt2 directory, without loading
+    its weights (e.g. to encode the data for its context before the pipeline runs).
+
+    Raises:
+        CheckpointError: `path` holds no checkpoint this tool reads.
+    """
+    fmt = detect_format(path)
+    if fmt == "openai":
+        return read_openai_config(path)
+    if fmt == "hf":
+        return read_hf_config(path)
+    if fmt == "tfx-gpt2":
+        with open(os.path.join(path, CONFIG_FILE)) as f:
+            return from_json(GPT2Config, f.read())
+    raise CheckpointError(f"{path!r} is a SavedModel: it holds no weights by name to fine-tune from.")
+
 
 def load_checkpoint(path: str) -> Tuple[GPT2, BPETokenizer]:
     """Loads a model and its tokenizer from an OpenAI, Hugging Face or tfx-gpt2 directory."""

@@ -1,0 +1,217 @@
+"""The typed configs that `create_pipeline()` takes, and the output layout of a run (no TFX).
+
+    data      DataConfig:      where the documents come from (`TextFolder` or `MongoSource`),
+                               the vocabulary, the splits and the validation bounds
+    training  TrainingSetup:   the model shape, the training settings, the checkpoint to start from
+    registry  RegistryConfig:  MLflow (tracking URI, names) and the blessing rule
+
+Every runner (the Beam example and templates, the Airflow DAG, the Kubeflow runner) builds these
+from `tfx_gpt2.settings.PipelineSettings`, so that a setting means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from typing import Dict, Optional, Tuple, Union
+
+from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset
+from tfx_gpt2.metrics import check_min_improvement
+from tfx_gpt2.sources.mongo import MongoSource
+from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR
+from tfx_gpt2.text.bpe import check_special_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFolder:
+    """Text files as the data source.
+
+    Attributes:
+        root: the folder (a local path or a filesystem URI such as gs://).
+        file_pattern: glob of the files under `root`.
+        separator: the string between documents in a file (None: one document per file).
+    """
+
+    root: str
+    file_pattern: str = "*.txt"
+    separator: Optional[str] = DEFAULT_SEPARATOR
+
+
+DataSource = Union[TextFolder, MongoSource]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data half of the pipeline.
+
+    Attributes:
+        source: a `TextFolder`, or a `MongoSource` (with `incremental=True` each run exports the
+            new documents as a new span, and the encoder reads the latest `max_spans` spans).
+        vocab: 'gpt2' (OpenAI's vocabulary), a vocabulary directory (e.g. a checkpoint's), or
+            'train' to learn one of `vocab_size` tokens on the train split (VocabTrainer).
+        vocab_size: the size of a trained vocabulary (with vocab='train' only).
+        special_tokens: extra tokens kept whole, e.g. ('<|dialogue|>', '<|action|>').
+        control_feature: a feature of the examples (e.g. a MongoSource metadata field) holding a
+            special token that starts each document.
+        split_ratios: hash buckets per split; default `{"train": 9, "eval": 1}`; e.g.
+            `{"train": 18, "eval": 1, "test": 1}` for 90/5/5.
+        max_spans: with incremental MongoDB exports, how many of the latest spans to train on.
+        min_chars, max_chars: document lengths outside these bounds are data anomalies.
+        validate: run StatisticsGen, TextSchemaGen and ExampleValidator.
+    """
+
+    source: DataSource
+    vocab: str = "gpt2"
+    vocab_size: Optional[int] = None
+    special_tokens: Tuple[str, ...] = ()
+    control_feature: str = ""
+    split_ratios: Optional[Dict[str, int]] = None
+    max_spans: int = 1000
+    min_chars: int = 1
+    max_chars: int = 1_000_000
+    validate: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.source, (TextFolder, MongoSource)):
+            raise ConfigError(f"DataConfig.source = {self.source!r}; give a TextFolder(root=...) or a "
+                              "MongoSource(collections=...).")
+        object.__setattr__(self, "special_tokens", tuple(check_special_tokens(self.special_tokens)))
+        if (self.vocab == "train") != (self.vocab_size is not None):
+            raise ConfigError(
+                f"DataConfig.vocab = {self.vocab!r} with vocab_size = {self.vocab_size!r}: give vocab='train' together "
+                "with vocab_size (a new vocabulary), or vocab='gpt2' / a directory without vocab_size."
+            )
+
+    @property
+    def is_mongo(self) -> bool:
+        return isinstance(self.source, MongoSource)
+
+    def describe_source(self) -> str:
+        """'mongodb:db.coll,...' or 'files:<pattern>' (an MLflow param; no connection string)."""
+        if isinstance(self.source, MongoSource):
+            return "mongodb:" + ",".join(self.source.collections)
+        return "files:" + self.source.file_pattern
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """What is trained, and from where.
+
+    Attributes:
+        model: a `GPT2Config` or a preset name (`tiny`, `124M`, ...) for training from scratch;
+            None: `tiny`, or the checkpoint's shape when fine-tuning.
+        train: a `TrainConfig` or a preset name (`tiny`, `finetune`).
+        init_checkpoint: None trains from scratch; a directory (OpenAI, Hugging Face or tfx-gpt2
+            layout; imported with a TFX Importer) or 'openai:SIZE' (downloaded in the pipeline)
+            is fine-tuned. The shape is the checkpoint's: read from a local directory, the preset
+            SIZE for 'openai:SIZE'; for a remote directory give `model` (it cannot be read when
+            the pipeline is built).
+    """
+
+    model: Union[None, str, GPT2Config] = None
+    train: Union[str, TrainConfig] = "tiny"
+    init_checkpoint: Optional[str] = None
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return train_preset(self.train) if isinstance(self.train, str) else self.train
+
+    @property
+    def model_config(self) -> GPT2Config:
+        """The shape trained (see `model`); a given `model` that differs from the checkpoint's is an error."""
+        given = model_preset(self.model) if isinstance(self.model, str) else self.model
+        ckpt = self.init_checkpoint
+        if not ckpt:
+            return given or model_preset("tiny")
+        if ckpt.startswith("openai:"):
+            shape = model_preset(ckpt.split(":", 1)[1])
+        elif "://" in ckpt:
+            if given is None:
+                raise ConfigError(f"TrainingSetup.init_checkpoint = {ckpt!r} is remote: its shape cannot be read "
+                                  "when the pipeline is built; give TrainingSetup.model (a preset or a GPT2Config).")
+            return given
+        else:
+            from tfx_gpt2.model.checkpoints import read_checkpoint_config
+
+            shape = read_checkpoint_config(ckpt)
+        if given is not None and (given.n_ctx, given.n_embd, given.n_layer) != (shape.n_ctx, shape.n_embd,
+                                                                                 shape.n_layer):
+            raise ConfigError(f"TrainingSetup.model = {self.model!r} does not match the checkpoint {ckpt!r} "
+                              f"(n_ctx {shape.n_ctx}, n_embd {shape.n_embd}, n_layer {shape.n_layer}); leave "
+                              "model unset to use the checkpoint's shape.")
+        return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryConfig:
+    """Where the model is registered, and when it becomes the champion.
+
+    Attributes:
+        tracking_uri: the MLflow tracking URI, without credentials (they come from MLflow's
+            environment variables, never from pipeline settings).
+        registered_model_name, experiment_name: default: the pipeline's name.
+        perplexity_threshold: the evaluator blesses a model only below this eval perplexity.
+        min_improvement: ... and only below the champion's (the registered version holding the
+            `champion` alias, scored on the same eval blocks) times (1 - min_improvement).
+        compare_with_champion: False blesses on the threshold alone (e.g. to replace a champion
+            with another vocabulary).
+    """
+
+    tracking_uri: str
+    registered_model_name: str = ""
+    experiment_name: str = ""
+    perplexity_threshold: float = 1e9
+    min_improvement: float = 0.0
+    compare_with_champion: bool = True
+
+    def __post_init__(self):
+        check_tracking_uri(self.tracking_uri)
+        check_min_improvement(self.min_improvement)
+
+
+def check_tracking_uri(uri: str) -> str:
+    """Refuses a tracking URI that holds credentials (they would land in ML Metadata)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password or parts.username:
+        raise ConfigError(
+            f"mlflow_tracking_uri contains credentials ({parts.scheme}://{parts.username}:***@...); they would "
+            "be stored in ML Metadata. Pass the URI without them and set MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead."
+        )
+    return uri
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    """Where a run keeps its outputs under `output_dir` (the one definition, for every runner):
+
+        pipelines/<name>/     component outputs (the pipeline root)
+        metadata/<name>.db    ML Metadata (sqlite)
+        mlflow/mlflow.db      the default MLflow store (sqlite); artifacts in mlflow/mlartifacts/
+    """
+
+    output_dir: str
+    pipeline_name: str
+
+    @property
+    def pipeline_root(self) -> str:
+        return os.path.join(self.output_dir, "pipelines", self.pipeline_name)
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.output_dir, "metadata", f"{self.pipeline_name}.db")
+
+    @property
+    def mlflow_db(self) -> str:
+        return os.path.join(self.output_dir, "mlflow", "mlflow.db")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return "sqlite:///" + self.mlflow_db
+
+    def create(self) -> "OutputLayout":
+        """Makes the folders (local output directories only) and returns self."""
+        for d in (self.pipeline_root, os.path.dirname(self.metadata_path), os.path.dirname(self.mlflow_db)):
+            os.makedirs(d, exist_ok=True)
+        return self
