@@ -28,4 +28,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf tfx_gpt2_output .pytest_cache
+	rm -rf tfx_gpt2_output tfx_gpt2_airflow airflow_home .pytest_cache

@@ -20,6 +20,13 @@ in a fresh process; peak memory is that process's maximum resident set size (wit
     HF tokenizers    `tokenizers` (Rust) with the same vocabulary files and GPT-2's byte-level
                      pre-tokenizer, `encode` per document, one thread, documents in memory.
 
+The command line, `tfx-gpt2 encode --vocab gpt2 FILE > IDS` (streaming: parts of the file
+encoded by a thread per core, in bounded memory), against tiktoken's `gpt2` encoding of the same
+file in one process (read it, `encode_ordinary`, write the ids the same way): whole-process wall
+time (start-up included) on a `--cli-mb` MB text file, with the outputs compared byte for byte,
+and our peak RSS on that file and on one `--cli-scale` times larger (target: at most 300 MB on
+1 GB, speed >= 1.0x tiktoken).
+
 Our pipeline pays a fixed start-up (building and tearing down the Beam pipeline: ~2 s in one
 process, ~15 s with worker processes, which import TensorFlow); its
 throughput is given both as wall MB/s on each corpus and as the marginal MB/s between the two
@@ -121,6 +128,95 @@ def work_hf(copies: int):
     return {"seconds": time.perf_counter() - t0, "bytes": sum(len(t.encode()) for t in texts), "tokens": tokens}
 
 
+def write_text_file(path: str, megabytes: float) -> int:
+    """The pydoc corpus repeated to at least `megabytes` MB of UTF-8 text; returns its size."""
+    import pydoc_data.topics
+
+    unit = "\n\n".join(text for _, text in sorted(pydoc_data.topics.topics.items())).encode("utf-8") + b"\n\n"
+    size = 0
+    with open(path, "wb") as f:
+        while size < megabytes * 1e6:
+            f.write(unit)
+            size += len(unit)
+    return size
+
+
+def work_tiktoken_file(path: str, out: str):
+    """tiktoken's gpt2 on a whole file, ids written like the CLI's (the peer of `tfx-gpt2 encode`)."""
+    from reference_tokenizers import tiktoken_gpt2
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    ids = tiktoken_gpt2().encode_ordinary(text)
+    with open(out, "w") as f:
+        f.write(" ".join(map(str, ids)) + "\n")
+    return {"tokens": len(ids)}
+
+
+def _peak_rss_mb(pid: int, last: float) -> float:
+    # VmHWM of the running program: the rusage of a child started from this (large) process
+    # would also count the pages it shared with this one before its exec.
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return max(last, int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return last
+
+
+def timed_process(argv, stdout_path: str):
+    """Wall seconds from start to exit and peak RSS (MB) of a process writing to `stdout_path`."""
+    with open(stdout_path, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        peak = 0.0
+        while proc.poll() is None:
+            peak = _peak_rss_mb(proc.pid, peak)
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed with exit code {proc.returncode}")
+    return {"seconds": seconds, "peak_rss_mb": peak}
+
+
+def cli_runs(tmp: str, megabytes: float, scale: int):
+    """Ours (the CLI) and tiktoken on a `megabytes` file, ours on `scale` x that."""
+    cli = os.path.join(os.path.dirname(sys.executable), "tfx-gpt2")
+    small, large = os.path.join(tmp, "small.txt"), os.path.join(tmp, "large.txt")
+    sizes = {1: write_text_file(small, megabytes), scale: write_text_file(large, megabytes * scale)}
+    ours = {1: timed_process([cli, "encode", "--vocab", "gpt2", small], os.path.join(tmp, "ours.ids")),
+            scale: timed_process([cli, "encode", "--vocab", "gpt2", large], os.devnull)}
+    peer = timed_process([sys.executable, os.path.abspath(__file__), "--worker", "tiktoken-file", small,
+                          os.path.join(tmp, "tiktoken.ids")], os.devnull)
+    with open(os.path.join(tmp, "ours.ids"), "rb") as a, open(os.path.join(tmp, "tiktoken.ids"), "rb") as b:
+        same = a.read() == b.read()
+    if not same:
+        raise SystemExit("tfx-gpt2 encode and tiktoken wrote different ids")
+    return {"sizes": sizes, "ours": ours, "tiktoken": peer, "same_ids": same}
+
+
+def print_cli(cli, scale: int):
+    sizes, ours, peer = cli["sizes"], cli["ours"], cli["tiktoken"]
+    print(f"\nCommand line (whole process, start-up included), {sizes[1] / 1e6:,.0f} MB and "
+          f"{sizes[scale] / 1e6:,.0f} MB text files; ids identical to tiktoken's: {cli['same_ids']}")
+    print(f"| {'encoder':<24} | {'file MB':>7} | {'seconds':>7} | {'MB/s':>6} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * 13}|")
+    rows = [("tfx-gpt2 encode", 1, ours[1]), ("tfx-gpt2 encode", scale, ours[scale]), ("tiktoken, one process", 1, peer)]
+    for name, k, r in rows:
+        print(f"| {name:<24} | {sizes[k] / 1e6:>7,.0f} | {r['seconds']:>7.2f} | {sizes[k] / 1e6 / r['seconds']:>6.2f} | "
+              f"{r['peak_rss_mb']:>11,.0f} |")
+    ratios = {"cli speed / tiktoken (same file)": peer["seconds"] / ours[1]["seconds"],
+              f"cli peak memory {scale}x / 1x": ours[scale]["peak_rss_mb"] / ours[1]["peak_rss_mb"]}
+    for name, value in ratios.items():
+        print(f"{name:<46} {value:6.2f}")
+    print(f"target: speed >= 1.0x tiktoken: {'met' if ratios['cli speed / tiktoken (same file)'] >= 1.0 else 'MISSED'}; "
+          f"peak memory on the {sizes[scale] / 1e6:,.0f} MB file {ours[scale]['peak_rss_mb']:,.0f} MB "
+          f"(<= 300 MB on 1 GB: {'met' if ours[scale]['peak_rss_mb'] <= 300 else 'MISSED'})")
+    return ratios
+
+
 def run_worker(args_list):
     """Runs this script as a worker in a fresh process; returns its result and peak RSS (MB)."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")
@@ -137,6 +233,8 @@ def worker_main(argv):
     kind = argv[0]
     if kind == "beam":
         result = work_beam(argv[1], int(argv[2]), argv[3], argv[4] == "1")
+    elif kind == "tiktoken-file":
+        result = work_tiktoken_file(argv[1], argv[2])
     elif kind == "tiktoken":
         result = work_tiktoken(int(argv[1]))
     else:
@@ -153,6 +251,8 @@ def main(argv=None):
     parser.add_argument("--copies", type=int, default=8, help="copies of pydoc topics in the 1x corpus")
     parser.add_argument("--scale", type=int, default=10, help="the large corpus is this many times the 1x one")
     parser.add_argument("--quick", action="store_true", help="only the uncompressed one-process run of ours (smoke test)")
+    parser.add_argument("--cli-mb", type=float, default=100, help="size of the command line's text file (MB)")
+    parser.add_argument("--cli-scale", type=int, default=10, help="the large text file is this many times larger")
     args = parser.parse_args(argv)
     big_copies = args.copies * args.scale
 
@@ -168,6 +268,7 @@ def main(argv=None):
         for scale, copies in ((1, args.copies), (args.scale, big_copies)):
             runs[("tiktoken", scale)] = run_worker(["tiktoken", str(copies)])
             runs[("HF tokenizers", scale)] = run_worker(["hf", str(copies)])
+        cli = cli_runs(tmp, args.cli_mb, args.cli_scale)
 
     for r in runs.values():
         r["mb_s"] = r["bytes"] / 1e6 / r["seconds"]
@@ -214,7 +315,8 @@ def main(argv=None):
     memory_ok = all(v < 1.5 for k, v in ratios.items() if "memory" in k)
     print(f"\ntarget >= 0.8x tiktoken ({next(iter(ratios))}): {'met' if throughput_ok else 'MISSED'}; "
           f"memory flat in corpus size (< 1.5x for {args.scale}x the text): {'met' if memory_ok else 'MISSED'}")
-    return {"runs": runs, "ratios": ratios, "throughput_ok": throughput_ok, "memory_ok": memory_ok}
+    ratios.update(print_cli(cli, args.cli_scale))
+    return {"runs": runs, "ratios": ratios, "throughput_ok": throughput_ok, "memory_ok": memory_ok, "cli": cli}
 
 
 if __name__ == "__main__":

@@ -21,13 +21,16 @@ def test_generate_benchmark_smoke(capsys):
 def test_encode_benchmark_smoke(capsys):
     import encode
 
-    result = encode.main(["--copies", "1", "--scale", "2", "--quick"])
+    result = encode.main(["--copies", "1", "--scale", "2", "--quick", "--cli-mb", "1", "--cli-scale", "2"])
     runs = result["runs"]
     # Same token count from our Beam step, tiktoken and HF tokenizers (checked inside), at both sizes.
     assert runs[("ours", 2)]["tokens"] == runs[("tiktoken", 2)]["tokens"] == 2 * runs[("tiktoken", 1)]["tokens"]
     assert all(r["peak_rss_mb"] > 0 for r in runs.values())
     out = capsys.readouterr().out
     assert "ours, 1 process, marginal / tiktoken" in out and "peak memory" in out
+    # The command line wrote the same ids as tiktoken (compared byte for byte inside), and both ratios print.
+    assert result["cli"]["same_ids"] and result["cli"]["sizes"][2] > 1.9e6
+    assert "cli speed / tiktoken (same file)" in out and "cli peak memory 2x / 1x" in out
 
 
 def test_train_benchmark_smoke(capsys):

@@ -110,11 +110,22 @@ def _read_text(path: str) -> str:
 
 
 def cmd_encode(args) -> int:
+    from tfx_gpt2.progress import Progress, get_logger
     from tfx_gpt2.text.bpe import document_encoder, load_tokenizer
+    from tfx_gpt2.text.stream import encode_parts, text_parts
 
     encoder = document_encoder(load_tokenizer(args.vocab, args.special_token))
-    ids = encoder.encode_document(_read_text(args.file))
-    sys.stdout.write(" ".join(map(str, ids)) + "\n")
+    progress = Progress(get_logger("tfx_gpt2.encode"), "encode", "parts", every_s=10.0)
+    out = sys.stdout.buffer
+    with (open(args.file, "rb") if args.file != "-" else sys.stdin.buffer) as stream:
+        separator = b""
+        for ids in encode_parts(text_parts(stream, args.file), encoder, args.workers or None):
+            if len(ids):
+                out.write(separator + " ".join(map(str, ids.tolist())).encode("ascii"))
+                separator = b" "
+            progress.update(1, tokens=len(ids))
+    out.write(b"\n")
+    out.flush()
     return 0
 
 
@@ -187,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("encode", help="print the token ids of a text file")
     vocab_args(e)
-    e.add_argument("file", help="a UTF-8 text file ('-' for stdin)")
+    e.add_argument("file", help="a UTF-8 text file ('-' for stdin); read in parts, so any size fits in memory")
+    e.add_argument("--workers", type=int, default=0, help="encoding threads (default: one per core)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="turn token ids back into text")

@@ -34,6 +34,8 @@ from typing import List
 import apache_beam as beam
 import tensorflow as tf
 from tfx import v1 as tfx
+from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
@@ -101,6 +103,8 @@ def BpeEncoder(
                             compress=bool(compress_blocks))
 
     encoded.split_names = artifact_utils.encode_split_names(splits)
+    # tf.Examples of token blocks: said, so that readers (the Trainer's) need not guess.
+    examples_utils.set_payload_format(encoded, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     encoded.set_int_custom_property("block_len", block_len)
     encoded.set_int_custom_property("vocab_size", tokenizer.vocab_size)
     # The spans the blocks come from (tagged on registered model versions).

@@ -87,13 +87,13 @@ def run_fn(fn_args) -> None:
         base = os.path.dirname(base.rstrip("/"))
     if base:
         base_model = load_base_model(base, tokenizer)
-        logger.warning("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
+        logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
                        f"{base_model.config.num_params():,}", base_model.config.n_ctx)
     else:
         if model_config.n_vocab != tokenizer.vocab_size:
             # The embedding follows the data's vocabulary (trained, or with added special tokens).
             model_config = dataclasses.replace(model_config, n_vocab=tokenizer.vocab_size)
-        logger.warning("training FROM SCRATCH: %s (%s parameters, vocabulary %d from %s)", model_config,
+        logger.info("training FROM SCRATCH: %s (%s parameters, vocabulary %d from %s)", model_config,
                        f"{model_config.num_params():,}", model_config.n_vocab, vocab_dir)
     checkpoints = checkpoint_dir_for(fn_args.model_run_dir, to_json(model_config), to_json(train_config),
                                      *fn_args.train_files, base or "scratch")
