@@ -9,6 +9,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test files run in parallel, one worker per core (a file's tests stay together in one worker).
+XDIST ?= -n auto --dist loadfile
 
 .PHONY: setup run test test-slow lint clean
 
@@ -19,10 +21,10 @@ run: setup
 	$(PY) examples/beam-local-example.py
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

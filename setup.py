@@ -28,7 +28,7 @@ EXTRAS_REQUIRE = {
     "airflow": ["apache-airflow==2.10.5"],
     "kfp": ["kfp>=2,<3"],
     # transformers: Hugging Face's own GPT-2 (TF), the reference for parity tests and benchmarks.
-    "dev": ["pytest", "ruff", "transformers", "mongomock", "mockupdb"],
+    "dev": ["pytest", "pytest-xdist", "ruff", "transformers", "mongomock", "mockupdb"],
 }
 
 setup(
