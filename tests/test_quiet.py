@@ -22,6 +22,7 @@ def test_known_python_warnings_are_ignored_and_others_kept():
         import tfx_gpt2.quiet as quiet
 
         quiet.install()  # after simplefilter, as at import time in a fresh process
-        warnings.warn("Add type hints to the `predict` method to enable data validation", UserWarning, stacklevel=1)
+        warnings.warn("Support for google-cloud-storage < 3.0.0 will be removed in a future version",
+                      FutureWarning, stacklevel=1)
         warnings.warn("Add a real problem", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["Add a real problem"]

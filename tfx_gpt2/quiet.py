@@ -6,10 +6,8 @@ exactly, so that a real warning still shows. Installed by `import tfx_gpt2`.
                    components have one output per artifact type, so the ignored predicate
                    changes nothing.
     Beam           "Couldn't find python-snappy ..." -- only a slower CRC of TFRecords.
-    MLflow         "Add type hints to the `predict` method ..." -- the pyfunc has an explicit
-                   signature (it takes lists and DataFrames); "Passing a Python object as
-                   `python_model` ... CloudPickle" -- our own class, loaded by our own code;
-                   artifact download progress bars.
+    MLflow         "Passing a Python object as `python_model` ... CloudPickle" -- our own
+                   class, loaded by our own code; artifact download progress bars.
     google-cloud   "Support for google-cloud-storage < 3.0.0 will be removed" -- pinned by TFX.
     TensorFlow     C++ INFO and WARNING lines (CUDA and TensorRT not found on a CPU machine, ...),
                    unless TF_CPP_MIN_LOG_LEVEL is set; errors still show.
@@ -26,7 +24,6 @@ KNOWN_LOG_MESSAGES = {
     "mlflow.pyfunc": ("Passing a Python object as `python_model` causes it to be serialized using CloudPickle",),
 }
 KNOWN_WARNINGS = (
-    (UserWarning, r".*Add type hints to the `predict` method"),
     (FutureWarning, r"Support for google-cloud-storage < 3\.0\.0 will be removed"),
     (FutureWarning, r".*non-supported Python version"),  # google-api-core, once per module: TFX 1.16 needs 3.10
 )

@@ -224,20 +224,10 @@ def _stage_model_dir(model_dir: str, dst: str) -> str:
 
 
 def push_model(
-    *,
-    tracking_uri: str,
-    experiment_name: str,
-    registered_model_name: str,
-    model_dir: str,
-    model_key: str,
-    params: Mapping[str, str],
-    history: List[Dict[str, float]],
-    eval_metrics: Mapping[str, float],
-    blessed: bool,
-    tensorboard_dir: Optional[str] = None,
-    tags: Optional[Mapping[str, str]] = None,
-    samples: Optional[List[str]] = None,
-    input_example: Optional[List[str]] = None,
+    *, tracking_uri: str, experiment_name: str, registered_model_name: str, model_dir: str, model_key: str,
+    params: Mapping[str, str], history: List[Dict[str, float]], eval_metrics: Mapping[str, float], blessed: bool,
+    tensorboard_dir: Optional[str] = None, tags: Optional[Mapping[str, str]] = None,
+    samples: Optional[List[str]] = None, input_example: Optional[List[str]] = None,
     training_samples: Optional[List[Dict[str, object]]] = None,
 ) -> PushResult:
     """Logs and registers the model in `model_dir`; see the module docstring.
@@ -265,73 +255,22 @@ def push_model(
         RegistryError: the server is unreachable or refuses the credentials.
     """
     import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-
-    from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS, MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
 
     client = connect(tracking_uri)
     tags = {**(tags or {}), MODEL_KEY_TAG: model_key}
     try:
         existing = pushed_version(client, registered_model_name, model_key)
         if existing is not None:
-            run = client.get_run(existing.run_id)
-            aliases = sorted(existing.aliases)
-            logger.info("%s version %s already holds this model (%s): nothing to push", registered_model_name,
-                        existing.version, model_key)
-            if blessed and CHAMPION not in aliases:
-                # Blessed again, against a champion that moved since the first push (the
-                # evaluator's cache key follows the champion): the production label follows.
-                client.set_registered_model_alias(registered_model_name, CHAMPION, existing.version)
-                aliases = sorted(aliases + [CHAMPION])
-                logger.info("blessed against the current champion: %s moves to version %s", CHAMPION,
-                            existing.version)
-            return PushResult(run_id=existing.run_id, experiment_id=run.info.experiment_id,
-                              registered_model_name=registered_model_name, version=int(existing.version),
-                              model_uri=f"models:/{registered_model_name}/{existing.version}", aliases=aliases,
-                              already_pushed=True)
+            return _push_again(client, registered_model_name, existing, model_key, blessed)
         experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
-        last_step = int(history[-1]["step"]) if history else 0
         with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, \
                 tempfile.TemporaryDirectory() as tmp:
             run_id = run.info.run_id
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
-            metrics = [
-                Metric(key=f"trainer.{k}", value=float(v), timestamp=0, step=int(rec["step"]))
-                for rec in history for k, v in rec.items() if k != "step"
-            ]
-            metrics += [Metric(key=k, value=float(v), timestamp=0, step=last_step) for k, v in eval_metrics.items()]
-            for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-                client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            params = [Param(k, str(v)) for k, v in params.items()]
-            for i in range(0, len(params), 100):
-                client.log_batch(run_id, params=params[i:i + 100])
-            client.log_batch(run_id, tags=[RunTag("blessed", str(bool(blessed)).lower())])
-            if tensorboard_dir and os.path.isdir(tensorboard_dir):
-                mlflow.log_artifacts(tensorboard_dir, artifact_path="tensorboard")
-            for name in ("encoder.json", "vocab.bpe", "special_tokens.json"):
-                if os.path.exists(os.path.join(model_dir, name)):
-                    mlflow.log_artifact(os.path.join(model_dir, name), artifact_path="tokenizer")
-            if samples:
-                mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
-            if training_samples:
-                mlflow.log_dict({"samples": training_samples}, "training_samples.json")
-            example = None
-            if input_example:
-                example = (list(input_example), {**DEFAULT_PARAMS, "max_new_tokens": 8, "temperature": 0.0})
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=GPT2PyFunc(),
-                artifacts={MODEL_DIR_ARTIFACT: _stage_model_dir(model_dir, os.path.join(tmp, "model_dir"))},
-                signature=SIGNATURE,
-                input_example=example,
-                pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1",
-                                  f"mlflow=={mlflow.__version__}"],
-            )
-        version = mlflow.register_model(info.model_uri, registered_model_name, tags=tags)
-        aliases = [CHALLENGER] + ([CHAMPION] if blessed else [])
-        previous = version_with_alias(client, registered_model_name, CHAMPION)
-        for alias in aliases:
-            client.set_registered_model_alias(registered_model_name, alias, version.version)
+            _log_figures(client, run_id, history, eval_metrics, params, blessed)
+            _log_files(model_dir, tensorboard_dir, samples, training_samples)
+            info = _log_pyfunc(model_dir, os.path.join(tmp, "model_dir"), input_example)
+        version, aliases = _register(client, info.model_uri, registered_model_name, tags, blessed)
     except RegistryError:
         raise
     except Exception as e:  # noqa: BLE001 - connection and auth failures get what to do
@@ -339,14 +278,91 @@ def push_model(
         if error is None:
             raise
         raise error from None
-    if blessed:
-        logger.info("registered %s version %s with aliases %s (champion moved from %s)", registered_model_name,
-                    version.version, aliases, f"version {previous.version}" if previous else "no version")
-    else:
-        logger.info("registered %s version %s as %s; champion stays with %s", registered_model_name,
-                    version.version, CHALLENGER, f"version {previous.version}" if previous else "no version")
     return PushResult(
         run_id=run_id, experiment_id=experiment_id, registered_model_name=registered_model_name,
         version=int(version.version), model_uri=f"models:/{registered_model_name}/{version.version}",
         aliases=aliases,
     )
+
+
+def _push_again(client, name: str, existing, model_key: str, blessed: bool) -> PushResult:
+    """The result of a push that finds its model registered already (see `push_model`)."""
+    run = client.get_run(existing.run_id)
+    aliases = sorted(existing.aliases)
+    logger.info("%s version %s already holds this model (%s): nothing to push", name, existing.version, model_key)
+    if blessed and CHAMPION not in aliases:
+        # Blessed again, against a champion that moved since the first push (the evaluator's
+        # cache key follows the champion): the production label follows.
+        client.set_registered_model_alias(name, CHAMPION, existing.version)
+        aliases = sorted(aliases + [CHAMPION])
+        logger.info("blessed against the current champion: %s moves to version %s", CHAMPION, existing.version)
+    return PushResult(run_id=existing.run_id, experiment_id=run.info.experiment_id, registered_model_name=name,
+                      version=int(existing.version), model_uri=f"models:/{name}/{existing.version}",
+                      aliases=aliases, already_pushed=True)
+
+
+def _log_figures(client, run_id: str, history, eval_metrics, params, blessed: bool) -> None:
+    """Training series as `trainer.<name>`, evaluation figures at the last step, params, `blessed`."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    last_step = int(history[-1]["step"]) if history else 0
+    metrics = [Metric(key=f"trainer.{k}", value=float(v), timestamp=0, step=int(rec["step"]))
+               for rec in history for k, v in rec.items() if k != "step"]
+    metrics += [Metric(key=k, value=float(v), timestamp=0, step=last_step) for k, v in eval_metrics.items()]
+    for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    params = [Param(k, str(v)) for k, v in params.items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    client.log_batch(run_id, tags=[RunTag("blessed", str(bool(blessed)).lower())])
+
+
+def _log_files(model_dir: str, tensorboard_dir, samples, training_samples) -> None:
+    """TensorBoard logs, the tokenizer files and the samples, into the active run."""
+    import mlflow
+
+    if tensorboard_dir and os.path.isdir(tensorboard_dir):
+        mlflow.log_artifacts(tensorboard_dir, artifact_path="tensorboard")
+    for name in ("encoder.json", "vocab.bpe", "special_tokens.json"):
+        if os.path.exists(os.path.join(model_dir, name)):
+            mlflow.log_artifact(os.path.join(model_dir, name), artifact_path="tokenizer")
+    if samples:
+        mlflow.log_text("\n\n---\n\n".join(samples), "samples.txt")
+    if training_samples:
+        mlflow.log_dict({"samples": training_samples}, "training_samples.json")
+
+
+def _log_pyfunc(model_dir: str, staging_dir: str, input_example):
+    """The model as an MLflow pyfunc in the active run; returns MLflow's ModelInfo."""
+    import mlflow
+
+    from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS, MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
+
+    example = None
+    if input_example:
+        example = (list(input_example), {**DEFAULT_PARAMS, "max_new_tokens": 8, "temperature": 0.0})
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=GPT2PyFunc(),
+        artifacts={MODEL_DIR_ARTIFACT: _stage_model_dir(model_dir, staging_dir)},
+        signature=SIGNATURE, input_example=example,
+        pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1", f"mlflow=={mlflow.__version__}"],
+    )
+
+
+def _register(client, model_uri: str, name: str, tags, blessed: bool):
+    """A new version of `name` with `challenger` (and `champion` when blessed); (version, aliases)."""
+    import mlflow
+
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    aliases = [CHALLENGER] + ([CHAMPION] if blessed else [])
+    previous = version_with_alias(client, name, CHAMPION)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    held = f"version {previous.version}" if previous else "no version"
+    if blessed:
+        logger.info("registered %s version %s with aliases %s (champion moved from %s)", name, version.version,
+                    aliases, held)
+    else:
+        logger.info("registered %s version %s as %s; champion stays with %s", name, version.version, CHALLENGER,
+                    held)
+    return version, aliases

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 import mlflow.pyfunc
+import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -63,8 +64,13 @@ class GPT2PyFunc(mlflow.pyfunc.PythonModel):
         path = context.artifacts[MODEL_DIR_ARTIFACT]
         self.generator = Generator(load_model_dir(path), BPETokenizer.from_dir(path))
 
-    def predict(self, context, model_input, params: Optional[Dict[str, Any]] = None) -> List[str]:
-        """Continues each prompt; bad settings raise MLflow's INVALID_PARAMETER_VALUE (HTTP 400)."""
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[Dict[str, Any]] = None) -> List[str]:
+        """Continues each prompt; bad settings raise MLflow's INVALID_PARAMETER_VALUE (HTTP 400).
+
+        `model_input` is a DataFrame of prompts (MLflow's schema enforcement makes one of a list;
+        a list passed directly works too). The type hint tells MLflow that no signature is to be
+        inferred from it: the signature is `SIGNATURE`.
+        """
         from mlflow.exceptions import MlflowException
 
         from tfx_gpt2.model.generate import GenerationError

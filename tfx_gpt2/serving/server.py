@@ -55,6 +55,54 @@ def parse_seldon(body: Dict[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
     return prompts, params
 
 
+def predict_seldon(model, body) -> Tuple[int, Union[List[str], str]]:
+    """(200, texts) for a Seldon body, or (HTTP status, reason)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        prompts, params = parse_seldon(body)
+        return 200, list(model.predict(prompts, params=params))
+    except RequestError as e:
+        return 400, str(e)
+    except MlflowException as e:
+        return e.get_http_status_code(), e.message
+
+
+def _json_or_none(data: bytes):
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _seldon_answer(status: int, result):
+    from fastapi.responses import JSONResponse
+
+    if status != 200:
+        return JSONResponse({"status": {"code": status, "info": result, "status": "FAILURE"}}, status_code=status)
+    return JSONResponse({"data": {"names": ["generated_text"], "ndarray": result}, "meta": {}})
+
+
+def _mlflow_answer(model, input_schema, data: bytes, content_type: str):
+    """MLflow's own scoring of an `/invocations` body, or Seldon's body sent there."""
+    from fastapi.responses import JSONResponse, Response
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    body = _json_or_none(data) if content_type.startswith("application/json") else None
+    if isinstance(body, dict) and ("data" in body or "strData" in body):
+        status, result = predict_seldon(model, body)
+        if status != 200:
+            return JSONResponse({"error_code": "BAD_REQUEST", "message": result}, status_code=status)
+        return JSONResponse({"predictions": result})
+    try:
+        result = scoring_server.invocations(data, content_type, model, input_schema)
+    except MlflowException as e:
+        return Response(content=e.serialize_as_json(), status_code=e.get_http_status_code(),
+                        media_type="application/json")
+    return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+
+
 def create_app(model):
     """The FastAPI app serving `model` (an MLflow `PyFuncModel` of a tfx-gpt2 model).
 
@@ -62,21 +110,10 @@ def create_app(model):
     annotations of the handlers at run time.)
     """
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import scoring_server
+    from fastapi.responses import Response
 
     app = FastAPI(title="tfx-gpt2")
     input_schema = model.metadata.get_input_schema()
-
-    def predict_seldon(body) -> Tuple[int, Union[List[str], str]]:
-        try:
-            prompts, params = parse_seldon(body)
-            return 200, list(model.predict(prompts, params=params))
-        except RequestError as e:
-            return 400, str(e)
-        except MlflowException as e:
-            return e.get_http_status_code(), e.message
 
     @app.get("/ping")
     @app.get("/health")
@@ -91,36 +128,14 @@ def create_app(model):
 
     @app.post(SELDON_PATH)
     async def seldon(request: Request):
-        try:
-            body = json.loads(await request.body())
-        except ValueError as e:
-            return JSONResponse({"status": {"code": 400, "info": f"the body is not JSON: {e}", "status": "FAILURE"}},
-                                status_code=400)
-        status, result = predict_seldon(body if isinstance(body, dict) else {})
-        if status != 200:
-            return JSONResponse({"status": {"code": status, "info": result, "status": "FAILURE"}}, status_code=status)
-        return JSONResponse({"data": {"names": ["generated_text"], "ndarray": result}, "meta": {}})
+        body = _json_or_none(await request.body())
+        if body is None:
+            return _seldon_answer(400, "the body is not JSON")
+        return _seldon_answer(*predict_seldon(model, body if isinstance(body, dict) else {}))
 
     @app.post("/invocations")
     async def invocations(request: Request):
-        data = await request.body()
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("application/json"):
-            try:
-                body = json.loads(data)
-            except ValueError:
-                body = None
-            if isinstance(body, dict) and ("data" in body or "strData" in body):
-                status, result = predict_seldon(body)
-                if status != 200:
-                    return JSONResponse({"error_code": "BAD_REQUEST", "message": result}, status_code=status)
-                return JSONResponse({"predictions": result})
-        try:
-            result = scoring_server.invocations(data, content_type, model, input_schema)
-        except MlflowException as e:
-            return Response(content=e.serialize_as_json(), status_code=e.get_http_status_code(),
-                            media_type="application/json")
-        return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
+        return _mlflow_answer(model, input_schema, await request.body(), request.headers.get("content-type", ""))
 
     return app
 
