@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -101,3 +102,17 @@ def test_a_model_that_contradicts_the_checkpoint_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is remote: its shape cannot be read"):
         _ = TrainingSetup(init_checkpoint="gs://bucket/gpt2").model_config
     assert TrainingSetup(init_checkpoint="openai:355M").model_config.n_embd == 1024
+
+
+def test_connecting_to_mlflow_leaves_the_settings_of_the_next_run_alone(monkeypatch, tmp_path):
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a second pipeline built in the same
+    # process (a notebook, the templates' tests) would then log to the first one's store.
+    from tfx_gpt2.registry import set_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    set_tracking_uri(f"sqlite:///{tmp_path}/first.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert from_env({**os.environ, "TFX_GPT2_OUTPUT_DIR": "/o"}).tracking_uri == "sqlite:////o/mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mine:5000")
+    set_tracking_uri(f"sqlite:///{tmp_path}/second.db")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mine:5000"

@@ -90,6 +90,20 @@ def flatten_params(prefix: str, values: Mapping) -> Dict[str, str]:
     return {f"{prefix}.{k}": str(v) for k, v in sorted(values.items())}
 
 
+def set_tracking_uri(tracking_uri: str) -> None:
+    """MLflow's tracking URI for this process (what `mlflow.start_run` and friends use), leaving
+    the environment as it was: `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI, which
+    would then become the setting of every later pipeline built in the same process."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def connect(tracking_uri: str):
     """An `MlflowClient` for `tracking_uri`, after checking that the server answers.
 
@@ -99,12 +113,11 @@ def connect(tracking_uri: str):
         RegistryError: the server did not answer, or refused the credentials; the message says
             what to set, never the credentials themselves.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     for key, value in RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    mlflow.set_tracking_uri(tracking_uri)
+    set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         client.search_experiments(max_results=1)

@@ -94,8 +94,10 @@ class Executor(base_executor.BaseExecutor):
             from tfx_gpt2.text.bpe import BPETokenizer
 
             prompts = list(SAMPLE_PROMPTS[:num_samples])
-            texts = generate_text(load_model_dir(model_dir), BPETokenizer.from_dir(model_dir), prompts,
-                                  max_new_tokens=48, temperature=0.8, top_k=40, seed=0)
+            gpt2 = load_model_dir(model_dir)
+            # 48 new tokens, or half the context of a model with a short one.
+            texts = generate_text(gpt2, BPETokenizer.from_dir(model_dir), prompts,
+                                  max_new_tokens=min(48, gpt2.config.n_ctx // 2), temperature=0.8, top_k=40, seed=0)
             samples = [p + t for p, t in zip(prompts, texts)]
 
         # The run id from TFX's portable launchers (Beam, Kubeflow V2), or Airflow's own.
