@@ -66,3 +66,6 @@ def test_dags_test_runs_every_task_and_registers_a_model(airflow_env):
     assert [int(v.version) for v in versions] == [1]
     assert dict(client.get_registered_model(DAG_ID).aliases).keys() == {"champion", "challenger"}
     assert versions[0].tags["pipeline_run_id"]
+    # The default training samples reach the MLflow run (and TensorBoard's logs under tensorboard/).
+    artifacts = {a.path for a in client.list_artifacts(versions[0].run_id)}
+    assert {"training_samples.json", "tensorboard"} <= artifacts
