@@ -47,7 +47,10 @@ def test_bundles_keep_every_token_and_empty_documents_are_counted(tokenizer):
         assert_that(out["stats"], check, label="stats")
         targets = _all_blocks(out) | beam.FlatMap(lambda b: [t for t in b[1:] if t != eot]) | beam.combiners.Count.Globally()
         # Every document token is a target once, except the first token of each bundle's stream.
-        assert_that(targets, lambda n: _between(n[0], total - 31, total), label="targets")
+        def check_targets(counts):
+            _between(counts[0], total - 31, total)
+
+        assert_that(targets, check_targets, label="targets")
 
 
 def test_control_tokens_start_their_documents(tmp_path):
@@ -58,7 +61,10 @@ def test_control_tokens_start_their_documents(tmp_path):
         out = p | beam.Create(docs, reshuffle=False) | EncodeAndPack(vocab, 4)
         # <|dialogue|> (50257) starts document a; document b is the 2-token remainder.
         assert_that(_all_blocks(out), equal_to([[50257, 15496, 612, 50256]]), label="control")
-        assert_that(out["stats"], lambda items: _equal(items[0]["remainder_tokens"], 2), label="remainder")
+        def check_remainder(items):
+            _equal(items[0]["remainder_tokens"], 2)
+
+        assert_that(out["stats"], check_remainder, label="remainder")
 
 
 def test_unknown_control_token_is_named(tmp_path):

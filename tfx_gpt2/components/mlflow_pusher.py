@@ -63,6 +63,22 @@ class MlflowPusherSpec(types.ComponentSpec):
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
 
+def sample_texts(model_dir: str, num_samples: int):
+    """`num_samples` of `SAMPLE_PROMPTS`, each with its continuation by the model in `model_dir`."""
+    if not num_samples:
+        return []
+    from tfx_gpt2.model.generate import generate_text
+    from tfx_gpt2.model.io import load_model_dir
+    from tfx_gpt2.text.bpe import BPETokenizer
+
+    prompts = list(SAMPLE_PROMPTS[:num_samples])
+    gpt2 = load_model_dir(model_dir)
+    # 48 new tokens, or half the context of a model with a short one.
+    texts = generate_text(gpt2, BPETokenizer.from_dir(model_dir), prompts,
+                          max_new_tokens=min(48, gpt2.config.n_ctx // 2), temperature=0.8, top_k=40, seed=0)
+    return [p + t for p, t in zip(prompts, texts)]
+
+
 class Executor(base_executor.BaseExecutor):
     """Logs the model, its metrics and logs to MLflow and registers a new model version."""
 
@@ -84,21 +100,8 @@ class Executor(base_executor.BaseExecutor):
         if os.path.exists(os.path.join(model_dir, SAMPLES_FILE)):
             with open(os.path.join(model_dir, SAMPLES_FILE)) as f:
                 training_samples = json.load(f)
-
-        samples = []
         num_samples = exec_properties.get("num_samples")
-        num_samples = 3 if num_samples is None else int(num_samples)
-        if num_samples:
-            from tfx_gpt2.model.generate import generate_text
-            from tfx_gpt2.model.io import load_model_dir
-            from tfx_gpt2.text.bpe import BPETokenizer
-
-            prompts = list(SAMPLE_PROMPTS[:num_samples])
-            gpt2 = load_model_dir(model_dir)
-            # 48 new tokens, or half the context of a model with a short one.
-            texts = generate_text(gpt2, BPETokenizer.from_dir(model_dir), prompts,
-                                  max_new_tokens=min(48, gpt2.config.n_ctx // 2), temperature=0.8, top_k=40, seed=0)
-            samples = [p + t for p, t in zip(prompts, texts)]
+        samples = sample_texts(model_dir, 3 if num_samples is None else int(num_samples))
 
         # The run id from TFX's portable launchers (Beam, Kubeflow V2), or Airflow's own.
         run_id = (self._context.pipeline_run_id if self._context else None) or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
