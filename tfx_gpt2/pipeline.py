@@ -25,7 +25,7 @@ from tfx_gpt2.components.mlflow_pusher import MlflowPusher
 from tfx_gpt2.components.mongo_example_gen import MongoExampleGen
 from tfx_gpt2.components.text_example_gen import TextExampleGen
 from tfx_gpt2.components.vocab_trainer import VocabTrainer
-from tfx_gpt2.config import to_json
+from tfx_gpt2.config import GPT2Config, to_json
 from tfx_gpt2.pipeline_config import DataConfig, RegistryConfig, TextFolder, TrainingSetup
 from tfx_gpt2.registry import flatten_params
 
@@ -123,9 +123,10 @@ def _base_model(init_checkpoint: str):
     return source, source.outputs["result"]
 
 
-def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConfig) -> dict:
+def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConfig,
+               model_config: GPT2Config) -> dict:
     """The MLflow run's params: every config, flattened (no secret is in any of them)."""
-    model_config, train_config = training.model_config, training.train_config
+    train_config = training.train_config
     return {
         **flatten_params("model", json.loads(to_json(model_config))),
         **flatten_params("train", json.loads(to_json(train_config))),
@@ -139,9 +140,10 @@ def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConf
 
 
 def training_components(pipeline_name: str, encoder, training: TrainingSetup, registry: RegistryConfig,
-                        params: dict) -> list:
-    """[base_model] -> Trainer -> PerplexityEvaluator -> MlflowPusher, on the encoder's blocks."""
-    model_config, train_config = training.model_config, training.train_config
+                        model_config: GPT2Config, params: dict) -> list:
+    """[base_model] -> Trainer -> PerplexityEvaluator -> MlflowPusher, on the encoder's blocks;
+    `model_config` is `training.model_config`, resolved once (it may read the checkpoint)."""
+    train_config = training.train_config
     components, base_model = [], None
     if training.init_checkpoint:
         source, base_model = _base_model(training.init_checkpoint)
@@ -200,10 +202,10 @@ def create_pipeline(
         >>> create_pipeline("my-gpt2", "/tmp/root", DataConfig(TextFolder("data/pydoc_topics")),
         ...                 TrainingSetup(model="tiny", train="tiny"), RegistryConfig("sqlite:///mlflow.db"))
     """
-    block_len = training.model_config.n_ctx + 1
-    components = data_components(data, block_len)
-    components += training_components(pipeline_name, components[-1], training, registry,
-                                      run_params(data, training, registry))
+    model_config = training.model_config  # read once: with a checkpoint directory, from its files
+    components = data_components(data, model_config.n_ctx + 1)
+    components += training_components(pipeline_name, components[-1], training, registry, model_config,
+                                      run_params(data, training, registry, model_config))
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
         enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,

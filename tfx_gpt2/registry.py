@@ -185,6 +185,15 @@ def pushed_version(client, registered_model_name: str, model_key: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
+def champion_version(tracking_uri: str, registered_model_name: str):
+    """The `ModelVersion` holding `champion`, or None.
+
+    Raises:
+        RegistryError: the server is unreachable or refuses the credentials.
+    """
+    return version_with_alias(connect(tracking_uri), registered_model_name, CHAMPION)
+
+
 def champion_key(tracking_uri: str, registered_model_name: str, model_key: str) -> str:
     """What a blessing of the model `model_key` depends on in the registry, as a string that
     changes when the champion does: `none` without a champion, else `version N (run R)` of the
@@ -194,8 +203,7 @@ def champion_key(tracking_uri: str, registered_model_name: str, model_key: str) 
     Raises:
         RegistryError: the server is unreachable or refuses the credentials.
     """
-    client = connect(tracking_uri)
-    version = version_with_alias(client, registered_model_name, CHAMPION)
+    version = champion_version(tracking_uri, registered_model_name)
     if version is None:
         return NO_CHAMPION
     tags = version.tags or {}
@@ -213,8 +221,7 @@ def download_champion(tracking_uri: str, registered_model_name: str, dst: Option
     import mlflow
     import yaml
 
-    client = connect(tracking_uri)
-    version = version_with_alias(client, registered_model_name, CHAMPION)
+    version = champion_version(tracking_uri, registered_model_name)
     if version is None:
         return None
     dst = dst or tempfile.mkdtemp(prefix="champion-")
