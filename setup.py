@@ -22,13 +22,15 @@ INSTALL_REQUIRES = [
     "pymongo",  # MongoExampleGen
     "tiktoken",  # the BPE engine of the encoder (built from our vocabulary files)
     "tokenizers",  # training new byte-level BPE vocabularies
+    "fastapi", "uvicorn", "prometheus-client",  # tfx-gpt2 serve
 ]
 
 EXTRAS_REQUIRE = {
     "airflow": ["apache-airflow==2.10.5"],
     "kfp": ["kfp>=2,<3"],
     # transformers: Hugging Face's own GPT-2 (TF), the reference for parity tests and benchmarks.
-    "dev": ["pytest", "pytest-xdist", "ruff", "transformers", "mongomock", "mockupdb"],
+    # openai: the client of the OpenAI-compatible API in tests; selenium: drives Chromium for the playground.
+    "dev": ["pytest", "pytest-xdist", "ruff", "transformers", "mongomock", "mockupdb", "openai", "selenium"],
 }
 
 setup(
@@ -39,6 +41,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.11",
     packages=find_packages(include=["tfx_gpt2", "tfx_gpt2.*"]),
+    package_data={"tfx_gpt2.serving": ["static/*.html"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["tfx-gpt2=tfx_gpt2.cli:main"]},

@@ -90,3 +90,33 @@ def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16, n_embd: int = 16, 
 
     keras.utils.set_random_seed(seed)
     return save_model_dir(GPT2(GPT2Config(n_ctx=n_ctx, n_embd=n_embd, n_layer=n_layer, n_head=n_head)), path)
+
+
+class OurServer:
+    """`tfx-gpt2 serve MODEL_URI ARGS` on localhost, ready (its /health answered 200); `.url`, `.log_path`."""
+
+    def __init__(self, model_uri: str, root: str, args=(), tracking_uri: str = ""):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(root, "serve.log")
+        self.log = open(self.log_path, "w")
+        env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
+        self.proc = subprocess.Popen([os.path.join(BIN, "tfx-gpt2"), "serve", model_uri, "--port", str(self.port),
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
+        try:
+            wait_http(self.url + "/health", self.proc)
+        except Exception:
+            self.stop()
+            print(self.read_log()[-3000:])
+            raise
+
+    def read_log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(60)
+        self.log.close()

@@ -1,16 +1,21 @@
-"""The registered champion answering over HTTP: `mlflow models serve` with MLflow's formats, and
-`tfx-gpt2 serve` with Seldon's body too; bad sampling settings get 400 with the reason."""
+"""The registered champion answering over HTTP.
 
+`mlflow models serve` answers MLflow's formats (the reference); `tfx-gpt2 serve` answers the same
+bodies with the same greedy text, plus OpenAI's completions API (driven here by the `openai`
+client, streaming and not), Seldon's body, `/v1/models`, `/metrics` and `/health`; bad input of
+every kind gets a 4xx that names the field and the limit."""
+
+import json
 import os
 import subprocess
+import urllib.request
 
 import pytest
-from mlflow_helpers import BIN, free_port, post_json, tiny_model_dir, wait_http
+from mlflow_helpers import BIN, OurServer, free_port, post_json, tiny_model_dir, wait_http
 
 from tfx_gpt2.registry import push_model
 
 NAME = "serving-test"
-
 
 @pytest.fixture(scope="module")
 def champion(mlflow_server, tmp_path_factory):
@@ -58,14 +63,17 @@ def mlflow_serve(champion, mlflow_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def our_serve(champion, mlflow_server, tmp_path_factory):
-    port = free_port()
-    proc, log = start([os.path.join(BIN, "tfx-gpt2"), "serve", "-m", champion, "--port", str(port)], mlflow_server,
-                      tmp_path_factory.mktemp("ourserve"))
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc, log)
+    server = OurServer(champion, str(tmp_path_factory.mktemp("ourserve")), ["--max-batch-size", "4"],
+                       tracking_uri=mlflow_server.uri)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(our_serve):
+    import openai
+
+    return openai.OpenAI(base_url=our_serve.url + "/v1", api_key="unused", max_retries=0)
 
 
 def test_mlflow_models_serve_answers_prompts(mlflow_serve):
@@ -91,24 +99,145 @@ def test_mlflow_models_serve_cannot_read_seldon_bodies(mlflow_serve):
     assert status == 400
 
 
+GREEDY = {"max_new_tokens": 5, "temperature": 0.0}
+
+
 def test_our_server_takes_seldon_and_mlflow_bodies(our_serve, mlflow_serve):
-    greedy = {"max_new_tokens": 5, "temperature": 0.0}
-    _, reference = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello"], "params": greedy})
-    status, body = post_json(our_serve + "/api/v1.0/predictions",
-                             {"data": {"ndarray": ["Hello"]}, "parameters": greedy})
+    url = our_serve.url
+    _, reference = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello", "The"], "params": GREEDY})
+    status, body = post_json(url + "/api/v1.0/predictions", {"data": {"ndarray": ["Hello", "The"]},
+                                                             "parameters": GREEDY})
     assert status == 200 and body["data"]["ndarray"] == reference["predictions"], body
-    status, body = post_json(our_serve + "/invocations", {"data": {"ndarray": [["Hello"]]}, "parameters": greedy})
+    status, body = post_json(url + "/invocations", {"data": {"ndarray": [["Hello"], ["The"]]}, "parameters": GREEDY})
     assert status == 200 and body["predictions"] == reference["predictions"]
-    status, body = post_json(our_serve + "/invocations", {"inputs": ["Hello"], "params": greedy})
-    assert status == 200 and body["predictions"] == reference["predictions"]
+    for request in ({"inputs": ["Hello", "The"]}, {"instances": ["Hello", "The"]},
+                    {"dataframe_records": [{"prompt": "Hello"}, {"prompt": "The"}]},
+                    {"dataframe_split": {"columns": ["prompt"], "data": [["Hello"], ["The"]]}}):
+        status, body = post_json(url + "/invocations", {**request, "params": GREEDY})
+        assert status == 200 and body["predictions"] == reference["predictions"], (request, body)
 
 
-@pytest.mark.parametrize("settings,reason", BAD_SETTINGS + [({"temprature": 1.0, "max_new_tokens": 2}, "unknown sampling setting")])
-def test_our_server_rejects_bad_settings(our_serve, settings, reason):
-    status, body = post_json(our_serve + "/api/v1.0/predictions", {"data": {"ndarray": ["Hi"]}, "parameters": settings})
-    assert status == 400 and reason in body["status"]["info"], body
+def test_openai_client_completes_and_streams_the_same_text(our_serve, client, mlflow_serve):
+    _, reference = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello", "The"], "params": GREEDY})
+    done = client.completions.create(model=NAME, prompt=["Hello", "The"], max_tokens=5, temperature=0)
+    assert [c.text for c in done.choices] == reference["predictions"]
+    assert [c.index for c in done.choices] == [0, 1] and done.choices[0].finish_reason in ("stop", "length")
+    assert done.id.startswith("cmpl-") and done.model == NAME and done.system_fingerprint == NAME + "/1"
+    assert done.usage.prompt_tokens == 2 and done.usage.completion_tokens <= 10
+    assert done.usage.total_tokens == done.usage.prompt_tokens + done.usage.completion_tokens
+    other = client.completions.create(model=NAME, prompt="Hello", max_tokens=5, temperature=0)
+    assert other.id != done.id
+
+    chunks = list(client.completions.create(model=NAME, prompt="Hello", max_tokens=5, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == reference["predictions"][0] and len(chunks) >= 3
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length") and chunks[-1].usage.completion_tokens >= 1
+    assert len({c.id for c in chunks}) == 1
 
 
-def test_our_server_explains_a_wrong_body(our_serve):
-    status, body = post_json(our_serve + "/api/v1.0/predictions", {"prompts": ["Hi"]})
-    assert status == 400 and 'send {"data": {"ndarray"' in body["status"]["info"]
+def test_streaming_is_server_sent_events_ending_with_done(our_serve):
+    request = urllib.request.Request(our_serve.url + "/v1/completions", method="POST",
+                                     data=json.dumps({"prompt": "Hi", "max_tokens": 4, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        events = [e for e in r.read().decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_seeded_sampling_is_reproducible(client):
+    args = dict(model=NAME, prompt="Once", max_tokens=6, temperature=1.0, top_p=0.9, seed=11)
+    assert client.completions.create(**args).choices[0].text == client.completions.create(**args).choices[0].text
+
+
+def test_models_and_health_name_the_served_version(our_serve, client):
+    models = client.models.list().data
+    assert [m.id for m in models] == [NAME] and models[0].version == "1" and models[0].context_length == 16
+    status, body = get(our_serve.url + "/health")
+    assert status == 200 and json.loads(body)["version"] == "1"
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, sample: str, **labels) -> float:
+    """The value of a Prometheus sample (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_metrics_count_requests_tokens_batches_and_name_the_model(our_serve, client):
+    before = get(our_serve.url + "/metrics")[1]
+    client.completions.create(model=NAME, prompt="Hello", max_tokens=3, temperature=0)
+    post_json(our_serve.url + "/invocations", {"inputs": 5})
+    status, text = get(our_serve.url + "/metrics")
+    assert status == 200
+    assert metric(text, "tfx_gpt2_requests_total", route="/v1/completions", status="200") == \
+        metric(before, "tfx_gpt2_requests_total", route="/v1/completions", status="200") + 1
+    assert metric(text, "tfx_gpt2_requests_total", route="/invocations", status="400") >= 1
+    assert metric(text, "tfx_gpt2_generated_tokens_total") >= metric(before, "tfx_gpt2_generated_tokens_total") + 1
+    assert metric(text, "tfx_gpt2_batch_size_count") >= 1
+    assert metric(text, "tfx_gpt2_request_seconds_count", route="/v1/completions") >= 1
+    assert metric(text, "tfx_gpt2_time_to_first_token_seconds_count", route="/v1/completions") >= 1
+    assert metric(text, "tfx_gpt2_compiled_programs") == 6  # batch buckets 1, 2, 4; one cache size; x2
+    assert metric(text, "tfx_gpt2_model_info", name=NAME, version="1") == 1
+    assert "tfx_gpt2_queue_depth" in text
+
+
+def test_one_log_line_per_request_without_prompt_text(our_serve, client):
+    client.completions.create(model=NAME, prompt="A secret prompt", max_tokens=2)
+    lines = [json.loads(line.split("tfx_gpt2.serving.requests: ", 1)[1]) for line in our_serve.read_log().splitlines()
+             if "tfx_gpt2.serving.requests: " in line]
+    assert lines and lines[-1]["route"] == "/v1/completions" and lines[-1]["completion_tokens"] <= 2
+    assert lines[-1]["version"] == "1" and "secret" not in our_serve.read_log()
+
+
+BAD = [  # (path, body, status, words the message must hold)
+    ("/v1/completions", b"not json", 400, ["not JSON"]),
+    ("/v1/completions", {"prompt": 123}, 400, ["prompt", "not a string"]),
+    ("/v1/completions", {"prompt": [None]}, 400, ["prompt[0]", "not a string"]),
+    ("/v1/completions", {"prompt": []}, 400, ["empty list"]),
+    ("/v1/completions", {"prompt": ["a"] * 33}, 400, ["33 prompts", "limit is 32"]),
+    ("/v1/completions", {"prompt": "a", "temprature": 1}, 400, ["temprature"]),
+    ("/v1/completions", {"prompt": "a", "temperature": "Infinity"}, 400, ["temperature"]),
+    ("/v1/completions", {"prompt": "a", "temperature": -1}, 400, ["temperature = -1", "[0.0, 10.0]"]),
+    ("/v1/completions", {"prompt": "a", "top_k": 2 ** 40}, 400, ["top_k", "50257"]),
+    ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, ["top_p = 0", "(0.0, 1.0]"]),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 16}, 400, ["max_tokens = 16", "context of 16"]),
+    ("/v1/completions", {"prompt": "word " * 20, "max_tokens": 4}, 400, ["prompt 0 has", "context of 16"]),
+    ("/v1/completions", {"prompt": "a", "n": 2}, 400, ["n = 2", "[1, 1]"]),
+    ("/v1/completions", {"prompt": "a", "logprobs": 3}, 400, ["logprobs", "not supported"]),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, ["gpt-4", NAME]),
+    ("/v1/completions", {"prompt": "a", "stream": "yes"}, 400, ["stream"]),
+    ("/invocations", {"inputs": 123}, 400, ["inputs = 123"]),
+    ("/invocations", {"inputs": [None]}, 400, ["inputs[0] = None"]),
+    ("/invocations", {"inputs": ["a"], "params": {"temprature": 1}}, 400, ["temprature"]),
+    ("/invocations", {"inputs": ["a"], "params": {"max_new_tokens": 100}}, 400, ["max_new_tokens = 100", "16"]),
+    ("/invocations", {"prompts": ["a"]}, 400, ["inputs", "dataframe_records"]),
+    ("/api/v1.0/predictions", {"prompts": ["Hi"]}, 400, ["prompts"]),
+    ("/api/v1.0/predictions", {"data": {"ndarray": ["a"]}, "parameters": {"top_k": 2 ** 40}}, 400, ["top_k"]),
+]
+
+
+@pytest.mark.parametrize("path,body,status,words", BAD, ids=[f"{p}-{i}" for i, (p, *_) in enumerate(BAD)])
+def test_bad_input_gets_a_4xx_naming_the_field_and_limit(our_serve, path, body, status, words):
+    data = body if isinstance(body, bytes) else json.dumps(body).replace('"Infinity"', "Infinity").encode()
+    request = urllib.request.Request(our_serve.url + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(request, timeout=30)
+    assert e.value.code == status
+    text = e.value.read().decode()
+    assert all(w in text for w in words), text
+    assert get(our_serve.url + "/ping")[0] == 200

@@ -165,11 +165,25 @@ def cmd_train_vocab(args) -> int:
 def cmd_serve(args) -> int:
     import os
 
-    from tfx_gpt2.serving.server import serve
+    from tfx_gpt2.serving.engine import EngineConfig
+    from tfx_gpt2.serving.server import ServeConfig, serve
 
+    uri = args.model_uri or args.model_uri_flag
+    if not uri:
+        print("error: give the model to serve, e.g. tfx-gpt2 serve models:/tfx-gpt2-local@champion", file=sys.stderr)
+        return 2
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    serve(args.model_uri, host=args.host, port=args.port)
+    buckets = tuple(int(b) for b in args.length_buckets.split(",") if b) if args.length_buckets else ()
+    try:
+        engine = EngineConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                              max_queue=args.max_queue, chunk_tokens=args.chunk_tokens, length_buckets=buckets)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config = ServeConfig(request_timeout=args.request_timeout, poll_seconds=args.poll_seconds,
+                         log_prompts=args.log_prompts)
+    serve(uri, host=args.host, port=args.port, engine=engine, config=config)
     return 0
 
 
@@ -217,11 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", help="UTF-8 text files; all of them are read")
     t.set_defaults(func=cmd_train_vocab)
 
-    s = sub.add_parser("serve", help="serve a registered model over HTTP (MLflow's formats and Seldon's)")
-    s.add_argument("--model-uri", "-m", required=True, help="e.g. models:/tfx-gpt2-local@champion, or a run's model")
+    s = sub.add_parser("serve", help="serve a model over HTTP: OpenAI completions, MLflow's and Seldon's formats, "
+                                     "a playground at /, Prometheus metrics")
+    s.add_argument("model_uri", nargs="?", help="models:/NAME@ALIAS (followed when the alias moves), "
+                                               "models:/NAME/VERSION, runs:/RUN_ID/model, or a model directory")
+    s.add_argument("--model-uri", "-m", dest="model_uri_flag", help="the same, as a flag")
     s.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--max-batch-size", type=int, default=16, help="prompts generated together at most (16)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more prompts after its first (5 ms)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
+    s.add_argument("--chunk-tokens", type=int, default=8, help="tokens per compiled decode call (8)")
+    s.add_argument("--length-buckets", default="",
+                   help="cache sizes to compile, e.g. 128,512 (default: 128, 512 and the model's context)")
+    s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
+    s.add_argument("--poll-seconds", type=float, default=30.0,
+                   help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")
+    s.add_argument("--log-prompts", action="store_true", help="put prompts and completions in the request log")
     s.set_defaults(func=cmd_serve)
     return parser
 

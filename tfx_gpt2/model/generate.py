@@ -87,10 +87,14 @@ def _largest_key_where(keys, holds):
     sorts 50,257 floats slowly on CPUs)."""
     lo = tf.fill(tf.shape(keys)[:1], tf.constant(-(2**31), tf.int64))  # holds(lo) for every row
     hi = tf.fill(tf.shape(keys)[:1], tf.constant(2**31, tf.int64))  # holds(hi) for no row
-    for _ in range(33):
+
+    def halve(lo, hi):
         mid = lo + (hi - lo) // 2
         ok = holds(tf.cast(mid, tf.int32))
-        lo, hi = tf.where(ok, mid, lo), tf.where(ok, hi, mid)
+        return tf.where(ok, mid, lo), tf.where(ok, hi, mid)
+
+    # A loop, not 33 unrolled copies: XLA compiles the body once (a fraction of the compile time).
+    lo, _ = tf.while_loop(lambda lo, hi: True, halve, (lo, hi), maximum_iterations=33)
     return tf.cast(lo, tf.int32)
 
 
@@ -102,29 +106,40 @@ def _inverse_cdf(probs, u):
     target = u * tf.reduce_sum(probs, axis=-1)
     lo = tf.fill(tf.shape(u), -1)  # mass(ids <= lo) <= target
     hi = tf.fill(tf.shape(u), vocab - 1)  # mass(ids <= hi) > target
-    for _ in range(20):  # enough for vocabularies up to 2**20 ids
+
+    def halve(lo, hi):
         mid = lo + (hi - lo) // 2
         mass = tf.reduce_sum(tf.where(ids <= mid[:, None], probs, 0.0), axis=-1)
         above = mass > target
-        lo, hi = tf.where(above, lo, mid), tf.where(above, mid, hi)
+        return tf.where(above, lo, mid), tf.where(above, mid, hi)
+
+    # 20 halvings: enough for vocabularies up to 2**20 ids.
+    _, hi = tf.while_loop(lambda lo, hi: True, halve, (lo, hi), maximum_iterations=20)
     return hi
 
 
 def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
     """Next ids `(B,)` from float32 logits `(B, V)`.
 
-    `seen` `(B, V)` marks tokens already in each sequence (for the repetition penalty); `u` `(B,)`
-    holds uniform numbers in [0, 1) drawn before generation: a sample is the first id whose
-    cumulative probability exceeds `u` (inverse CDF, in vocabulary order), so the same numbers give
-    the same tokens whether this runs under XLA or not. Nothing here sorts or takes a cumulative
-    sum over the vocabulary: both are very slow under XLA on CPUs. Top-k, then top-p on the renormalised
-    remainder (as Hugging Face applies them); tokens tied at a cut are all kept.
+    The settings are per row, `(B,)` (a scalar applies to every row), so requests with different
+    settings share a batch. `seen` `(B, V)` marks tokens already in each sequence (for the
+    repetition penalty); `u` `(B,)` holds uniform numbers in [0, 1) drawn before generation: a
+    sample is the first id whose cumulative probability exceeds `u` (inverse CDF, in vocabulary
+    order), so the same numbers give the same tokens whether this runs under XLA or not. Nothing
+    here sorts or takes a cumulative sum over the vocabulary: both are very slow under XLA on CPUs.
+    Top-k, then top-p on the renormalised remainder (as Hugging Face applies them); tokens tied at
+    a cut are all kept. Rows with temperature 0 are greedy.
     """
-    logits = tf.where(seen > 0, tf.where(logits > 0, logits / penalty, logits * penalty), logits)
+    b = tf.shape(logits)[0]
+    temperature, top_k, top_p, penalty = (tf.broadcast_to(v, [b]) for v in (temperature, top_k, top_p, penalty))
+    pen = penalty[:, None]
+    logits = tf.cond(tf.reduce_any(penalty != 1.0),
+                     lambda: tf.where(seen > 0, tf.where(logits > 0, logits / pen, logits * pen), logits),
+                     lambda: logits)
     greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     def sample():
-        scaled = logits / tf.maximum(temperature, 1e-6)
+        scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
         vocab = tf.shape(scaled)[-1]
         neg = tf.float32.min
 
@@ -133,7 +148,7 @@ def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
             k = tf.minimum(top_k, vocab)
             # The k-th largest key: the largest t with at least k keys >= t.
             kth = _largest_key_where(keys, lambda t: tf.reduce_sum(tf.cast(keys >= t[:, None], tf.int32), -1) >= k)
-            return tf.where(keys >= kth[:, None], x, neg)
+            return tf.where((keys >= kth[:, None]) | (top_k[:, None] <= 0), x, neg)
 
         def keep_top_p(x):
             keys = _sortable_keys(x)
@@ -141,13 +156,14 @@ def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
             # The largest t whose tokens with key >= t hold at least top_p of the probability.
             cut = _largest_key_where(
                 keys, lambda t: tf.reduce_sum(tf.where(keys >= t[:, None], probs, 0.0), -1) >= top_p)
-            return tf.where(keys >= cut[:, None], x, neg)
+            return tf.where((keys >= cut[:, None]) | (top_p[:, None] >= 1.0), x, neg)
 
-        x = tf.cond(top_k > 0, lambda: keep_top_k(scaled), lambda: scaled)
-        x = tf.cond(top_p < 1.0, lambda: keep_top_p(x), lambda: x)
+        x = tf.cond(tf.reduce_any(top_k > 0), lambda: keep_top_k(scaled), lambda: scaled)
+        x = tf.cond(tf.reduce_any(top_p < 1.0), lambda: keep_top_p(x), lambda: x)
         return _inverse_cdf(tf.nn.softmax(x, axis=-1), u)
 
-    return tf.cond(temperature > 0, sample, lambda: greedy)
+    sampled = tf.cond(tf.reduce_any(temperature > 0), sample, lambda: greedy)
+    return tf.where(temperature > 0, sampled, greedy)
 
 
 def draw_uniforms(seed: int, batch: int, steps: int):
@@ -156,16 +172,129 @@ def draw_uniforms(seed: int, batch: int, steps: int):
     return tf.random.stateless_uniform([batch, steps], seed=tf.stack([seed, 0]), dtype=tf.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class RowSettings:
+    """Per-row sampling settings of a batch, each `(B,)`: the tensors `prefill` and `decode` take.
+
+    `max_new` counts the tokens a row may generate; `stop_at_eot` ends a row at `<|endoftext|>`.
+    """
+
+    temperature: tf.Tensor
+    top_k: tf.Tensor
+    top_p: tf.Tensor
+    penalty: tf.Tensor
+    max_new: tf.Tensor
+    stop_at_eot: tf.Tensor
+
+    @classmethod
+    def of(cls, configs: Sequence["SamplingConfig"]) -> "RowSettings":
+        """The settings of one row per config."""
+        def column(name, dtype):
+            return tf.constant([getattr(c, name) for c in configs], dtype)
+
+        return cls(column("temperature", tf.float32), column("top_k", tf.int32), column("top_p", tf.float32),
+                   column("repetition_penalty", tf.float32), column("max_new_tokens", tf.int32),
+                   column("stop_at_eot", tf.bool))
+
+    def choose(self, logits, seen, u):
+        return _choose(logits, seen, self.temperature, self.top_k, self.top_p, self.penalty, u)
+
+
+def prefill(model: GPT2, tokens, positions, key_mask, cache, start, slice_update: bool = True):
+    """Runs prompt tokens `(B, S)` into `cache` at slots `start ... start + S - 1`.
+
+    A prompt may go in several chunks of S tokens (left-padded to a multiple of S), so one compiled
+    program serves every prompt length of a cache size.
+
+    Args:
+        tokens: `(B, S)` int32 prompt tokens of this chunk.
+        positions, key_mask: `(B, T)` position of every cache slot, and False for padding slots.
+        cache: the model's cache for T slots (`GPT2.empty_cache`).
+        start: scalar int32 slot of the chunk's first token.
+
+    Returns:
+        `(logits, cache)`: the `(B, V)` logits after the chunk's last token, and the cache.
+    """
+    s = tf.shape(tokens)[1]
+    head = tf.transpose(model.wte)  # (C, V); see GPT2.forward
+    chunk_positions = tf.gather(positions, start + tf.range(s), axis=1)
+    logits, cache = model.forward(tokens, chunk_positions, key_mask, cache, start, last_only=True, head=head,
+                                  slice_update=slice_update)
+    return logits[:, -1], cache
+
+
+def seen_tokens(prompt_tokens, key_mask, n_vocab: int):
+    """`(B, V)` 1.0 where a row's (unpadded) prompt `(B, P)` holds the token."""
+    p = tf.shape(prompt_tokens)[1]
+    valid = tf.cast(key_mask[:, :p, None], tf.float32)
+    return tf.reduce_max(tf.one_hot(prompt_tokens, n_vocab) * valid, axis=1)
+
+
+def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
+           settings: RowSettings, uniforms, steps: int, eot_id: int, slice_update: bool = True):
+    """Chooses up to `steps` tokens per row, feeding each back through the model.
+
+    Each step chooses a token from `logits` `(B, V)`, writes it at slot `prompt_len + step` and
+    runs it through the model for the next logits. A row is done after `<|endoftext|>` (when its
+    `stop_at_eot`), at its own `max_new`, or when it was passed in as done (a stop string, a
+    cancelled request); done rows emit -1. The loop ends early when every row is done, or when the
+    cache is full. Called repeatedly (a chunk of `steps` tokens each time), it streams.
+
+    Args:
+        logits: `(B, V)` float32 logits of each row's next token.
+        cache, positions, key_mask: as for `prefill` (T slots).
+        seen: `(B, V)` tokens each row holds so far (for the repetition penalty).
+        done: `(B,)` bool.
+        count: `(B,)` int32 tokens each row has generated so far.
+        step: scalar int32, the steps the batch has taken (slots filled after the prompts).
+        prompt_len: scalar int32, the slots the (padded) prompts fill.
+        uniforms: `(B, T)` float32; a row's i-th token samples with its column i.
+        steps: the most steps this call takes (a Python int: the output's shape).
+
+    Returns:
+        `(new_tokens (B, steps), logits, cache, seen, done, count, step)`; `new_tokens` is -1
+        where a row emitted nothing.
+    """
+    b = tf.shape(logits)[0]
+    t = tf.shape(key_mask)[1]
+    n_vocab = model.config.n_vocab
+    head = tf.transpose(model.wte)
+    out = tf.fill([b, steps], -1)
+
+    def cond(i, logits, cache, seen, done, count, step, out):
+        room = prompt_len + step < t
+        return tf.logical_and(tf.logical_and(i < steps, room), tf.logical_not(tf.reduce_all(done)))
+
+    def body(i, logits, cache, seen, done, count, step, out):
+        u = tf.gather(uniforms, tf.minimum(count, t - 1), batch_dims=1)
+        nxt = settings.choose(logits, seen, u)
+        out = tf.where(tf.equal(tf.range(steps), i)[None, :], tf.where(done, -1, nxt)[:, None], out)
+        count = count + tf.cast(tf.logical_not(done), tf.int32)
+        done = done | (settings.stop_at_eot & tf.equal(nxt, eot_id)) | (count >= settings.max_new)
+        seen = tf.maximum(seen, tf.one_hot(nxt, n_vocab))
+        index = prompt_len + step  # the slot of the token just chosen
+        position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
+        logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True,
+                                      head=head, slice_update=slice_update)
+        logits = tf.reshape(logits[:, -1], [b, n_vocab])  # (B, V), the static shape the loop keeps
+        return i + 1, logits, cache, seen, done, count, step + 1, out
+
+    _, logits, cache, seen, done, count, step, out = tf.while_loop(
+        cond, body, (tf.constant(0), logits, cache, seen, done, count, step, out))
+    return out, logits, cache, seen, done, count, step
+
+
 def decode_loop(model: GPT2, tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty,
-                eot_id: int, stop_at_eot):
-    """Generates `S = uniforms.shape[1]` tokens after left-padded prompts, with a key/value cache.
+                eot_id: int, stop_at_eot, slice_update: bool = False):
+    """Generates `S = uniforms.shape[1]` tokens after left-padded prompts, with a key/value cache:
+    `prefill` and `decode` in one graph (the exported SavedModel runs this).
 
     Args:
         tokens: `(B, P)` int32 prompts, left-padded.
         positions: `(B, P + S)` int32 position of every slot (0 at each row's first real token).
         key_mask: `(B, P + S)` bool, False for padding slots.
         uniforms: `(B, S)` float32 in [0, 1), one per step (see `draw_uniforms`).
-        temperature, top_k, top_p, penalty: scalar tensors (see `SamplingConfig`).
+        temperature, top_k, top_p, penalty: scalar or `(B,)` tensors (see `SamplingConfig`).
         eot_id: the `<|endoftext|>` id; after it a row only repeats it.
         stop_at_eot: scalar bool tensor: stop a row at `<|endoftext|>`.
 
@@ -174,32 +303,16 @@ def decode_loop(model: GPT2, tokens, positions, key_mask, uniforms, temperature,
     """
     b, p_len = tf.shape(tokens)[0], tf.shape(tokens)[1]
     steps = tf.shape(uniforms)[1]
-    n_vocab = model.config.n_vocab
-    cache = model.empty_cache(b, p_len + steps)
-    head = tf.transpose(model.wte)  # (C, V), once per call; see GPT2.forward
-    logits, cache = model.forward(tokens, positions[:, :p_len], key_mask, cache, 0, last_only=True, head=head)
-    valid = tf.cast(key_mask[:, :p_len, None], tf.float32)
-    seen = tf.reduce_max(tf.one_hot(tokens, n_vocab) * valid, axis=1)  # (B, V)
-    out = tf.fill([b, steps], eot_id)
-    done = tf.zeros([b], tf.bool)
-
-    def cond(i, logits, cache, seen, done, out):
-        return tf.logical_and(i < steps, tf.logical_not(tf.reduce_all(done)))
-
-    def body(i, logits, cache, seen, done, out):
-        nxt = _choose(logits[:, -1], seen, temperature, top_k, top_p, penalty, uniforms[:, i])
-        nxt = tf.where(done, eot_id, nxt)
-        out = tf.where(tf.equal(tf.range(steps), i)[None, :], nxt[:, None], out)
-        done = tf.logical_or(done, tf.logical_and(stop_at_eot, tf.equal(nxt, eot_id)))
-        seen = tf.maximum(seen, tf.one_hot(nxt, n_vocab))
-        index = p_len + i  # the slot of the token just chosen
-        position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
-        logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True,
-                                      head=head)
-        return i + 1, logits, cache, seen, done, out
-
-    _, _, _, _, _, out = tf.while_loop(cond, body, (tf.constant(0), logits, cache, seen, done, out))
-    return out
+    settings = RowSettings(*(tf.broadcast_to(v, [b]) for v in (temperature, top_k, top_p, penalty, steps,
+                                                                 stop_at_eot)))
+    t = p_len + steps
+    uniforms = tf.pad(uniforms, [[0, 0], [0, p_len]])  # (B, T)
+    cache = model.empty_cache(b, t)
+    logits, cache = prefill(model, tokens, positions, key_mask, cache, 0, slice_update=slice_update)
+    seen = seen_tokens(tokens, key_mask, model.config.n_vocab)
+    out, *_ = decode(model, logits, cache, seen, tf.zeros([b], tf.bool), tf.zeros([b], tf.int32), 0, p_len,
+                     positions, key_mask, settings, uniforms, steps, eot_id, slice_update=slice_update)
+    return tf.where(out < 0, eot_id, out)
 
 
 def left_pad(rows: Sequence[Sequence[int]], steps: int, pad_id: int):
@@ -235,7 +348,7 @@ class Generator:
         @tf.function(jit_compile=jit_compile, reduce_retracing=True)
         def loop(tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty, stop_at_eot):
             return decode_loop(model_, tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty,
-                               self.eot_id, stop_at_eot)
+                               self.eot_id, stop_at_eot, slice_update=jit_compile)
 
         # Without a cache: the whole sequence runs through the model for each new token.
         @tf.function(reduce_retracing=True)

@@ -103,7 +103,7 @@ class Attention(keras.layers.Layer):
         x = ops.reshape(x, (b, t, self.config.n_head, self.config.head_size))  # (B, T, H, D)
         return ops.transpose(x, (0, 2, 1, 3))  # (B, H, T, D)
 
-    def call(self, x, training=False, key_mask=None, cache=None, write_index=0):
+    def call(self, x, training=False, key_mask=None, cache=None, write_index=0, slice_update=False):
         """Attends each position of `x` `(B, S, C)` to itself and the positions before it.
 
         Args:
@@ -112,6 +112,9 @@ class Attention(keras.layers.Layer):
                 keys and values are written at slots `write_index ... write_index + S - 1`, and the
                 queries attend over all T slots (causally). Without a cache, T = S.
             write_index: the slot of the first position of `x` (an int or scalar tensor).
+            slice_update: write the cache with XLA's in-place dynamic-update-slice (only inside
+                `tf.function(jit_compile=True)`); otherwise a one-hot product that runs anywhere
+                but rewrites the whole cache (slow for long caches).
 
         Returns:
             `(y, new_cache)`: `y` is `(B, S, C)`; `new_cache` is None without a cache.
@@ -127,11 +130,8 @@ class Attention(keras.layers.Layer):
         else:
             k_cache, v_cache = cache
             t = ops.shape(k_cache)[2]
-            # Write the new keys/values into their (empty) slots: a one-hot scatter that XLA compiles
-            # to a fixed-shape update, so the cache never changes shape while generating.
-            scatter = ops.cast(ops.one_hot(q_slots, t), k.dtype)  # (S, T)
-            k_cache = k_cache + ops.einsum("st,bhsd->bhtd", scatter, k)
-            v_cache = v_cache + ops.einsum("st,bhsd->bhtd", scatter, v)
+            k_cache, v_cache = (_write_slots(k_cache, k, write_index, slice_update),
+                                _write_slots(v_cache, v, write_index, slice_update))
             keys, values, new_cache = k_cache, v_cache, (k_cache, v_cache)
             k_slots = ops.arange(t)
         scores = ops.einsum("bhsd,bhtd->bhst", q, keys)  # (B, H, S, T)
@@ -147,6 +147,22 @@ class Attention(keras.layers.Layer):
         y = ops.matmul(weights, values)  # (B, H, S, D)
         y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, s, self.config.n_embd))  # (B, S, C)
         return self.resid_dropout(self.c_proj(y), training=training), new_cache
+
+
+def _write_slots(cache, new, index, slice_update: bool):
+    """`cache` `(B, H, T, D)` with `new` `(B, H, S, D)` written at slots `index ... index + S - 1`.
+
+    The cache never changes shape while generating. Under XLA a dynamic-update-slice writes only
+    the S slots, in place; elsewhere a one-hot product (which adds `new` into the empty slots)."""
+    if slice_update:
+        import tensorflow as tf
+        from tensorflow.compiler.tf2xla.python import xla
+
+        zero = tf.constant(0, tf.int32)
+        return xla.dynamic_update_slice(cache, new, [zero, zero, tf.cast(index, tf.int32), zero])
+    slots = index + ops.arange(ops.shape(new)[2])
+    scatter = ops.cast(ops.one_hot(slots, ops.shape(cache)[2]), new.dtype)  # (S, T)
+    return cache + ops.einsum("st,bhsd->bhtd", scatter, new)
 
 
 class MLP(keras.layers.Layer):
@@ -180,10 +196,10 @@ class Block(keras.layers.Layer):
         for layer in (self.ln_1, self.attn, self.ln_2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, training=False, key_mask=None, cache=None, write_index=0):
+    def call(self, x, training=False, key_mask=None, cache=None, write_index=0, slice_update=False):
         """Returns `(x, new_cache)`; see `Attention.call` for the arguments."""
         a, new_cache = self.attn(self.ln_1(x), training=training, key_mask=key_mask, cache=cache,
-                                 write_index=write_index)
+                                 write_index=write_index, slice_update=slice_update)
         x = x + a
         x = x + self.mlp(self.ln_2(x), training=training)
         return x, new_cache
@@ -223,7 +239,7 @@ class GPT2(keras.Model):
         self.recompute = False
 
     def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
-                training=False, last_only=False, head=None):
+                training=False, last_only=False, head=None, slice_update=False):
         """The general forward pass: padding masks, explicit positions and a key/value cache.
 
         Args:
@@ -231,12 +247,13 @@ class GPT2(keras.Model):
             position_ids: `(B, S)` positions (default `write_index + 0 ... S-1`); with left padding,
                 a row's positions start at 0 at its first real token.
             key_mask: `(B, T)` bool, False for padding slots.
-            cache: None, or a `(n_layer, 2, B, H, T, D)` tensor of keys and values (see
+            cache: None, or per layer a `(keys, values)` pair, each `(B, H, T, D)` (see
                 `empty_cache`); the new positions are written at `write_index ...`.
             last_only: return the logits of the last position only, `(B, 1, V)`.
             head: optional `(C, V)` copy of `wte` transposed for the output projection. XLA on CPU
                 multiplies by a `(C, V)` matrix several times faster than by `wte` transposed on
                 the fly, so generation loops transpose it once, before their first step.
+            slice_update: see `Attention.call` (True only under XLA).
 
         Returns:
             `(logits, new_cache)`: float32 logits `(B, S, V)` and the updated cache (or None).
@@ -255,11 +272,10 @@ class GPT2(keras.Model):
 
                 x, layer_new = tf.recompute_grad(lambda h, block=block: block(h, training=True)[0])(x), None
                 continue
-            layer_cache = None if cache is None else (cache[i, 0], cache[i, 1])
+            layer_cache = None if cache is None else cache[i]
             x, layer_new = block(x, training=training, key_mask=key_mask, cache=layer_cache,
-                                 write_index=write_index)
-            if layer_new is not None:
-                new_layers.append(ops.stack(layer_new))
+                                 write_index=write_index, slice_update=slice_update)
+            new_layers.append(layer_new)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
@@ -274,12 +290,17 @@ class GPT2(keras.Model):
         else:
             logits = ops.matmul(ops.reshape(x, (-1, self.config.n_embd)), ops.cast(head, x.dtype))
         logits = ops.reshape(logits, (ops.shape(x)[0], ops.shape(x)[1], -1))
-        return ops.cast(logits, "float32"), (ops.stack(new_layers) if cache is not None else None)
+        return ops.cast(logits, "float32"), (new_layers if cache is not None else None)
 
     def empty_cache(self, batch_size: int, length: int):
-        """A zero key/value cache `(n_layer, 2, B, H, T, D)` for `length` slots."""
+        """A zero key/value cache for `length` slots: per layer `(keys, values)`, each `(B, H, T, D)`.
+
+        One pair per layer (not one stacked tensor), so a generation loop under XLA updates each
+        in place instead of copying the whole cache every step."""
         c = self.config
-        return ops.zeros((c.n_layer, 2, batch_size, c.n_head, length, c.head_size), dtype=self.compute_dtype)
+        shape = (batch_size, c.n_head, length, c.head_size)
+        return [(ops.zeros(shape, dtype=self.compute_dtype), ops.zeros(shape, dtype=self.compute_dtype))
+                for _ in range(c.n_layer)]
 
     def call(self, tokens, training=False):
         return self.forward(tokens, training=training)[0]

@@ -1,149 +1,405 @@
-"""`tfx-gpt2 serve`: MLflow's scoring server for a registered model, plus Seldon's request format.
+"""`tfx-gpt2 serve`: the HTTP layer in front of the engine.
 
-`mlflow models serve -m models:/<name>@champion --env-manager local` serves a pushed model as it
-is. This server exists for one thing MLflow's cannot express: Seldon Core's body
-`{"data": {"ndarray": ["prompt", ...]}}` (MLflow's server answers it with 400, as it accepts only
-`inputs`, `instances`, `dataframe_records` and `dataframe_split`). Everything else is MLflow's
-own code, so both servers answer the same requests the same way:
+    GET  /                       the playground: a page to try the model (served from the package)
+    POST /v1/completions         OpenAI's completions API, streaming with `"stream": true` (SSE)
+    GET  /v1/models              the served model, its registry version and context size
+    POST /invocations            MLflow's scoring formats ({"inputs": [...], "params": {...}}, ...)
+    POST /api/v1.0/predictions   Seldon Core's format
+    GET  /ping                   liveness (200 while the process runs)
+    GET  /health                 readiness: 200 once the model is compiled, 503 before
+    GET  /metrics                Prometheus metrics (see `tfx_gpt2.serving.metrics`)
+    GET  /docs                   the endpoints, from /openapi.json (served locally)
 
-    POST /invocations            MLflow's formats, e.g. {"inputs": ["Hello"], "params": {"temperature": 0.7}},
-                                 and the Seldon body; returns {"predictions": [text, ...]}
-    POST /api/v1.0/predictions   Seldon Core's path: {"data": {"ndarray": [...]}, "parameters": {...}}
-                                 returns {"data": {"names": ["generated_text"], "ndarray": [text, ...]}, "meta": {}}
-    GET  /ping, /health, /version
+Handlers parse and check the body (`tfx_gpt2.serving.protocol`), tokenize off the event loop,
+`submit` to the engine and await its events: the event loop never runs model code, so `/ping`
+answers while a batch is generating. A full queue answers 503 with `Retry-After`; a client that
+disconnects, or a request past `--request-timeout`, is cancelled and leaves the batch. One JSON
+log line per request (`tfx_gpt2.serving.requests`); prompts and completions only with
+`--log-prompts`. SIGTERM stops accepting, lets the requests in flight finish, then exits.
 
-Bad sampling settings (a negative temperature, top_p outside (0, 1], more new tokens than the
-context holds, an unknown setting) get HTTP 400 with the reason.
+(No `from __future__ import annotations` here: FastAPI reads handler annotations at run time.)
 """
 
-
+import asyncio
+import dataclasses
 import json
-from typing import Any, Dict, List, Tuple, Union
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import List, Optional
 
-from tfx_gpt2.serving.mlflow_pyfunc import check_setting_names
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from tfx_gpt2.serving import protocol
+from tfx_gpt2.serving.deployment import Deployment, Served
+from tfx_gpt2.serving.engine import EngineConfig, EngineStopped, QueueFull, Request, Row
+from tfx_gpt2.serving.metrics import CONTENT_TYPE, ServerMetrics
 
 SELDON_PATH = "/api/v1.0/predictions"
+request_log = logging.getLogger("tfx_gpt2.serving.requests")
 
 
-class RequestError(ValueError):
-    """A request body that is not a Seldon request; the message says what is expected."""
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Server settings (the engine's are in `EngineConfig`).
 
-
-def parse_seldon(body: Dict[str, Any]) -> Tuple[List[str], Dict[str, Any]]:
-    """Prompts and sampling settings of a Seldon body (`data.ndarray`, or `strData`)."""
-    if "strData" in body:
-        prompts = [body["strData"]]
-    else:
-        data = body.get("data")
-        if not isinstance(data, dict) or "ndarray" not in data:
-            raise RequestError('send {"data": {"ndarray": ["a prompt", ...]}} (Seldon) with optional '
-                               '"parameters": {"temperature": 0.8, ...}')
-        rows = data["ndarray"]
-        if not isinstance(rows, list):
-            rows = [rows]
-        prompts = [r[0] if isinstance(r, list) and len(r) == 1 else r for r in rows]
-    if not all(isinstance(p, str) for p in prompts):
-        raise RequestError(f"data.ndarray must hold strings (prompts); got {prompts!r:.200}")
-    params = body.get("parameters", body.get("params")) or {}
-    if not isinstance(params, dict):
-        raise RequestError(f"parameters must be an object of sampling settings; got {params!r:.200}")
-    # MLflow drops parameters its signature does not name, with a warning; a typo here is an error.
-    try:
-        check_setting_names(params)
-    except ValueError as e:
-        raise RequestError(str(e)) from None
-    return prompts, params
-
-
-def predict_seldon(model, body) -> Tuple[int, Union[List[str], str]]:
-    """(200, texts) for a Seldon body, or (HTTP status, reason)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        prompts, params = parse_seldon(body)
-        return 200, list(model.predict(prompts, params=params))
-    except RequestError as e:
-        return 400, str(e)
-    except MlflowException as e:
-        return e.get_http_status_code(), e.message
-
-
-def _json_or_none(data: bytes):
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
-
-
-def _seldon_answer(status: int, result):
-    from fastapi.responses import JSONResponse
-
-    if status != 200:
-        return JSONResponse({"status": {"code": status, "info": result, "status": "FAILURE"}}, status_code=status)
-    return JSONResponse({"data": {"names": ["generated_text"], "ndarray": result}, "meta": {}})
-
-
-def _mlflow_answer(model, input_schema, data: bytes, content_type: str):
-    """MLflow's own scoring of an `/invocations` body, or Seldon's body sent there."""
-    from fastapi.responses import JSONResponse, Response
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc import scoring_server
-
-    body = _json_or_none(data) if content_type.startswith("application/json") else None
-    if isinstance(body, dict) and ("data" in body or "strData" in body):
-        status, result = predict_seldon(model, body)
-        if status != 200:
-            return JSONResponse({"error_code": "BAD_REQUEST", "message": result}, status_code=status)
-        return JSONResponse({"predictions": result})
-    try:
-        result = scoring_server.invocations(data, content_type, model, input_schema)
-    except MlflowException as e:
-        return Response(content=e.serialize_as_json(), status_code=e.get_http_status_code(),
-                        media_type="application/json")
-    return Response(content=result.response, status_code=result.status, media_type=result.mimetype)
-
-
-def create_app(model):
-    """The FastAPI app serving `model` (an MLflow `PyFuncModel` of a tfx-gpt2 model).
-
-    (No `from __future__ import annotations` in this module: FastAPI reads the `Request`
-    annotations of the handlers at run time.)
+    Attributes:
+        request_timeout: seconds a request may take before it is cancelled (HTTP 504).
+        poll_seconds: how often to check a `models:/NAME@ALIAS` alias for a new version (0: never).
+        log_prompts: put prompt and completion text in the request log.
+        retry_after: seconds suggested to clients refused because the queue is full.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import Response
 
-    app = FastAPI(title="tfx-gpt2")
-    input_schema = model.metadata.get_input_schema()
+    request_timeout: float = 120.0
+    poll_seconds: float = 30.0
+    log_prompts: bool = False
+    retry_after: int = 1
 
-    @app.get("/ping")
-    @app.get("/health")
-    async def ping():
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, field: Optional[str] = None, headers=None):
+        super().__init__(message)
+        self.status, self.field, self.headers = status, field, headers or {}
+
+
+@dataclasses.dataclass
+class _Call:
+    """One generation request in flight: its rows, timing and where its events arrive."""
+
+    route: str
+    served: Served
+    rows: List[Row]
+    request: Request
+    events: asyncio.Queue
+    started: float
+    first_text: Optional[float] = None
+    id: str = dataclasses.field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
+
+
+def page(name: str) -> str:
+    return resources.files("tfx_gpt2.serving").joinpath("static", name).read_text(encoding="utf-8")
+
+
+class Api:
+    """The handlers: each parses, checks, queues and awaits; none runs model code."""
+
+    def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics):
+        self.deployment, self.config, self.metrics = deployment, config, metrics
+
+    def served(self) -> Served:
+        if self.deployment.current is None:
+            raise _Refused(503, self.deployment.error or "the model is loading; retry when /health answers 200",
+                           headers={"Retry-After": str(self.config.retry_after)})
+        return self.deployment.current
+
+    # -- a generation request's life ------------------------------------------------------------
+
+    async def queue_job(self, current: Served, route: str, job: protocol.Job, started: float, field: str) -> _Call:
+        encode = current.tokenizer.encode
+        ids = await asyncio.to_thread(lambda: [encode(p) for p in job.prompts])
+        protocol.check_fits(job, [len(i) for i in ids], current.n_ctx, field)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        rows = [Row(i, job.config) for i in ids]
+        req = Request(rows, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        try:
+            current.engine.submit(req)
+        except QueueFull as e:
+            raise _Refused(503, f"{e}; retry in {self.config.retry_after} s",
+                           headers={"Retry-After": str(self.config.retry_after)}) from None
+        self.metrics.prompt_tokens.inc(sum(len(i) for i in ids))
+        self.metrics.queue_depth.set(current.engine.queue_depth)
+        return _Call(route, current, rows, req, events, started)
+
+    async def start(self, route: str, job: protocol.Job, started: float, field: str) -> _Call:
+        """Tokenizes (off the event loop), checks the context and queues the job's rows."""
+        try:
+            return await self.queue_job(self.served(), route, job, started, field)
+        except EngineStopped:  # the model was just switched: use the new engine
+            try:
+                return await self.queue_job(self.served(), route, job, started, field)
+            except EngineStopped:
+                raise _Refused(503, "the server is shutting down") from None
+
+    async def events_of(self, call: _Call, http: HttpRequest):
+        """Yields `(row_index, text)` as text arrives; returns when every row is done.
+
+        Cancels the rows when the client goes away or the request times out."""
+        index = {id(r): i for i, r in enumerate(call.rows)}
+        pending = len(call.rows)
+        deadline = call.started + self.config.request_timeout
+        try:
+            while pending:
+                try:
+                    kind, row, payload = await asyncio.wait_for(call.events.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():
+                        raise _Refused(499, "the client disconnected") from None
+                    if time.monotonic() > deadline:
+                        raise _Refused(504, f"the request took longer than {self.config.request_timeout} s") from None
+                    continue
+                if kind == "text":
+                    call.first_text = call.first_text or time.monotonic()
+                    yield index[id(row)], payload
+                elif kind == "error":
+                    raise _Refused(500, payload)
+                else:
+                    pending -= 1
+        finally:
+            if pending:
+                call.request.cancelled = True
+
+    def finish(self, call: _Call, status: int) -> None:
+        """Records a request that reached the engine: metrics and its log line."""
+        m, latency = self.metrics, time.monotonic() - call.started
+        tokens = sum(len(r.ids) for r in call.rows)
+        m.requests.labels(call.route, str(status)).inc()
+        m.latency.labels(call.route).observe(latency)
+        if call.first_text:
+            m.ttft.labels(call.route).observe(call.first_text - call.started)
+        m.generated_tokens.inc(tokens)
+        m.compiled.set(len(call.served.engine.programs))
+        m.queue_depth.set(call.served.engine.queue_depth)
+        line = {"event": "request", "id": call.id, "route": call.route, "status": status,
+                "latency_ms": round(latency * 1000, 1),
+                "ttft_ms": round((call.first_text - call.started) * 1000, 1) if call.first_text else None,
+                "prompts": len(call.rows), "prompt_tokens": sum(len(r.prompt_ids) for r in call.rows),
+                "completion_tokens": tokens,
+                "finish_reasons": [r.finish_reason or ("cancelled" if call.request.cancelled else None)
+                                   for r in call.rows],
+                "model": call.served.name, "version": call.served.version}
+        if self.config.log_prompts:
+            line["prompts_text"] = [call.served.tokenizer.decode(r.prompt_ids) for r in call.rows]
+            line["completions"] = [r.text for r in call.rows]
+        request_log.info(json.dumps(line))
+
+    def refused(self, route: str, started: float, e, shape):
+        """Records and answers a refused request in the route's error shape."""
+        status = e.status
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.monotonic() - started)
+        request_log.info(json.dumps({"event": "request", "route": route, "status": status, "error": str(e),
+                                     "field": getattr(e, "field", None)}))
+        return JSONResponse(shape(status, str(e), getattr(e, "field", None)), status_code=status,
+                            headers=getattr(e, "headers", None))
+
+    async def complete(self, route: str, http: HttpRequest, parse, shape, answer, field: str):
+        """Runs a non-streaming generation request end to end."""
+        started = time.monotonic()
+        try:
+            job = parse(await http.body())
+            call = await self.start(route, job, started, field)
+            async for _ in self.events_of(call, http):
+                pass
+        except (protocol.BadRequest, _Refused) as e:
+            return self.refused(route, started, e, shape)
+        self.finish(call, 200)
+        return JSONResponse(answer(call))
+
+    # -- generation routes ----------------------------------------------------------------------
+
+    async def completions(self, http: HttpRequest):
+        """OpenAI's completions API; `"stream": true` answers with server-sent events."""
+        started, route = time.monotonic(), "/v1/completions"
+        try:
+            body = protocol.read_json(await http.body())
+            job = protocol.parse_completion(body, self.served().n_vocab)
+            self.check_model_name(body.get("model"))
+            call = await self.start(route, job, started, "max_tokens")
+        except (protocol.BadRequest, _Refused) as e:
+            return self.refused(route, started, e, openai_error)
+        if job.stream:
+            return StreamingResponse(self.stream_completion(call, http, job), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            async for _ in self.events_of(call, http):
+                pass
+        except _Refused as e:
+            return self.refused(route, started, e, openai_error)
+        self.finish(call, 200)
+        return completion_body(call)
+
+    def check_model_name(self, name):
+        current = self.served()
+        if name not in (None, "", current.name):
+            raise _Refused(404, f"model {name!r} is not served here; this server serves {current.name!r} "
+                                "(GET /v1/models)", "model")
+
+    async def stream_completion(self, call: _Call, http: HttpRequest, job: protocol.Job):
+        status, completed = 499, False  # 499 unless the stream ends: the client went away
+        try:
+            async for index, text in self.events_of(call, http):
+                yield stream_chunk(call, index, text)
+            for i, r in enumerate(call.rows):
+                yield stream_chunk(call, i, "", finish_reason(r))
+            if job.include_usage:
+                yield sse({"id": call.id, "object": "text_completion", "created": int(time.time()),
+                           "model": call.served.name, "choices": [], "usage": completion_body(call)["usage"]})
+            yield "data: [DONE]\n\n"
+            status, completed = 200, True
+        except _Refused as e:
+            status = e.status
+            yield sse(openai_error(e.status, str(e), None))
+        finally:
+            if not completed:
+                call.request.cancelled = True
+            self.finish(call, status)
+
+    async def invocations(self, http: HttpRequest):
+        """MLflow's scoring formats (and Seldon's body)."""
+        content_type = http.headers.get("content-type", "application/json")
+        return await self.complete(
+            "/invocations", http, lambda data: protocol.parse_invocations(data, content_type, self.served().n_vocab),
+            mlflow_error, lambda call: {"predictions": [r.text for r in call.rows]}, "max_new_tokens")
+
+    async def seldon(self, http: HttpRequest):
+        """Seldon Core's prediction format."""
+        return await self.complete(
+            SELDON_PATH, http, lambda data: protocol.parse_seldon(protocol.read_json(data), self.served().n_vocab),
+            seldon_error, lambda call: {"data": {"names": ["generated_text"], "ndarray": [r.text for r in call.rows]},
+                                        "meta": {}}, "max_new_tokens")
+
+    # -- other routes ---------------------------------------------------------------------------
+
+    async def playground(self):
+        """The playground page."""
+        return HTMLResponse(page("playground.html"))
+
+    async def docs(self):
+        """The endpoints, read from /openapi.json."""
+        return HTMLResponse(page("docs.html"))
+
+    async def ping(self):
+        """Liveness: 200 while the process runs."""
         return Response(content="\n", status_code=200, media_type="application/json")
 
-    @app.get("/version")
-    async def version():
+    async def health(self):
+        """Readiness: 200 once the model is compiled, 503 while it loads (or failed to)."""
+        current = self.deployment.current
+        if current is None:
+            error = self.deployment.error
+            return JSONResponse({"status": "failed" if error else "loading", "error": error}, status_code=503)
+        return JSONResponse({"status": "ready", "model": current.name, "version": current.version,
+                             "compile_seconds": round(current.compile_seconds, 1)})
+
+    async def version(self):
+        """MLflow's version (as MLflow's scoring server answers)."""
         import mlflow
 
         return Response(content=mlflow.__version__, status_code=200, media_type="application/json")
 
-    @app.post(SELDON_PATH)
-    async def seldon(request: Request):
-        body = _json_or_none(await request.body())
-        if body is None:
-            return _seldon_answer(400, "the body is not JSON")
-        return _seldon_answer(*predict_seldon(model, body if isinstance(body, dict) else {}))
+    async def metrics_page(self):
+        """Prometheus metrics."""
+        current = self.deployment.current
+        if current is not None:
+            self.metrics.queue_depth.set(current.engine.queue_depth)
+            self.metrics.compiled.set(len(current.engine.programs))
+        return Response(content=self.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    @app.post("/invocations")
-    async def invocations(request: Request):
-        return _mlflow_answer(model, input_schema, await request.body(), request.headers.get("content-type", ""))
+    async def models(self):
+        """The served model (OpenAI's model list), with its registry version and context size."""
+        try:
+            current = self.served()
+        except _Refused as e:
+            return JSONResponse(openai_error(e.status, str(e), None), status_code=e.status, headers=e.headers)
+        return {"object": "list", "data": [{
+            "id": current.name, "object": "model", "created": int(current.loaded_at), "owned_by": "tfx-gpt2",
+            "version": current.version, "source": current.source, "context_length": current.n_ctx}]}
 
+    async def count_other_routes(self, http: HttpRequest, call_next):
+        """Metrics of the GET routes (generation routes record themselves, at their last byte)."""
+        started = time.monotonic()
+        response = await call_next(http)
+        if http.method == "GET":
+            route = http.url.path if http.url.path in GET_ROUTES else "other"
+            self.metrics.requests.labels(route, str(response.status_code)).inc()
+            self.metrics.latency.labels(route).observe(time.monotonic() - started)
+        return response
+
+
+GET_ROUTES = ("/", "/docs", "/ping", "/health", "/version", "/metrics", "/v1/models", "/openapi.json")
+
+
+def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metrics: Optional[ServerMetrics] = None):
+    """The FastAPI app serving `deployment` (which its lifespan starts, if not yet started, and stops)."""
+    api = Api(deployment, config, metrics or ServerMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if not deployment.ready and not deployment._threads:
+            deployment.start()
+        yield
+        await asyncio.to_thread(deployment.stop, True)
+
+    app = FastAPI(title="tfx-gpt2", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.api = api
+    for path, handler in [("/", api.playground), ("/docs", api.docs), ("/ping", api.ping), ("/health", api.health),
+                          ("/version", api.version), ("/metrics", api.metrics_page), ("/v1/models", api.models)]:
+        app.add_api_route(path, handler, methods=["GET"])
+    for path, handler in [("/v1/completions", api.completions), ("/invocations", api.invocations),
+                          (SELDON_PATH, api.seldon)]:
+        app.add_api_route(path, handler, methods=["POST"])
+    app.middleware("http")(api.count_other_routes)
     return app
 
 
-def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Loads `model_uri` (e.g. `models:/tfx-gpt2-local@champion`) and serves it until stopped."""
-    import mlflow.pyfunc
+def completion_body(call: _Call):
+    prompt_tokens = sum(len(r.prompt_ids) for r in call.rows)
+    completion_tokens = sum(len(r.ids) for r in call.rows)
+    return {"id": call.id, "object": "text_completion", "created": int(time.time()), "model": call.served.name,
+            "system_fingerprint": f"{call.served.name}/{call.served.version}",
+            "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": finish_reason(r)}
+                        for i, r in enumerate(call.rows)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def stream_chunk(call: _Call, index: int, text: str, reason: Optional[str] = None) -> str:
+    return sse({"id": call.id, "object": "text_completion", "created": int(time.time()), "model": call.served.name,
+                "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]})
+
+
+def finish_reason(row: Row) -> str:
+    return "length" if row.finish_reason == "length" else "stop"
+
+
+def sse(obj) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def openai_error(status: int, message: str, field):
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": field, "code": status}}
+
+
+def mlflow_error(status: int, message: str, field):
+    return {"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR", "message": message}
+
+
+def seldon_error(status: int, message: str, field):
+    return {"status": {"code": status, "info": message, "status": "FAILURE"}}
+
+
+def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: EngineConfig = EngineConfig(),
+          config: ServeConfig = ServeConfig()) -> None:
+    """Serves `model_uri` until SIGTERM or Ctrl-C; the model loads and compiles in the background."""
     import uvicorn
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    uvicorn.run(create_app(model), host=host, port=port, log_level="info")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = ServerMetrics()
+
+    def on_change(served: Served):
+        if metrics.model_info.collect()[0].samples:
+            metrics.swaps.inc()
+        metrics.serving(served.name, served.version, served.source)
+        metrics.compiled.set(len(served.engine.programs))
+
+    deployment = Deployment(model_uri, engine, config.poll_seconds, on_change=on_change,
+                            on_batch=lambda n: metrics.batch_size.observe(n))
+    app = create_app(deployment, config, metrics)
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
+                timeout_graceful_shutdown=int(config.request_timeout))

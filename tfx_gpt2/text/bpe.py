@@ -268,6 +268,10 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Decodes ids to text; byte sequences that are not valid UTF-8 use `errors`."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes the ids spell (byte-level BPE: a token may end inside a UTF-8 character)."""
         try:
             spelled = "".join(self.decoder[int(i)] for i in ids)
         except KeyError as e:
@@ -281,7 +285,7 @@ class BPETokenizer:
                 out.extend(ch.encode("utf-8"))
             else:
                 out.append(b)
-        return out.decode("utf-8", errors=errors)
+        return bytes(out)
 
 
 def load_tokenizer(vocab: str = "gpt2", special_tokens: Iterable[str] = ()) -> BPETokenizer:

@@ -1,0 +1,410 @@
+"""The serving engine: one thread owns the model, merges concurrent requests into batches and
+streams each row's text back as it is generated.
+
+HTTP handlers never run model code (see `tfx_gpt2.serving.server`): they `submit` a `Request` and
+await its events. The engine thread takes rows from a bounded queue (up to `max_batch_size`,
+waiting at most `max_wait_ms` for more after the first), pads the batch to a *batch bucket* and
+its cache to a *length bucket*, runs the prompts in chunks of `prefill_tokens` and then decodes
+`chunk_tokens` steps per call. Between calls it hands new text to each request, applies stop
+strings, and drops rows whose request was cancelled. Every row carries its own sampling settings,
+so requests with different settings share a batch.
+
+Compiled programs: one prefill and one decode program per (batch bucket, length bucket), all
+compiled by `warm_up()` before the server reports ready, so no request waits for XLA.
+
+Text: byte-level BPE can end a token inside a UTF-8 character. Each row decodes its bytes
+incrementally and holds back an incomplete character until the next token completes it (an
+incomplete character at the very end is dropped), so no replacement character appears that the
+model did not generate. Text that could be the start of a stop string is held back too.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfx_gpt2.model.generate import SamplingConfig
+
+log = logging.getLogger("tfx_gpt2.serving")
+
+
+class QueueFull(RuntimeError):
+    """The engine's queue holds `max_queue` rows; the client should retry later (HTTP 503)."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine is shutting down and takes no new requests."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How the engine batches.
+
+    Attributes:
+        max_batch_size: rows generated together at most.
+        max_wait_ms: after the first row arrives, how long to wait for more before starting.
+        max_queue: rows waiting at most; beyond it `submit` raises `QueueFull` (HTTP 503).
+        chunk_tokens: decode steps per compiled call (between streaming and cancellation checks).
+        prefill_tokens: prompt tokens per prefill call (prompts are left-padded to a multiple).
+        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 128,
+            512 and the model's context plus one prefill chunk, capped at the latter.
+    """
+
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    chunk_tokens: int = 8
+    prefill_tokens: int = 32
+    length_buckets: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue", "chunk_tokens", "prefill_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1.")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms = {self.max_wait_ms} must be >= 0.")
+
+    def batch_buckets(self) -> List[int]:
+        """1, 2, 4, ... up to `max_batch_size` (which is always one)."""
+        sizes = [1]
+        while sizes[-1] * 2 < self.max_batch_size:
+            sizes.append(sizes[-1] * 2)
+        return sorted(set(sizes + [self.max_batch_size]))
+
+    def prefill_chunk(self, n_ctx: int) -> int:
+        return max(1, min(self.prefill_tokens, n_ctx // 2))
+
+    def cache_buckets(self, n_ctx: int) -> List[int]:
+        """The cache sizes; the largest holds any prompt and continuation that fit the context."""
+        largest = n_ctx + self.prefill_chunk(n_ctx)
+        sizes = self.length_buckets or (128, 512)
+        return sorted({min(s, largest) for s in sizes} | {largest})
+
+
+@dataclasses.dataclass
+class Row:
+    """One prompt of a request and what has been generated for it."""
+
+    prompt_ids: List[int]
+    config: SamplingConfig
+    ids: List[int] = dataclasses.field(default_factory=list)
+    text: str = ""
+    finish_reason: Optional[str] = None
+    first_token_at: Optional[float] = None
+
+
+class Request:
+    """Rows submitted together, and where their events go.
+
+    `emit(event)` is called from the engine thread with `("text", row, delta)` and
+    `("done", row, finish_reason)` (see `tfx_gpt2.serving.server` for the asyncio side). Set
+    `cancelled` to stop its rows at the next step.
+    """
+
+    def __init__(self, rows: Sequence[Row], emit: Callable[[tuple], None]):
+        self.rows = list(rows)
+        self.emit = emit
+        self.cancelled = False
+        self.created = time.monotonic()
+
+
+class TextStream:
+    """Turns a row's token bytes into text that is safe to send: whole UTF-8 characters only, and
+    nothing that could still become a stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self.stops = [s for s in stops if s]
+        self.held = ""
+
+    def push(self, data: bytes) -> Tuple[str, bool]:
+        """(text to send now, whether a stop string was reached)."""
+        self.held += self.decoder.decode(data)
+        cut = min((i for i in (self.held.find(s) for s in self.stops) if i != -1), default=-1)
+        if cut != -1:
+            out, self.held = self.held[:cut], ""
+            return out, True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        out = self.held[:len(self.held) - keep]
+        self.held = self.held[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        """The text held back, at the end of the row (an incomplete character is dropped)."""
+        out = self.held + self.decoder.decode(b"", final=True)
+        self.held = ""
+        return out
+
+
+@dataclasses.dataclass
+class _Slot:
+    request: Request
+    row: Row
+    stream: TextStream
+
+
+class Engine:
+    """Owns a model and its tokenizer; generates for submitted requests on one thread.
+
+    Args:
+        model: a GPT-2 model.
+        tokenizer: its BPE tokenizer.
+        config: batching settings.
+        on_batch: called with the size of each batch (for metrics).
+
+    Example:
+        >>> engine = Engine(model, tokenizer, EngineConfig(max_batch_size=8)); engine.warm_up(); engine.start()
+        >>> engine.submit(Request([Row(tokenizer.encode("Hi"), SamplingConfig(max_new_tokens=8))], print))
+    """
+
+    def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig(),
+                 on_batch: Optional[Callable[[int], None]] = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.n_ctx = model.config.n_ctx
+        self.eot_id = tokenizer.eot_id
+        self.on_batch = on_batch
+        self.programs: set = set()
+        self._queue: "queue.Queue[_Slot]" = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._busy = 0
+        self._build_functions()
+
+    # -- compiled programs --------------------------------------------------------------------
+
+    def _build_functions(self):
+        import tensorflow as tf
+
+        from tfx_gpt2.model.generate import RowSettings, decode, prefill
+
+        model, eot, steps = self.model, self.eot_id, self.config.chunk_tokens
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def prefill_fn(tokens, positions, key_mask, cache, start):
+            return prefill(model, tokens, positions, key_mask, cache, start)
+
+        @tf.function(jit_compile=True, reduce_retracing=True)
+        def decode_fn(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms):
+            return decode(model, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
+                          RowSettings(*settings), uniforms, steps, eot)
+
+        self._prefill, self._decode = prefill_fn, decode_fn
+
+    def warm_up(self) -> float:
+        """Compiles every (batch bucket, length bucket) program; returns the seconds it took."""
+        t0 = time.perf_counter()
+        chunk = self.config.prefill_chunk(self.n_ctx)
+        for length in self.config.cache_buckets(self.n_ctx):
+            for batch in self.config.batch_buckets():
+                cfg = SamplingConfig(max_new_tokens=1, temperature=0.0)
+                self._generate([_Slot(Request([], lambda e: None), Row([self.eot_id] * chunk, cfg), TextStream(()))]
+                               * batch, length=length)
+        seconds = time.perf_counter() - t0
+        log.info("compiled %d programs (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
+                 self.config.batch_buckets(), self.config.cache_buckets(self.n_ctx), seconds)
+        return seconds
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Queues the request's rows; raises `QueueFull` or `EngineStopped` instead of waiting."""
+        if self._stopping.is_set():
+            raise EngineStopped("the server is shutting down")
+        with self._lock:
+            if self._waiting + len(request.rows) > self.config.max_queue:
+                raise QueueFull(f"the queue holds {self._waiting} of at most {self.config.max_queue} prompts")
+            self._waiting += len(request.rows)
+        for row in request.rows:
+            self._queue.put(_Slot(request, row, TextStream(row.config.stop)))
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    @property
+    def in_flight(self) -> int:
+        """Rows queued or being generated."""
+        return self._waiting + self._busy
+
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._run, name="tfx-gpt2-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
+        """Stops taking requests; with `drain`, finishes the queued and running ones first."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        while drain and self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()) + 1)
+
+    def _take_batch(self) -> List[_Slot]:
+        first = self._queue.get()
+        if first is None:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch_size:
+            try:
+                slot = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if slot is None:
+                self._queue.put(None)
+                break
+            batch.append(slot)
+        with self._lock:
+            self._waiting -= len(batch)
+            self._busy = len(batch)
+        return batch
+
+    def _run(self):
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                return
+            live = [s for s in batch if not s.request.cancelled]
+            for s in batch:
+                if s.request.cancelled:
+                    self._finish(s, "cancelled")
+            try:
+                if live:
+                    self._generate(live)
+            except Exception as e:  # a bug or an out-of-memory: fail these rows, keep serving
+                log.exception("generation failed")
+                for s in live:
+                    if s.row.finish_reason is None:
+                        s.row.finish_reason = "error"
+                        s.request.emit(("error", s.row, f"generation failed: {e}"))
+            finally:
+                self._busy = 0
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def _generate(self, slots: List[_Slot], length: Optional[int] = None) -> None:
+        """Generates for `slots` until every row is done."""
+        import tensorflow as tf
+
+        cfg, n_real = self.config, len(slots)
+        batch = next(b for b in cfg.batch_buckets() if b >= n_real)
+        if self.on_batch and slots[0].request.rows:
+            self.on_batch(n_real)
+        chunk = cfg.prefill_chunk(self.n_ctx)
+        prompts = [s.row.prompt_ids or [self.eot_id] for s in slots]
+        prompts += [[self.eot_id]] * (batch - n_real)
+        p_len = -(-max(len(p) for p in prompts) // chunk) * chunk
+        need = p_len + max(s.row.config.max_new_tokens for s in slots)
+        length = length or next(t for t in cfg.cache_buckets(self.n_ctx) if t >= need)
+        tokens, positions, key_mask = _left_pad(prompts, p_len, length, self.eot_id)
+        configs = [s.row.config for s in slots] + [SamplingConfig(max_new_tokens=1, temperature=0.0)] * (batch - n_real)
+        settings, uniforms = _row_settings(configs, length)
+        cache = self.model.empty_cache(batch, length)
+        for start in range(0, p_len, chunk):
+            logits, cache = self._prefill(tokens[:, start:start + chunk], positions, key_mask, cache,
+                                          tf.constant(start, tf.int32))
+        self.programs.update({("prefill", batch, chunk, length)})
+        seen = np.zeros((batch, self.model.config.n_vocab), np.float32)
+        for i, p in enumerate(prompts):
+            seen[i, p] = 1.0
+        done = np.arange(batch) >= n_real
+        count, step = np.zeros(batch, np.int32), tf.constant(0, tf.int32)
+        while not done.all():
+            out, logits, cache, seen, done_t, count, step = self._decode(
+                logits, cache, seen, done, count, step, tf.constant(p_len, tf.int32), positions, key_mask,
+                settings, uniforms)
+            self.programs.add(("decode", batch, length))
+            done = done_t.numpy() | self._hand_out(slots, out.numpy())
+            if int(step) + p_len >= length:
+                done[:] = True
+        for s in slots:
+            if s.row.finish_reason is None:
+                self._finish(s, "length")
+
+    def _hand_out(self, slots: List[_Slot], out: np.ndarray) -> np.ndarray:
+        """Sends each row's new text; returns which rows are now done (stop string, end of text,
+        limit reached, or cancelled)."""
+        done = np.zeros(out.shape[0], bool)
+        now = time.monotonic()
+        for i, s in enumerate(slots):
+            row = s.row
+            if row.finish_reason is not None:
+                done[i] = True
+                continue
+            if s.request.cancelled:
+                self._finish(s, "cancelled")
+                done[i] = True
+                continue
+            for t in out[i]:
+                if t < 0:
+                    break
+                if row.config.stop_at_eot and t == self.eot_id:
+                    self._finish(s, "stop")
+                    break
+                row.first_token_at = row.first_token_at or now
+                row.ids.append(int(t))
+                text, stopped = s.stream.push(self.tokenizer.decode_bytes([int(t)]))
+                self._send(s, text)
+                if stopped:
+                    self._finish(s, "stop", flush=False)
+                    break
+                if len(row.ids) >= row.config.max_new_tokens:
+                    self._finish(s, "length")
+                    break
+            done[i] = row.finish_reason is not None
+        return done
+
+    def _send(self, slot: _Slot, text: str) -> None:
+        if text:
+            slot.row.text += text
+            slot.request.emit(("text", slot.row, text))
+
+    def _finish(self, slot: _Slot, reason: str, flush: bool = True) -> None:
+        if slot.row.finish_reason is not None:
+            return
+        if flush:
+            self._send(slot, slot.stream.flush())
+        slot.row.finish_reason = reason
+        slot.request.emit(("done", slot.row, reason))
+
+
+def _left_pad(prompts: List[List[int]], p_len: int, length: int, pad_id: int):
+    """Prompts left-padded to `p_len` tokens, and the positions and key mask of `length` slots."""
+    from tfx_gpt2.model.generate import left_pad
+
+    tokens, positions, key_mask = left_pad(prompts, length - p_len, pad_id)
+    extra = p_len - tokens.shape[1]  # more padding on the left, so the prompts fill whole prefill chunks
+    tokens = np.concatenate([np.full((len(prompts), extra), pad_id, np.int32), tokens], axis=1)
+    positions = np.concatenate([np.zeros((len(prompts), extra), np.int32), positions], axis=1)
+    key_mask = np.concatenate([np.zeros((len(prompts), extra), bool), key_mask], axis=1)
+    return tokens, positions, key_mask
+
+
+def _row_settings(configs: Sequence[SamplingConfig], length: int):
+    """The per-row settings tuple `decode` takes, and each row's uniforms `(B, length)` (from its
+    own seed, so a seeded row gives the same text whatever it is batched with)."""
+    from tfx_gpt2.model.generate import RowSettings, draw_uniforms
+
+    settings = RowSettings.of(configs)
+    uniforms = np.stack([
+        draw_uniforms(np.random.randint(0, 2**31 - 1) if c.seed is None else c.seed, 1, length).numpy()[0]
+        for c in configs])
+    return (settings.temperature, settings.top_k, settings.top_p, settings.penalty, settings.max_new,
+            settings.stop_at_eot), uniforms
+
+
+def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
+    """How many programs `warm_up` compiles: one prefill and one decode per bucket pair."""
+    n = len(config.batch_buckets()) * len(config.cache_buckets(n_ctx))
+    return {"prefill": n, "decode": n}
