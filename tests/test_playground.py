@@ -1,0 +1,89 @@
+"""The playground at `/`, used in a real headless Chromium (Debian's `chromium` and
+`chromium-driver`, driven by Selenium): type a prompt, press Generate, watch the text arrive.
+The page loads nothing from outside the server. A screenshot is kept in `test-artifacts/`."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from mlflow_helpers import OurServer, post_json, tiny_model_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARTIFACTS = os.path.join(ROOT, "test-artifacts")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("playground")
+    model_dir = tiny_model_dir(str(root / "playground-model"), n_ctx=64, n_embd=32, n_layer=2)
+    s = OurServer(model_dir, str(root), ["--max-batch-size", "2"])
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # The set-up the README documents: Debian's packages, installed by tools/install-browser.sh.
+    subprocess.run([os.path.join(ROOT, "tools", "install-browser.sh")], check=True)
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def test_type_a_prompt_press_generate_and_see_the_text(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    wait_for(browser, lambda d: by_id("model-version").text == "local")
+    assert by_id("model-name").text == "playground-model"
+    by_id("prompt").send_keys("The meaning of life is")
+    for name, value in (("temperature", "0"), ("max_tokens", "12")):
+        by_id(name).clear()
+        by_id(name).send_keys(value)
+    by_id("generate").click()
+    wait_for(browser, lambda d: by_id("status").text.startswith("done"))
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    browser.save_screenshot(os.path.join(ARTIFACTS, "playground.png"))
+
+    shown = by_id("completion").text
+    _, expected = post_json(server.url + "/v1/completions",
+                            {"prompt": "The meaning of life is", "max_tokens": 12, "temperature": 0, "top_k": 40})
+    assert shown.strip() and shown.strip() == expected["choices"][0]["text"].strip()
+    assert "12 tokens" in by_id("status").text or "(stop)" in by_id("status").text
+    # Everything the page used came from this server (no CDN).
+    urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert urls and all(u.startswith(server.url) for u in urls), urls
+
+
+def test_bad_settings_show_the_servers_reason(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    by_id = lambda name: browser.find_element(By.ID, name)  # noqa: E731
+    wait_for(browser, lambda d: by_id("model-version").text == "local")
+    by_id("max_tokens").clear()
+    by_id("max_tokens").send_keys("500")
+    by_id("generate").click()
+    wait_for(browser, lambda d: by_id("status").text.startswith("error"))
+    assert "max_tokens = 500" in by_id("status").text and "context of 64" in by_id("status").text
+
+
+def test_docs_list_the_endpoints_offline(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/docs")
+    wait_for(browser, lambda d: "POST /v1/completions" in d.find_element(By.ID, "endpoints").text)
