@@ -1,5 +1,10 @@
 # The tfx-gpt2 image for Kubeflow Pipelines (pipelines/kubeflow_runner.py): the package and the
 # pinned stack on Python 3.10, with TFX's Kubeflow V2 entrypoint module available to `python -m`.
+# The same image serves a registered model (docs/serving.md):
+#
+#   docker run -p 8080:8080 -e MLFLOW_TRACKING_URI=http://mlflow:5000 REGISTRY/tfx-gpt2:0.1.0 \
+#     tfx-gpt2 serve models:/tfx-gpt2@champion --host 0.0.0.0 --port 8080
+#   readiness probe: GET /health (200 once compiled); liveness probe: GET /ping
 #
 #   docker build -t REGISTRY/tfx-gpt2:0.1.0 .                                  # CPU components
 #   docker build --build-arg TF_EXTRA=and-cuda -t REGISTRY/tfx-gpt2:0.1.0-gpu .  # the Trainer, on GPU nodes
@@ -23,6 +28,9 @@ COPY data data
 RUN python -m pip install "uv==0.13.9" \
     && uv pip install --system -c requirements/constraints-py310.txt ".[kfp]" \
     && if [ -n "$TF_EXTRA" ]; then uv pip install --system -c requirements/constraints-py310.txt "tensorflow[$TF_EXTRA]==2.16.2"; fi \
-    && python -c "import tfx_gpt2.pipeline, tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+    && python -c "import tfx_gpt2.pipeline, tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor" \
+    && python -c "import tfx_gpt2.serving.server as s; s.page('playground.html')"
+
+EXPOSE 8080
 
 # KubeflowV2DagRunner sets the command (python -m ...kubeflow_v2_run_executor) and the arguments.

@@ -240,11 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--max-batch-size", type=int, default=16, help="prompts generated together at most (16)")
-    s.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for more prompts after its first (5 ms)")
+    s.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="how long a batch waits, after its first prompt, for as many as the last batch had (20 ms)")
     s.add_argument("--max-queue", type=int, default=256,
                    help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
-    s.add_argument("--chunk-tokens", type=int, default=8, help="tokens per compiled decode call (8)")
+    s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
     s.add_argument("--length-buckets", default="",
                    help="cache sizes to compile, e.g. 128,512 (default: 128, 512 and the model's context)")
     s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")

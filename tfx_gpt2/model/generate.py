@@ -200,7 +200,7 @@ class RowSettings:
         return _choose(logits, seen, self.temperature, self.top_k, self.top_p, self.penalty, u)
 
 
-def prefill(model: GPT2, tokens, positions, key_mask, cache, start, slice_update: bool = True):
+def prefill(model: GPT2, tokens, positions, key_mask, cache, start, slice_update: bool = True, head=None):
     """Runs prompt tokens `(B, S)` into `cache` at slots `start ... start + S - 1`.
 
     A prompt may go in several chunks of S tokens (left-padded to a multiple of S), so one compiled
@@ -211,12 +211,14 @@ def prefill(model: GPT2, tokens, positions, key_mask, cache, start, slice_update
         positions, key_mask: `(B, T)` position of every cache slot, and False for padding slots.
         cache: the model's cache for T slots (`GPT2.empty_cache`).
         start: scalar int32 slot of the chunk's first token.
+        head: `wte` transposed, `(C, V)` (see `GPT2.forward`); computed here if None. A caller
+            that runs many chunks passes one copy: transposing costs as much as a decode step.
 
     Returns:
         `(logits, cache)`: the `(B, V)` logits after the chunk's last token, and the cache.
     """
     s = tf.shape(tokens)[1]
-    head = tf.transpose(model.wte)  # (C, V); see GPT2.forward
+    head = tf.transpose(model.wte) if head is None else head  # (C, V); see GPT2.forward
     chunk_positions = tf.gather(positions, start + tf.range(s), axis=1)
     logits, cache = model.forward(tokens, chunk_positions, key_mask, cache, start, last_only=True, head=head,
                                   slice_update=slice_update)
@@ -231,7 +233,8 @@ def seen_tokens(prompt_tokens, key_mask, n_vocab: int):
 
 
 def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
-           settings: RowSettings, uniforms, steps: int, eot_id: int, slice_update: bool = True):
+           settings: RowSettings, uniforms, steps: int, eot_id: int, slice_update: bool = True, head=None,
+           limit=None):
     """Chooses up to `steps` tokens per row, feeding each back through the model.
 
     Each step chooses a token from `logits` `(B, V)`, writes it at slot `prompt_len + step` and
@@ -250,6 +253,9 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
         prompt_len: scalar int32, the slots the (padded) prompts fill.
         uniforms: `(B, T)` float32; a row's i-th token samples with its column i.
         steps: the most steps this call takes (a Python int: the output's shape).
+        head: as for `prefill`.
+        limit: optional scalar int32, at most `steps`: stop after this many steps (a streaming
+            caller takes one step first, for a short time to first token, with the same program).
 
     Returns:
         `(new_tokens (B, steps), logits, cache, seen, done, count, step)`; `new_tokens` is -1
@@ -258,12 +264,13 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
     b = tf.shape(logits)[0]
     t = tf.shape(key_mask)[1]
     n_vocab = model.config.n_vocab
-    head = tf.transpose(model.wte)
+    head = tf.transpose(model.wte) if head is None else head
+    limit = steps if limit is None else tf.minimum(limit, steps)
     out = tf.fill([b, steps], -1)
 
     def cond(i, logits, cache, seen, done, count, step, out):
         room = prompt_len + step < t
-        return tf.logical_and(tf.logical_and(i < steps, room), tf.logical_not(tf.reduce_all(done)))
+        return tf.logical_and(tf.logical_and(i < limit, room), tf.logical_not(tf.reduce_all(done)))
 
     def body(i, logits, cache, seen, done, count, step, out):
         u = tf.gather(uniforms, tf.minimum(count, t - 1), batch_dims=1)
@@ -271,7 +278,8 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
         out = tf.where(tf.equal(tf.range(steps), i)[None, :], tf.where(done, -1, nxt)[:, None], out)
         count = count + tf.cast(tf.logical_not(done), tf.int32)
         done = done | (settings.stop_at_eot & tf.equal(nxt, eot_id)) | (count >= settings.max_new)
-        seen = tf.maximum(seen, tf.one_hot(nxt, n_vocab))
+        # Mark each row's new token: a scatter of B ones (a one-hot would rewrite all B x V).
+        seen = tf.tensor_scatter_nd_max(seen, tf.stack([tf.range(b), nxt], axis=1), tf.ones([b], seen.dtype))
         index = prompt_len + step  # the slot of the token just chosen
         position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
         logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True,

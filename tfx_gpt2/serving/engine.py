@@ -35,6 +35,10 @@ from tfx_gpt2.model.generate import SamplingConfig
 log = logging.getLogger("tfx_gpt2.serving")
 
 
+# Decode steps per call when no request in the batch streams (see `Request`).
+NON_STREAMING_CHUNK = 64
+
+
 class QueueFull(RuntimeError):
     """The engine's queue holds `max_queue` rows; the client should retry later (HTTP 503)."""
 
@@ -49,7 +53,9 @@ class EngineConfig:
 
     Attributes:
         max_batch_size: rows generated together at most.
-        max_wait_ms: after the first row arrives, how long to wait for more before starting.
+        max_wait_ms: after the first row arrives, how long to wait for more: for as many rows as
+            the last batch had (so a lone client never waits, and clients answered together are
+            batched together again).
         max_queue: rows waiting at most; beyond it `submit` raises `QueueFull` (HTTP 503).
         chunk_tokens: decode steps per compiled call (between streaming and cancellation checks).
         prefill_tokens: prompt tokens per prefill call (prompts are left-padded to a multiple).
@@ -58,9 +64,9 @@ class EngineConfig:
     """
 
     max_batch_size: int = 16
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 20.0
     max_queue: int = 256
-    chunk_tokens: int = 8
+    chunk_tokens: int = 16
     prefill_tokens: int = 32
     length_buckets: Tuple[int, ...] = ()
 
@@ -105,12 +111,16 @@ class Request:
 
     `emit(event)` is called from the engine thread with `("text", row, delta)` and
     `("done", row, finish_reason)` (see `tfx_gpt2.serving.server` for the asyncio side). Set
-    `cancelled` to stop its rows at the next step.
+    `cancelled` to stop its rows at the next check. A batch with a `stream` request hands out
+    text after the first token and then every `chunk_tokens`; a batch without one checks every
+    `NON_STREAMING_CHUNK` tokens (fewer calls: stop strings and cancellation are seen later, and
+    text past a stop string is cut).
     """
 
-    def __init__(self, rows: Sequence[Row], emit: Callable[[tuple], None]):
+    def __init__(self, rows: Sequence[Row], emit: Callable[[tuple], None], stream: bool = False):
         self.rows = list(rows)
         self.emit = emit
+        self.stream = stream
         self.cancelled = False
         self.created = time.monotonic()
 
@@ -177,6 +187,7 @@ class Engine:
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._busy = 0
+        self._last_batch = 1
         self._build_functions()
 
     # -- compiled programs --------------------------------------------------------------------
@@ -186,18 +197,35 @@ class Engine:
 
         from tfx_gpt2.model.generate import RowSettings, decode, prefill
 
-        model, eot, steps = self.model, self.eot_id, self.config.chunk_tokens
+        model, eot, steps = self.model, self.eot_id, max(self.config.chunk_tokens, NON_STREAMING_CHUNK)
+        # The output projection, transposed once (each program would otherwise transpose it per call).
+        head = tf.Variable(tf.transpose(model.wte), trainable=False, name="head")
 
         @tf.function(jit_compile=True, reduce_retracing=True)
         def prefill_fn(tokens, positions, key_mask, cache, start):
-            return prefill(model, tokens, positions, key_mask, cache, start)
+            return prefill(model, tokens, positions, key_mask, cache, start, head=head)
 
         @tf.function(jit_compile=True, reduce_retracing=True)
-        def decode_fn(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms):
+        def decode_fn(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms,
+                      limit):
             return decode(model, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
-                          RowSettings(*settings), uniforms, steps, eot)
+                          RowSettings(*settings), uniforms, steps, eot, head=head, limit=limit)
 
-        self._prefill, self._decode = prefill_fn, decode_fn
+        self._functions = {"prefill": prefill_fn, "decode": decode_fn}
+        self._concrete: Dict[tuple, object] = {}
+
+    def _call(self, kind: str, key: tuple, *args):
+        """Runs the compiled program of `kind` for bucket `key`. The concrete function is looked up
+        once per bucket: `tf.function`'s own dispatch costs milliseconds per call."""
+        import tensorflow as tf
+
+        fn = self._concrete.get((kind, key))
+        if fn is None:
+            specs = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)
+                                                                  if not tf.is_tensor(a) else a.dtype), args)
+            fn = self._concrete[(kind, key)] = self._functions[kind].get_concrete_function(*specs)
+            self.programs.add((kind,) + key)
+        return fn(*args)
 
     def warm_up(self) -> float:
         """Compiles every (batch bucket, length bucket) program; returns the seconds it took."""
@@ -255,8 +283,11 @@ class Engine:
         if first is None:
             return []
         batch = [first]
+        # Wait (at most max_wait_ms) only for as many rows as the last batch had: a lone client is
+        # not delayed, and clients that were answered together come back together.
+        expected = min(self.config.max_batch_size, max(self._last_batch, 1))
         deadline = time.monotonic() + self.config.max_wait_ms / 1000
-        while len(batch) < self.config.max_batch_size:
+        while len(batch) < self.config.max_batch_size and (len(batch) < expected or not self._queue.empty()):
             try:
                 slot = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -268,6 +299,7 @@ class Engine:
         with self._lock:
             self._waiting -= len(batch)
             self._busy = len(batch)
+        self._last_batch = len(batch)
         return batch
 
     def _run(self):
@@ -308,23 +340,27 @@ class Engine:
         need = p_len + max(s.row.config.max_new_tokens for s in slots)
         length = length or next(t for t in cfg.cache_buckets(self.n_ctx) if t >= need)
         tokens, positions, key_mask = _left_pad(prompts, p_len, length, self.eot_id)
+        positions, key_mask = tf.constant(positions), tf.constant(key_mask)  # converted once, used by every call
         configs = [s.row.config for s in slots] + [SamplingConfig(max_new_tokens=1, temperature=0.0)] * (batch - n_real)
         settings, uniforms = _row_settings(configs, length)
+        uniforms, prompt_len = tf.constant(uniforms), tf.constant(p_len, tf.int32)
         cache = self.model.empty_cache(batch, length)
         for start in range(0, p_len, chunk):
-            logits, cache = self._prefill(tokens[:, start:start + chunk], positions, key_mask, cache,
-                                          tf.constant(start, tf.int32))
-        self.programs.update({("prefill", batch, chunk, length)})
+            logits, cache = self._call("prefill", (batch, length), tokens[:, start:start + chunk], positions,
+                                       key_mask, cache, np.int32(start))
         seen = np.zeros((batch, self.model.config.n_vocab), np.float32)
         for i, p in enumerate(prompts):
             seen[i, p] = 1.0
         done = np.arange(batch) >= n_real
-        count, step = np.zeros(batch, np.int32), tf.constant(0, tf.int32)
+        streaming = any(s.request.stream for s in slots)
+        every = cfg.chunk_tokens if streaming else NON_STREAMING_CHUNK
+        count, step = np.zeros(batch, np.int32), np.int32(0)
+        limit = np.int32(1 if streaming else every)  # a stream's first token alone: a short time to first token
         while not done.all():
-            out, logits, cache, seen, done_t, count, step = self._decode(
-                logits, cache, seen, done, count, step, tf.constant(p_len, tf.int32), positions, key_mask,
-                settings, uniforms)
-            self.programs.add(("decode", batch, length))
+            out, logits, cache, seen, done_t, count, step = self._call(
+                "decode", (batch, length), logits, cache, seen, done, count, step, prompt_len, positions,
+                key_mask, settings, uniforms, limit)
+            limit = np.int32(every)
             done = done_t.numpy() | self._hand_out(slots, out.numpy())
             if int(step) + p_len >= length:
                 done[:] = True
@@ -333,37 +369,38 @@ class Engine:
                 self._finish(s, "length")
 
     def _hand_out(self, slots: List[_Slot], out: np.ndarray) -> np.ndarray:
-        """Sends each row's new text; returns which rows are now done (stop string, end of text,
-        limit reached, or cancelled)."""
+        """Sends each row's new text (one event per row and call); returns which rows are now done
+        (stop string, end of text, limit reached, or cancelled)."""
         done = np.zeros(out.shape[0], bool)
         now = time.monotonic()
         for i, s in enumerate(slots):
             row = s.row
-            if row.finish_reason is not None:
-                done[i] = True
-                continue
-            if s.request.cancelled:
+            if row.finish_reason is None and s.request.cancelled:
                 self._finish(s, "cancelled")
-                done[i] = True
-                continue
-            for t in out[i]:
-                if t < 0:
-                    break
-                if row.config.stop_at_eot and t == self.eot_id:
-                    self._finish(s, "stop")
-                    break
-                row.first_token_at = row.first_token_at or now
-                row.ids.append(int(t))
-                text, stopped = s.stream.push(self.tokenizer.decode_bytes([int(t)]))
-                self._send(s, text)
-                if stopped:
-                    self._finish(s, "stop", flush=False)
-                    break
-                if len(row.ids) >= row.config.max_new_tokens:
-                    self._finish(s, "length")
-                    break
+            if row.finish_reason is None:
+                self._take_tokens(s, [int(t) for t in out[i] if t >= 0], now)
             done[i] = row.finish_reason is not None
         return done
+
+    def _take_tokens(self, s: _Slot, tokens: List[int], now: float) -> None:
+        row, text, reason = s.row, "", None
+        for t in tokens:
+            if row.config.stop_at_eot and t == self.eot_id:
+                reason = "stop"
+                break
+            row.first_token_at = row.first_token_at or now
+            row.ids.append(t)
+            piece, stopped = s.stream.push(self.tokenizer.decode_bytes([t]))
+            text += piece
+            if stopped:
+                reason = "stop_string"
+                break
+            if len(row.ids) >= row.config.max_new_tokens:
+                reason = "length"
+                break
+        self._send(s, text)
+        if reason:
+            self._finish(s, "stop" if reason == "stop_string" else reason, flush=reason != "stop_string")
 
     def _send(self, slot: _Slot, text: str) -> None:
         if text:

@@ -105,7 +105,7 @@ class Api:
         protocol.check_fits(job, [len(i) for i in ids], current.n_ctx, field)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         rows = [Row(i, job.config) for i in ids]
-        req = Request(rows, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        req = Request(rows, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), stream=job.stream)
         try:
             current.engine.submit(req)
         except QueueFull as e:
@@ -135,7 +135,10 @@ class Api:
         try:
             while pending:
                 try:
-                    kind, row, payload = await asyncio.wait_for(call.events.get(), timeout=0.25)
+                    if call.events.empty():
+                        kind, row, payload = await asyncio.wait_for(call.events.get(), timeout=0.25)
+                    else:
+                        kind, row, payload = call.events.get_nowait()
                 except asyncio.TimeoutError:
                     if await http.is_disconnected():
                         raise _Refused(499, "the client disconnected") from None
