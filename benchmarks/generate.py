@@ -10,6 +10,7 @@ after one warm-up run (compilation) each; the best of `--repeats` runs counts.
 
 Printed: new tokens per second for each implementation, and the ratios
     cached / Hugging Face generate        (> 1: we are faster), eager and XLA-compiled
+    engine / Hugging Face XLA generate    the serving engine (`tfx-gpt2 serve`'s batches), called directly
     cached / our no-cache loop
 The peer's greedy tokens are checked to equal ours (same checkpoint, same algorithm).
 """
@@ -47,6 +48,28 @@ def hf_model(path):
                                                 tf_inputs=False)
 
 
+def serving_engine(model, tokenizer, args):
+    """The `tfx-gpt2 serve` engine with buckets for these batch sizes, compiled (not timed)."""
+    from tfx_gpt2.serving.engine import Engine, EngineConfig
+
+    largest = max(int(b) for b in args.batch_sizes.split(","))
+    engine = Engine(model, tokenizer, EngineConfig(max_batch_size=largest,
+                                                   length_buckets=(args.prompt_len + args.new_tokens + 8,)))
+    engine.warm_up()
+    return engine
+
+
+def engine_generate(engine, prompts, new_tokens):
+    """Greedy ids from the serving engine, called directly (no HTTP, no queue): one batch."""
+    from tfx_gpt2.model.generate import SamplingConfig
+    from tfx_gpt2.serving.engine import Request, Row, TextStream, _Slot
+
+    cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, stop_at_eot=False)
+    request = Request([Row(list(p), cfg) for p in prompts], lambda event: None)
+    engine._generate([_Slot(request, row, TextStream(())) for row in request.rows])
+    return [row.ids for row in request.rows]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="124M", help="model preset for the shape (default 124M)")
@@ -55,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peer")
+    parser.add_argument("--no-engine", action="store_true", help="skip the serving engine")
     args = parser.parse_args(argv)
 
     import keras
@@ -71,6 +95,7 @@ def main(argv=None):
     save_hf_checkpoint(GPT2(model_preset(args.model)), tmp, vocab_dir=official_vocab_dir())
     ours, tokenizer = load_checkpoint(tmp)
     gen = Generator(ours, tokenizer)
+    engine = serving_engine(ours, tokenizer, args) if not args.no_engine else None
     peer = None if args.no_hf else hf_model(tmp)
     hf_xla_generate = None if peer is None else tf.function(peer.generate, jit_compile=True)
     cfg = SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.0, stop_at_eot=False)
@@ -91,6 +116,10 @@ def main(argv=None):
         t_nocache = time.perf_counter() - t0
         assert ids_cache == ids_nocache, "cached and uncached greedy outputs differ"
         row = {"batch": batch, "cached": n_new / t_cache, "no_cache": n_new / t_nocache}
+        if engine is not None:
+            t_engine, ids_engine = best_time(args.repeats, engine_generate, engine, prompts, args.new_tokens)
+            assert ids_engine == ids_cache, "the serving engine's greedy tokens differ"
+            row["engine"] = n_new / t_engine
         if peer is not None:
             x = tf.constant(prompts, tf.int32)
             t_hf, out = best_time(args.repeats, peer.generate, x, max_new_tokens=args.new_tokens, do_sample=False,
@@ -107,12 +136,13 @@ def main(argv=None):
         rows.append(row)
 
     nan = float("nan")
-    print(f"{'batch':>5} {'cached tok/s':>13} {'no-cache tok/s':>15} {'HF tok/s':>10} {'HF XLA tok/s':>13} "
-          f"{'cached/HF':>10} {'cached/HF XLA':>14} {'cached/no-cache':>16}")
+    print(f"{'batch':>5} {'cached tok/s':>13} {'engine tok/s':>13} {'no-cache tok/s':>15} {'HF tok/s':>10} "
+          f"{'HF XLA tok/s':>13} {'cached/HF':>10} {'cached/HF XLA':>14} {'engine/HF XLA':>14} {'cached/no-cache':>16}")
     for r in rows:
-        hf, xla = r.get("hf", nan), r.get("hf_xla", nan)
-        print(f"{r['batch']:>5} {r['cached']:>13.1f} {r['no_cache']:>15.1f} {hf:>10.1f} {xla:>13.1f} "
-              f"{r['cached'] / hf:>10.2f} {r['cached'] / xla:>14.2f} {r['cached'] / r['no_cache']:>16.2f}")
+        hf, xla, eng = r.get("hf", nan), r.get("hf_xla", nan), r.get("engine", nan)
+        print(f"{r['batch']:>5} {r['cached']:>13.1f} {eng:>13.1f} {r['no_cache']:>15.1f} {hf:>10.1f} {xla:>13.1f} "
+              f"{r['cached'] / hf:>10.2f} {r['cached'] / xla:>14.2f} {eng / xla:>14.2f} "
+              f"{r['cached'] / r['no_cache']:>16.2f}")
     print("peers: transformers TFGPT2LMHeadModel.generate (use_cache=True), eager and compiled with XLA "
           "(tf.function(jit_compile=True)); same checkpoint, same environment")
     return rows

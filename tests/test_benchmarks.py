@@ -6,6 +6,8 @@ No timing is asserted here; the ratios are read from the scripts' output (see be
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
@@ -14,8 +16,8 @@ def test_generate_benchmark_smoke(capsys):
 
     rows = generate.main(["--model", "tiny", "--batch-sizes", "1,2", "--new-tokens", "4", "--repeats", "1"])
     assert [r["batch"] for r in rows] == [1, 2]
-    assert all(r["cached"] > 0 and r["no_cache"] > 0 and r["hf"] > 0 for r in rows)
-    assert "cached/HF" in capsys.readouterr().out
+    assert all(r["cached"] > 0 and r["no_cache"] > 0 and r["hf"] > 0 and r["engine"] > 0 for r in rows)
+    assert "engine/HF XLA" in capsys.readouterr().out
 
 
 def test_encode_benchmark_smoke(capsys):
@@ -40,3 +42,13 @@ def test_train_benchmark_smoke(capsys):
     assert row["ours"] > 0 and row["hf"] > 0 and 0 < row["mfu_ours"] < 1
     assert row["flops_per_token"] == 6 * (row["params"] - 64 * 64) + 12 * 2 * 64 * 64
     assert "6 N + 12 L T C" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_serve_benchmark_smoke(capsys):
+    import serve
+
+    rows = serve.main(["--clients", "2", "--duration", "2"])
+    assert [(r["server"], r["clients"]) for r in rows] == [("ours", 2), ("ours SSE", 2), ("mlflow", 2)]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["tok_s"] > 0 for r in rows)
+    assert "ours / MLflow" in capsys.readouterr().out

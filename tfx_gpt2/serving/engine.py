@@ -37,6 +37,8 @@ log = logging.getLogger("tfx_gpt2.serving")
 
 # Decode steps per call when no request in the batch streams (see `Request`).
 NON_STREAMING_CHUNK = 64
+# The small prefill chunk (see `EngineConfig.prefill_chunks`).
+SMALL_PREFILL = 8
 
 
 class QueueFull(RuntimeError):
@@ -59,8 +61,8 @@ class EngineConfig:
         max_queue: rows waiting at most; beyond it `submit` raises `QueueFull` (HTTP 503).
         chunk_tokens: decode steps per compiled call (between streaming and cancellation checks).
         prefill_tokens: prompt tokens per prefill call (prompts are left-padded to a multiple).
-        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 128,
-            512 and the model's context plus one prefill chunk, capped at the latter.
+        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 256 and
+            the model's context plus one prefill chunk, capped at the latter.
     """
 
     max_batch_size: int = 16
@@ -87,10 +89,16 @@ class EngineConfig:
     def prefill_chunk(self, n_ctx: int) -> int:
         return max(1, min(self.prefill_tokens, n_ctx // 2))
 
+    def prefill_chunks(self, n_ctx: int) -> Tuple[int, int]:
+        """(big, small): prompts are left-padded to a multiple of the small chunk and run in big
+        chunks, then small ones, so a short prompt costs a small chunk, not a big one."""
+        big = self.prefill_chunk(n_ctx)
+        return big, min(big, SMALL_PREFILL)
+
     def cache_buckets(self, n_ctx: int) -> List[int]:
         """The cache sizes; the largest holds any prompt and continuation that fit the context."""
         largest = n_ctx + self.prefill_chunk(n_ctx)
-        sizes = self.length_buckets or (128, 512)
+        sizes = self.length_buckets or (256,)
         return sorted({min(s, largest) for s in sizes} | {largest})
 
 
@@ -230,12 +238,13 @@ class Engine:
     def warm_up(self) -> float:
         """Compiles every (batch bucket, length bucket) program; returns the seconds it took."""
         t0 = time.perf_counter()
-        chunk = self.config.prefill_chunk(self.n_ctx)
+        big, small = self.config.prefill_chunks(self.n_ctx)
+        prompt = [self.eot_id] * (big + small if small < big else big)  # runs both prefill programs
         for length in self.config.cache_buckets(self.n_ctx):
             for batch in self.config.batch_buckets():
                 cfg = SamplingConfig(max_new_tokens=1, temperature=0.0)
-                self._generate([_Slot(Request([], lambda e: None), Row([self.eot_id] * chunk, cfg), TextStream(()))]
-                               * batch, length=length)
+                self._generate([_Slot(Request([], lambda e: None), Row(prompt, cfg), TextStream(()))] * batch,
+                               length=length)
         seconds = time.perf_counter() - t0
         log.info("compiled %d programs (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
                  self.config.batch_buckets(), self.config.cache_buckets(self.n_ctx), seconds)
@@ -333,10 +342,10 @@ class Engine:
         batch = next(b for b in cfg.batch_buckets() if b >= n_real)
         if self.on_batch and slots[0].request.rows:
             self.on_batch(n_real)
-        chunk = cfg.prefill_chunk(self.n_ctx)
+        big, small = cfg.prefill_chunks(self.n_ctx)
         prompts = [s.row.prompt_ids or [self.eot_id] for s in slots]
         prompts += [[self.eot_id]] * (batch - n_real)
-        p_len = -(-max(len(p) for p in prompts) // chunk) * chunk
+        p_len = -(-max(len(p) for p in prompts) // small) * small
         need = p_len + max(s.row.config.max_new_tokens for s in slots)
         length = length or next(t for t in cfg.cache_buckets(self.n_ctx) if t >= need)
         tokens, positions, key_mask = _left_pad(prompts, p_len, length, self.eot_id)
@@ -345,8 +354,8 @@ class Engine:
         settings, uniforms = _row_settings(configs, length)
         uniforms, prompt_len = tf.constant(uniforms), tf.constant(p_len, tf.int32)
         cache = self.model.empty_cache(batch, length)
-        for start in range(0, p_len, chunk):
-            logits, cache = self._call("prefill", (batch, length), tokens[:, start:start + chunk], positions,
+        for start, size in _chunks(p_len, big, small):
+            logits, cache = self._call("prefill", (batch, length, size), tokens[:, start:start + size], positions,
                                        key_mask, cache, np.int32(start))
         seen = np.zeros((batch, self.model.config.n_vocab), np.float32)
         for i, p in enumerate(prompts):
@@ -357,12 +366,15 @@ class Engine:
         count, step = np.zeros(batch, np.int32), np.int32(0)
         limit = np.int32(1 if streaming else every)  # a stream's first token alone: a short time to first token
         while not done.all():
+            before = int(step)
             out, logits, cache, seen, done_t, count, step = self._call(
                 "decode", (batch, length), logits, cache, seen, done, count, step, prompt_len, positions,
                 key_mask, settings, uniforms, limit)
             limit = np.int32(every)
             done = done_t.numpy() | self._hand_out(slots, out.numpy())
-            if int(step) + p_len >= length:
+            if int(step) + p_len >= length or int(step) == before:  # the cache is full (or no progress)
+                if int(step) == before and not done.all():
+                    log.error("a decode call made no progress (step %d, done %s); ending the batch", before, done)
                 done[:] = True
         for s in slots:
             if s.row.finish_reason is None:
@@ -416,6 +428,12 @@ class Engine:
         slot.request.emit(("done", slot.row, reason))
 
 
+def _chunks(p_len: int, big: int, small: int):
+    """(start, size) of the prefill calls for `p_len` slots: big chunks, then small ones."""
+    cut = p_len - p_len % big
+    return [(i, big) for i in range(0, cut, big)] + [(i, small) for i in range(cut, p_len, small)]
+
+
 def _left_pad(prompts: List[List[int]], p_len: int, length: int, pad_id: int):
     """Prompts left-padded to `p_len` tokens, and the positions and key mask of `length` slots."""
     from tfx_gpt2.model.generate import left_pad
@@ -442,6 +460,7 @@ def _row_settings(configs: Sequence[SamplingConfig], length: int):
 
 
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
-    """How many programs `warm_up` compiles: one prefill and one decode per bucket pair."""
+    """How many programs `warm_up` compiles: per (batch, cache) bucket pair, one decode program and
+    one prefill program per chunk size."""
     n = len(config.batch_buckets()) * len(config.cache_buckets(n_ctx))
-    return {"prefill": n, "decode": n}
+    return {"prefill": n * len(set(config.prefill_chunks(n_ctx))), "decode": n}
