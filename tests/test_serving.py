@@ -1,17 +1,15 @@
-"""The registered champion answering over HTTP.
+"""The registered champion answering over HTTP through `tfx-gpt2 serve`.
 
-`mlflow models serve` answers MLflow's formats (the reference); `tfx-gpt2 serve` answers the same
-bodies with the same greedy text, plus OpenAI's completions API (driven here by the `openai`
+It answers MLflow's bodies with the same greedy text as the champion's MLflow pyfunc (what
+`mlflow models serve` answers, tests/test_serving_mlflow.py), plus OpenAI's completions API (driven here by the `openai`
 client, streaming and not), Seldon's body, `/v1/models`, `/metrics` and `/health`; bad input of
 every kind gets a 4xx that names the field and the limit."""
 
 import json
-import os
-import subprocess
 import urllib.request
 
 import pytest
-from mlflow_helpers import BIN, OurServer, free_port, post_json, tiny_model_dir, wait_http
+from mlflow_helpers import OurServer, post_json, tiny_model_dir
 
 from tfx_gpt2.registry import push_model
 
@@ -25,40 +23,17 @@ def champion(mlflow_server, tmp_path_factory):
     return f"models:/{NAME}@champion"
 
 
-def start(argv, mlflow_server, tmp_path):
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri,
-                                 # `mlflow models serve` starts `uvicorn` from PATH, as in an activated venv
-                                 "PATH": BIN + os.pathsep + os.environ.get("PATH", "")})
-    return proc, log
-
-
-def stop(proc, log):
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
-    log.close()
-
-
-BAD_SETTINGS = [
-    ({"temperature": -1.0}, "temperature = -1.0 must be >= 0"),
-    ({"top_p": 1.5}, "top_p = 1.5 must be in (0, 1]"),
-    ({"top_p": 0.0}, "top_p = 0.0 must be in (0, 1]"),
-    ({"max_new_tokens": 100}, "max_new_tokens = 100 leaves no room for the prompt"),
-]
-
-
 @pytest.fixture(scope="module")
-def mlflow_serve(champion, mlflow_server, tmp_path_factory):
-    port = free_port()
-    proc, log = start([os.path.join(BIN, "mlflow"), "models", "serve", "-m", champion, "--env-manager", "local",
-                       "--host", "127.0.0.1", "-p", str(port)], mlflow_server, tmp_path_factory.mktemp("mlserve"))
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc, log)
+def reference(champion, mlflow_server, tmp_path_factory):
+    """The champion's pyfunc, loaded in this process: what `mlflow models serve` answers
+    (tests/test_serving_mlflow.py checks that server)."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=champion, tracking_uri=mlflow_server.uri,
+                                                dst_path=str(tmp_path_factory.mktemp("reference")))
+    model = mlflow.pyfunc.load_model(local)
+    return lambda prompts, params: {"predictions": list(model.predict(prompts, params=params))}
 
 
 @pytest.fixture(scope="module")
@@ -76,35 +51,12 @@ def client(our_serve):
     return openai.OpenAI(base_url=our_serve.url + "/v1", api_key="unused", max_retries=0)
 
 
-def test_mlflow_models_serve_answers_prompts(mlflow_serve):
-    greedy = {"max_new_tokens": 5, "temperature": 0.0}
-    status, body = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello", "The"], "params": greedy})
-    assert status == 200, body
-    texts = body["predictions"]
-    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
-    status, again = post_json(mlflow_serve + "/invocations",
-                              {"dataframe_records": [{"prompt": "Hello"}, {"prompt": "The"}], "params": greedy})
-    assert status == 200 and again["predictions"] == texts
-
-
-@pytest.mark.parametrize("settings,reason", BAD_SETTINGS)
-def test_mlflow_models_serve_rejects_bad_settings(mlflow_serve, settings, reason):
-    status, body = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello"], "params": settings})
-    assert status == 400 and reason in body["message"], body
-
-
-def test_mlflow_models_serve_cannot_read_seldon_bodies(mlflow_serve):
-    # Why `tfx-gpt2 serve` exists.
-    status, _ = post_json(mlflow_serve + "/invocations", {"data": {"ndarray": ["Hello"]}})
-    assert status == 400
-
-
 GREEDY = {"max_new_tokens": 5, "temperature": 0.0}
 
 
-def test_our_server_takes_seldon_and_mlflow_bodies(our_serve, mlflow_serve):
+def test_our_server_takes_seldon_and_mlflow_bodies(our_serve, reference):
     url = our_serve.url
-    _, reference = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello", "The"], "params": GREEDY})
+    reference = reference(["Hello", "The"], GREEDY)
     status, body = post_json(url + "/api/v1.0/predictions", {"data": {"ndarray": ["Hello", "The"]},
                                                              "parameters": GREEDY})
     assert status == 200 and body["data"]["ndarray"] == reference["predictions"], body
@@ -117,8 +69,8 @@ def test_our_server_takes_seldon_and_mlflow_bodies(our_serve, mlflow_serve):
         assert status == 200 and body["predictions"] == reference["predictions"], (request, body)
 
 
-def test_openai_client_completes_and_streams_the_same_text(our_serve, client, mlflow_serve):
-    _, reference = post_json(mlflow_serve + "/invocations", {"inputs": ["Hello", "The"], "params": GREEDY})
+def test_openai_client_completes_and_streams_the_same_text(our_serve, client, reference):
+    reference = reference(["Hello", "The"], GREEDY)
     done = client.completions.create(model=NAME, prompt=["Hello", "The"], max_tokens=5, temperature=0)
     assert [c.text for c in done.choices] == reference["predictions"]
     assert [c.index for c in done.choices] == [0, 1] and done.choices[0].finish_reason in ("stop", "length")

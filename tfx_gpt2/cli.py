@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
     s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
     s.add_argument("--length-buckets", default="",
-                   help="cache sizes to compile, e.g. 128,512 (default: 128, 512 and the model's context)")
+                   help="cache sizes to compile, e.g. 128,512 (default: 256 and the model's context + 32)")
     s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
     s.add_argument("--poll-seconds", type=float, default=30.0,
                    help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")

@@ -239,12 +239,15 @@ class Engine:
         """Compiles every (batch bucket, length bucket) program; returns the seconds it took."""
         t0 = time.perf_counter()
         big, small = self.config.prefill_chunks(self.n_ctx)
-        prompt = [self.eot_id] * (big + small if small < big else big)  # runs both prefill programs
+        cfg = SamplingConfig(max_new_tokens=1, temperature=0.0)
         for length in self.config.cache_buckets(self.n_ctx):
+            # A prompt of one small chunk, and one of a big chunk where the cache holds it: every
+            # prefill program a request of this cache size can use.
+            sizes = sorted({small} | ({big} if big < length else set()))
             for batch in self.config.batch_buckets():
-                cfg = SamplingConfig(max_new_tokens=1, temperature=0.0)
-                self._generate([_Slot(Request([], lambda e: None), Row(prompt, cfg), TextStream(()))] * batch,
-                               length=length)
+                for size in sizes:
+                    row = Row([self.eot_id] * size, cfg)
+                    self._generate([_Slot(Request([], lambda e: None), row, TextStream(()))] * batch, length=length)
         seconds = time.perf_counter() - t0
         log.info("compiled %d programs (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
                  self.config.batch_buckets(), self.config.cache_buckets(self.n_ctx), seconds)
@@ -462,5 +465,7 @@ def _row_settings(configs: Sequence[SamplingConfig], length: int):
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
     """How many programs `warm_up` compiles: per (batch, cache) bucket pair, one decode program and
     one prefill program per chunk size."""
-    n = len(config.batch_buckets()) * len(config.cache_buckets(n_ctx))
-    return {"prefill": n * len(set(config.prefill_chunks(n_ctx))), "decode": n}
+    big, small = config.prefill_chunks(n_ctx)
+    batches, lengths = len(config.batch_buckets()), config.cache_buckets(n_ctx)
+    prefill = sum(len({small} | ({big} if big < length else set())) for length in lengths)
+    return {"prefill": batches * prefill, "decode": batches * len(lengths)}
