@@ -187,6 +187,30 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="serve a model over HTTP: OpenAI completions, MLflow's and Seldon's formats, "
+                                     "a playground at /, Prometheus metrics")
+    s.add_argument("model_uri", nargs="?", help="models:/NAME@ALIAS (followed when the alias moves), "
+                                               "models:/NAME/VERSION, runs:/RUN_ID/model, or a model directory")
+    s.add_argument("--model-uri", "-m", dest="model_uri_flag", help="the same, as a flag")
+    s.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--max-batch-size", type=int, default=16, help="prompts generated together at most (16)")
+    s.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="how long a batch waits, after its first prompt, for as many as the last batch had (20 ms)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
+    s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
+    s.add_argument("--length-buckets", default="",
+                   help="cache sizes to compile, e.g. 128,512 (default: 256 and the model's context + 32)")
+    s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
+    s.add_argument("--poll-seconds", type=float, default=30.0,
+                   help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")
+    s.add_argument("--log-prompts", action="store_true", help="put prompts and completions in the request log")
+    s.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tfx-gpt2", description="GPT-2 models made with tfx-gpt2.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,27 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("files", nargs="+", help="UTF-8 text files; all of them are read")
     t.set_defaults(func=cmd_train_vocab)
 
-    s = sub.add_parser("serve", help="serve a model over HTTP: OpenAI completions, MLflow's and Seldon's formats, "
-                                     "a playground at /, Prometheus metrics")
-    s.add_argument("model_uri", nargs="?", help="models:/NAME@ALIAS (followed when the alias moves), "
-                                               "models:/NAME/VERSION, runs:/RUN_ID/model, or a model directory")
-    s.add_argument("--model-uri", "-m", dest="model_uri_flag", help="the same, as a flag")
-    s.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--max-batch-size", type=int, default=16, help="prompts generated together at most (16)")
-    s.add_argument("--max-wait-ms", type=float, default=20.0,
-                   help="how long a batch waits, after its first prompt, for as many as the last batch had (20 ms)")
-    s.add_argument("--max-queue", type=int, default=256,
-                   help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
-    s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
-    s.add_argument("--length-buckets", default="",
-                   help="cache sizes to compile, e.g. 128,512 (default: 256 and the model's context + 32)")
-    s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
-    s.add_argument("--poll-seconds", type=float, default=30.0,
-                   help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")
-    s.add_argument("--log-prompts", action="store_true", help="put prompts and completions in the request log")
-    s.set_defaults(func=cmd_serve)
+    _add_serve_parser(sub)
     return parser
 
 
