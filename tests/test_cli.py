@@ -84,3 +84,18 @@ def test_text_commands_report_errors(tmp_path, capsys):
     assert "integer ids" in capsys.readouterr().err
     assert main(["encode", "--vocab", str(tmp_path), str(tmp_path / "ids.txt")]) == 2
     assert "has no encoder.json" in capsys.readouterr().err
+
+
+def test_serve_refuses_credentials_in_the_tracking_uri_and_bad_engine_settings(capsys, monkeypatch):
+    from tfx_gpt2.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["serve", "models:/m@champion", "--tracking-uri", "http://alice:s3cret@mlflow:5000"]) == 2
+    err = capsys.readouterr().err
+    assert "credentials" in err and "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:hunter2@mlflow:5000")
+    assert main(["serve", "models:/m@champion"]) == 2 and "credentials" in capsys.readouterr().err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert main(["serve", "models:/m@champion", "--max-batch-size", "0"]) == 2
+    assert "max_batch_size = 0 must be >= 1" in capsys.readouterr().err
+    assert main(["serve"]) == 2 and "give the model to serve" in capsys.readouterr().err

@@ -163,7 +163,7 @@ def cmd_train_vocab(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import os
+    import urllib.parse
 
     from tfx_gpt2.serving.engine import EngineConfig
     from tfx_gpt2.serving.server import ServeConfig, serve
@@ -171,6 +171,12 @@ def cmd_serve(args) -> int:
     uri = args.model_uri or args.model_uri_flag
     if not uri:
         print("error: give the model to serve, e.g. tfx-gpt2 serve models:/tfx-gpt2-local@champion", file=sys.stderr)
+        return 2
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if urllib.parse.urlsplit(tracking_uri).password or urllib.parse.urlsplit(tracking_uri).username:
+        # They would show in the process list and in any error that quotes the URI.
+        print("error: the tracking URI contains credentials; pass it without them and set MLFLOW_TRACKING_USERNAME /"
+              " MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead.", file=sys.stderr)
         return 2
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
