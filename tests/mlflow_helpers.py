@@ -120,3 +120,14 @@ class OurServer:
             os.killpg(self.proc.pid, 15)
             self.proc.wait(60)
         self.log.close()
+
+
+def register_tiny(tracking_uri: str, path: str, name: str, key: str = "serve-1", seed: int = 0, **shape) -> str:
+    """Registers a tiny random model (see `tiny_model_dir`) as a blessed version of `name`; its
+    `models:/NAME@champion` URI."""
+    from tfx_gpt2.registry import push_model
+
+    model_dir = tiny_model_dir(path, seed=seed, **shape)
+    push_model(tracking_uri=tracking_uri, experiment_name=name, registered_model_name=name, model_dir=model_dir,
+               model_key=key, params={}, history=[], eval_metrics={}, blessed=True)
+    return f"models:/{name}@champion"

@@ -9,18 +9,13 @@ import json
 import urllib.request
 
 import pytest
-from mlflow_helpers import OurServer, post_json, tiny_model_dir
-
-from tfx_gpt2.registry import push_model
+from mlflow_helpers import OurServer, post_json, register_tiny
 
 NAME = "serving-test"
 
 @pytest.fixture(scope="module")
 def champion(mlflow_server, tmp_path_factory):
-    model_dir = tiny_model_dir(str(tmp_path_factory.mktemp("serve") / "m"))
-    push_model(tracking_uri=mlflow_server.uri, experiment_name=NAME, registered_model_name=NAME,
-               model_dir=model_dir, model_key="serve-1", params={}, history=[], eval_metrics={}, blessed=True)
-    return f"models:/{NAME}@champion"
+    return register_tiny(mlflow_server.uri, str(tmp_path_factory.mktemp("serve") / "m"), NAME)
 
 
 @pytest.fixture(scope="module")

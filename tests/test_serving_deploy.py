@@ -8,17 +8,13 @@ import threading
 import time
 import urllib.request
 
-from mlflow_helpers import OurServer, tiny_model_dir
-
-from tfx_gpt2.registry import push_model
+from mlflow_helpers import OurServer, register_tiny
 
 NAME = "deploy-test"
 
 
 def register(mlflow_server, tmp_path, key, seed, **shape):
-    model_dir = tiny_model_dir(str(tmp_path / key), seed=seed, **shape)
-    push_model(tracking_uri=mlflow_server.uri, experiment_name=NAME, registered_model_name=NAME,
-               model_dir=model_dir, model_key=key, params={}, history=[], eval_metrics={}, blessed=True)
+    register_tiny(mlflow_server.uri, str(tmp_path / key), NAME, key=key, seed=seed, **shape)
 
 
 def complete(url, prompt="Hello", max_tokens=8, stream=False):

@@ -5,19 +5,14 @@ import os
 import subprocess
 
 import pytest
-from mlflow_helpers import BIN, free_port, post_json, tiny_model_dir, wait_http
-
-from tfx_gpt2.registry import push_model
+from mlflow_helpers import BIN, free_port, post_json, register_tiny, wait_http
 
 NAME = "serving-mlflow-test"
 
 
 @pytest.fixture(scope="module")
 def champion(mlflow_server, tmp_path_factory):
-    model_dir = tiny_model_dir(str(tmp_path_factory.mktemp("serve") / "m"))
-    push_model(tracking_uri=mlflow_server.uri, experiment_name=NAME, registered_model_name=NAME,
-               model_dir=model_dir, model_key="serve-1", params={}, history=[], eval_metrics={}, blessed=True)
-    return f"models:/{NAME}@champion"
+    return register_tiny(mlflow_server.uri, str(tmp_path_factory.mktemp("serve") / "m"), NAME)
 
 
 def start(argv, mlflow_server, tmp_path):

@@ -99,12 +99,13 @@ def model_dir_of(pinned: str) -> str:
                          "MLflow model (MLmodel with a model_dir artifact)")
 
 
-def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None) -> Served:
-    """Resolves, loads and compiles `uri`; the engine is started."""
+def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None,
+         resolved: Optional[Tuple[str, str, str]] = None) -> Served:
+    """Resolves (unless `resolved` is given), loads and compiles `uri`; the engine is started."""
     from tfx_gpt2.model.io import load_model_dir
     from tfx_gpt2.text.bpe import BPETokenizer
 
-    name, version, pinned = resolve(uri)
+    name, version, pinned = resolved or resolve(uri)
     path = model_dir_of(pinned)
     model, tokenizer = load_model_dir(path), BPETokenizer.from_dir(path)
     engine = Engine(model, tokenizer, engine_config, on_batch=on_batch)
@@ -160,12 +161,13 @@ class Deployment:
     def check_alias(self) -> bool:
         """Switches to the alias's version if it moved; True if it did."""
         try:
-            name, version, _ = resolve(self.uri)
+            resolved = resolve(self.uri)
+            version = resolved[1]
             if self.current is not None and version == self.current.version:
                 return False
             log.info("%s now points at version %s; loading it beside version %s", self.uri, version,
                      self.current.version if self.current else None)
-            self._switch(load(self.uri, self.engine_config, self.on_batch))
+            self._switch(load(self.uri, self.engine_config, self.on_batch, resolved=resolved))
             return True
         except Exception as e:  # a registry outage must not stop the model being served
             log.warning("checking %s failed (still serving version %s): %s", self.uri,

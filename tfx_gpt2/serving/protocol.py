@@ -24,6 +24,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tfx_gpt2.model.generate import SamplingConfig
 
+# MLflow's and Seldon's parameter names and defaults: the pyfunc signature's.
+from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS as MLFLOW_DEFAULTS
+
 # Abuse limits, stated once; each error message names the limit it hit.
 MAX_PROMPTS = 32  # prompts per request
 MAX_BODY_BYTES = 1_000_000
@@ -33,9 +36,6 @@ MAX_TEMPERATURE = 10.0
 MAX_PENALTY = 10.0
 MAX_SEED = 2**31 - 1
 
-# MLflow's and Seldon's parameter names (the pyfunc signature's) and their defaults.
-MLFLOW_DEFAULTS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "top_p": 1.0,
-                   "repetition_penalty": 1.0, "seed": -1}
 
 
 class BadRequest(ValueError):
