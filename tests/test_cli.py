@@ -95,6 +95,10 @@ def test_serve_refuses_credentials_in_the_tracking_uri_and_bad_engine_settings(c
     assert "credentials" in err and "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:hunter2@mlflow:5000")
     assert main(["serve", "models:/m@champion"]) == 2 and "credentials" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000/?access_token=t0ps3cret")
+    assert main(["serve", "models:/m@champion"]) == 2
+    err = capsys.readouterr().err
+    assert "access_token=***" in err and "t0ps3cret" not in err
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert main(["serve", "models:/m@champion", "--max-batch-size", "0"]) == 2
     assert "max_batch_size = 0 must be >= 1" in capsys.readouterr().err

@@ -163,6 +163,18 @@ def test_printed_ui_commands_serve_the_results(runs):
             p.wait(30)
 
 
+def test_each_run_reads_back_its_own_results(all_runs):
+    """Read after later runs registered other versions, a run's summary is still its own."""
+    from tfx_gpt2.local import summarize
+
+    out, first, second, worse, rescored = all_runs
+    assert len({first["run_id"], second["run_id"], worse["run_id"], rescored["run_id"]}) == 4
+    again = summarize(layout(out), first["run_id"])
+    assert (again["model_version"], again["mlflow_run_id"]) == (first["model_version"], first["mlflow_run_id"])
+    assert summarize(layout(out), worse["run_id"])["model_version"] == worse["model_version"] == 2
+    assert set(again["executions"].values()) == {"COMPLETE"}
+
+
 def test_champion_moves_only_to_a_better_model(all_runs):
 
     out, first, _, worse, _ = all_runs

@@ -41,3 +41,9 @@ def test_blessing_decision():
     assert blessing_decision(48.9, 100.0, champion_perplexity=50.0, min_improvement=0.02)[0]
     with pytest.raises(ValueError, match="min_improvement = 1.5"):
         blessing_decision(1.0, 2.0, 1.0, min_improvement=1.5)
+    # The unigram baseline on the same tokens: the model (554.73 against 533.29) is refused.
+    blessed, reason = blessing_decision(554.73, 1e9, baseline_perplexity=533.29)
+    assert not blessed and "not below the unigram baseline's 533.290" in reason and "beat_baseline=False" in reason
+    blessed, reason = blessing_decision(500.0, 1e9, baseline_perplexity=533.29)
+    assert blessed and "< unigram baseline 533.290" in reason
+    assert not blessing_decision(500.0, 1e9, champion_perplexity=400.0, baseline_perplexity=533.29)[0]

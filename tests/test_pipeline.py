@@ -43,6 +43,19 @@ def test_presets_and_configs_are_accepted():
 def test_credentials_in_tracking_uri_are_refused():
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD"):
         build(mlflow_tracking_uri="https://alice:s3cret@mlflow.example.com")
+    for uri in ("http://mlflow:5000/?token=t0ps3cret", "https://mlflow.example.com/api?x=1&Access_Token=t0ps3cret",
+                "http://mlflow:5000/?sig=t0ps3cret"):
+        with pytest.raises(ConfigError, match="query string .*=\\*\\*\\*.*MLFLOW_TRACKING_TOKEN") as info:
+            build(mlflow_tracking_uri=uri)
+        assert "t0ps3cret" not in str(info.value)
+    build(mlflow_tracking_uri="http://mlflow:5000/?x=1")  # a harmless query string is kept
+
+
+def test_redacted_uris_drop_user_password_and_query():
+    from tfx_gpt2.registry import redact_uri
+
+    assert redact_uri("https://alice:pw@mlflow:5000/a?token=t") == "https://mlflow:5000/a"
+    assert redact_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
 
 
 def test_bad_split_ratio_is_named():

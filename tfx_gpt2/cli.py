@@ -67,11 +67,18 @@ def _generate_with_savedmodel(path: str, prompts: List[str], config) -> List[str
 
 
 def cmd_generate(args) -> int:
-    from tfx_gpt2.model.checkpoints import detect_format, load_checkpoint
+    from tfx_gpt2.model.checkpoints import detect_format, load_checkpoint, read_checkpoint_config
     from tfx_gpt2.model.generate import Generator
 
     config = _sampling_config(args)
-    if detect_format(args.model) == "savedmodel":
+    fmt = detect_format(args.model)
+    if fmt != "savedmodel":  # checked before the (slow) load
+        n_ctx = read_checkpoint_config(args.model).n_ctx
+        if config.max_new_tokens >= n_ctx:
+            print(f"error: --max-new-tokens = {config.max_new_tokens} leaves no room for the prompt in the model's "
+                  f"context of {n_ctx} tokens; ask for at most {n_ctx - 1}.", file=sys.stderr)
+            return 2
+    if fmt == "savedmodel":
         texts = _generate_with_savedmodel(args.model, args.prompt, config)
     else:
         model, tokenizer = load_checkpoint(args.model)
@@ -163,8 +170,8 @@ def cmd_train_vocab(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import urllib.parse
-
+    from tfx_gpt2.config import ConfigError
+    from tfx_gpt2.pipeline_config import check_tracking_uri
     from tfx_gpt2.serving.engine import EngineConfig
     from tfx_gpt2.serving.server import ServeConfig, serve
 
@@ -173,10 +180,10 @@ def cmd_serve(args) -> int:
         print("error: give the model to serve, e.g. tfx-gpt2 serve models:/tfx-gpt2-local@champion", file=sys.stderr)
         return 2
     tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if urllib.parse.urlsplit(tracking_uri).password or urllib.parse.urlsplit(tracking_uri).username:
-        # They would show in the process list and in any error that quotes the URI.
-        print("error: the tracking URI contains credentials; pass it without them and set MLFLOW_TRACKING_USERNAME /"
-              " MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead.", file=sys.stderr)
+    try:  # credentials would show in the process list and in any error that quotes the URI
+        check_tracking_uri(tracking_uri, "the tracking URI")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -209,7 +216,7 @@ def _add_serve_parser(sub) -> None:
                    help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
     s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
     s.add_argument("--length-buckets", default="",
-                   help="cache sizes to compile, e.g. 128,512 (default: 256 and the model's context + 32)")
+                   help="cache sizes to compile, e.g. 128,512 (default: 64, 256 and the model's context + 32)")
     s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
     s.add_argument("--poll-seconds", type=float, default=30.0,
                    help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")

@@ -192,6 +192,8 @@ class TrainConfig:
             configured by `TF_CONFIG`).
         checkpoint_every: save a resumable checkpoint (weights, optimizer, step, data position)
             every this many steps (0: never); a run given the same checkpoint directory resumes.
+        checkpoint_every_seconds: also save one when this many seconds passed since the last
+            (0: never), so a killed run loses at most that much work whatever the step count.
         keep_checkpoints: checkpoints kept on disk.
         samples_every: continue each of `sample_prompts` at every evaluation and at the end (-1,
             the default), every this many steps and at the end (> 0), or never (0). Samples go to
@@ -225,6 +227,7 @@ class TrainConfig:
     xla: bool = True
     distribution: str = "auto"
     checkpoint_every: int = 500
+    checkpoint_every_seconds: float = 300.0
     keep_checkpoints: int = 3
     samples_every: int = -1
     sample_prompts: Tuple[str, ...] = ("\n", "The", "In Python,")
@@ -244,9 +247,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"TrainConfig.{name} = {getattr(self, name)!r}; choose one of {list(allowed)}.")
-        if self.epochs < 0 or self.early_stopping_patience < 0 or self.checkpoint_every < 0:
-            raise ConfigError("TrainConfig.epochs, early_stopping_patience and checkpoint_every must not be negative "
-                              "(0 turns each off).")
+        if (self.epochs < 0 or self.early_stopping_patience < 0 or self.checkpoint_every < 0
+                or not self.checkpoint_every_seconds >= 0):
+            raise ConfigError("TrainConfig.epochs, early_stopping_patience, checkpoint_every and "
+                              "checkpoint_every_seconds must not be negative (0 turns each off).")
         if self.samples_every < -1:
             raise ConfigError(f"TrainConfig.samples_every = {self.samples_every}; use -1 (at every evaluation), "
                               "0 (never) or a number of steps.")
@@ -275,7 +279,7 @@ TRAIN_PRESETS: Dict[str, TrainConfig] = {
     # About a minute on a 2-core CPU with the `tiny` model on the bundled corpus.
     "tiny": TrainConfig(
         batch_size=16, max_steps=160, learning_rate=3e-3, min_learning_rate=3e-4, warmup_steps=16,
-        eval_every=80, eval_batches=8, log_every=20, shuffle_buffer=2048,
+        eval_every=80, eval_batches=8, log_every=20, shuffle_buffer=2048, checkpoint_every_seconds=15.0,
     ),
     "finetune": TrainConfig(
         batch_size=8, max_steps=2000, learning_rate=1e-4, min_learning_rate=1e-5, warmup_steps=100,

@@ -6,6 +6,8 @@ Outputs go under the settings' `output_dir` in the layout of `tfx_gpt2.pipeline_
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import glob
 import json
 import os
@@ -26,15 +28,124 @@ def metadata_config(path: str):
     return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
 
 
-def run_local(pipeline) -> None:
-    """Runs a pipeline from `create_pipeline()` with TFX's BeamDagRunner."""
+def new_run_id() -> str:
+    """A pipeline run id (TFX's timestamp format, plus the process id: two runs started in the
+    same microsecond by two processes still differ)."""
+    return f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S.%f')}-{os.getpid()}"
+
+
+def run_local(pipeline, run_id: str = "") -> str:
+    """Runs a pipeline from `create_pipeline()` with TFX's BeamDagRunner as run `run_id` (the
+    name of its `pipeline_run` context in ML Metadata; a new one by default); returns the run id.
+
+    While it runs, the process holds `run_lock(...)` of the run; executions of earlier runs of the
+    pipeline that are still RUNNING although no process holds their run's lock (the process was
+    killed) are marked CANCELED first (`cancel_dead_executions`)."""
+    from tfx.dsl.compiler import constants
     from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+    from tfx.orchestration.portable import runtime_parameter_utils
 
-    BeamDagRunner().run(pipeline)
+    run_id = run_id or new_run_id()
+
+    class Runner(BeamDagRunner):
+        def run_with_ir(self, ir, run_options=None):
+            runtime_parameter_utils.substitute_runtime_parameter(
+                ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+            return super().run_with_ir(ir, run_options)
+
+    config = pipeline.metadata_connection_config
+    with run_lock(config, run_id):
+        if config is not None and config.HasField("sqlite"):
+            cancel_dead_executions(config, pipeline.pipeline_info.pipeline_name, run_id)
+        Runner().run(pipeline)
+    return run_id
 
 
-def _latest(store, type_name: str, context_id: int):
-    artifacts = [a for a in store.get_artifacts_by_context(context_id) if a.type == type_name]
+def _lock_dir(config) -> Optional[str]:
+    """Where the run locks of an ML Metadata sqlite store live (None for other stores)."""
+    if config is None or not config.HasField("sqlite"):
+        return None
+    return config.sqlite.filename_uri + ".runs"
+
+
+@contextlib.contextmanager
+def run_lock(config, run_id: str):
+    """Holds an exclusive lock named after the run beside the ML Metadata store while the run
+    lives; the system releases it when the process dies, however it dies."""
+    import fcntl
+
+    folder = _lock_dir(config)
+    if folder is None:
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, run_id + ".lock")
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+    os.remove(path)
+
+
+def _run_is_alive(folder: str, run_id: str) -> bool:
+    import fcntl
+
+    path = os.path.join(folder, run_id + ".lock")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def cancel_dead_executions(config, pipeline_name: str, run_id: str) -> List[int]:
+    """Marks CANCELED the executions of `pipeline_name` left RUNNING by runs whose process died
+    (no process holds the run's lock), with `superseded_by` = `run_id`; returns their ids."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    folder = _lock_dir(config)
+    store = metadata_store.MetadataStore(config)
+    running = metadata_store_pb2.Execution.RUNNING
+    cancelled = []
+    for run in _pipeline_runs(store, pipeline_name):
+        if run.name == run_id or _run_is_alive(folder, run.name):
+            continue
+        for execution in store.get_executions_by_context(run.id):
+            if execution.last_known_state != running:
+                continue
+            execution.last_known_state = metadata_store_pb2.Execution.CANCELED
+            execution.custom_properties["superseded_by"].string_value = run_id
+            execution.custom_properties["cancel_reason"].string_value = (
+                f"run {run.name} ended without finishing this execution (its process died)")
+            store.put_execution(execution, [], [])
+            cancelled.append(execution.id)
+            logger.warning("marked execution %d (%s) of dead run %s CANCELED", execution.id, execution.type, run.name)
+    return cancelled
+
+
+def _pipeline_runs(store, pipeline_name: str):
+    return [c for c in store.get_contexts_by_type("pipeline_run")
+            if any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(c.id))]
+
+
+def _latest(store, type_name: str, context_id: int, run_context=None):
+    """The newest artifact of `type_name` in the pipeline (in its run `run_context`, when given:
+    what that run's executions produced or reused)."""
+    if run_context is None:
+        artifacts = store.get_artifacts_by_context(context_id)
+    else:
+        executions = [e.id for e in store.get_executions_by_context(run_context.id)]
+        events = store.get_events_by_execution_ids(executions) if executions else []
+        ids = sorted({e.artifact_id for e in events if e.type in (e.OUTPUT, e.DECLARED_OUTPUT)})
+        artifacts = store.get_artifacts_by_id(ids) if ids else []
+    artifacts = [a for a in artifacts if a.type == type_name]
     return max(artifacts, key=lambda a: a.id) if artifacts else None
 
 
@@ -46,12 +157,12 @@ def _props(artifact) -> Dict[str, object]:
     return out
 
 
-def execution_states(store, pipeline_name: str) -> Dict[str, str]:
-    """Component id -> state ('COMPLETE', 'CACHED', 'FAILED', ...) in the latest run of the pipeline."""
+def execution_states(store, pipeline_name: str, run_id: str = "") -> Dict[str, str]:
+    """Component id -> state ('COMPLETE', 'CACHED', 'FAILED', ...) in run `run_id` of the
+    pipeline (default: its latest run)."""
     from ml_metadata.proto import metadata_store_pb2
 
-    runs = [c for c in store.get_contexts_by_type("pipeline_run")
-            if any(p.name == pipeline_name for p in store.get_parent_contexts_by_context(c.id))]
+    runs = [c for c in _pipeline_runs(store, pipeline_name) if not run_id or c.name == run_id]
     if not runs:
         return {}
     latest = max(runs, key=lambda c: c.id)
@@ -108,24 +219,28 @@ def data_summary(store, context_id: int) -> Dict[str, object]:
     return out
 
 
-def summarize(layout: OutputLayout) -> Dict[str, object]:
-    """What the latest run of the pipeline registered and measured, read from ML Metadata."""
+def summarize(layout: OutputLayout, run_id: str = "") -> Dict[str, object]:
+    """What run `run_id` of the pipeline (default: the latest artifacts of any run) registered and
+    measured, read from ML Metadata."""
     from ml_metadata.metadata_store import metadata_store
 
     store = metadata_store.MetadataStore(metadata_config(layout.metadata_path))
     context = store.get_context_by_type_and_name("pipeline", layout.pipeline_name)
     if context is None:
         raise RuntimeError(f"ML Metadata at {layout.metadata_path} has no pipeline {layout.pipeline_name!r}.")
-    pushed = _latest(store, "PushedModel", context.id)
-    evaluation = _latest(store, "ModelEvaluation", context.id)
-    model_run = _latest(store, "ModelRun", context.id)
-    blessing = _latest(store, "ModelBlessing", context.id)
+    run = store.get_context_by_type_and_name("pipeline_run", run_id) if run_id else None
+    if run_id and run is None:
+        raise RuntimeError(f"ML Metadata at {layout.metadata_path} has no run {run_id!r}.")
+    pushed, evaluation, model_run, blessing = (_latest(store, t, context.id, run) for t in (
+        "PushedModel", "ModelEvaluation", "ModelRun", "ModelBlessing"))
     if pushed is None or evaluation is None:
         raise RuntimeError("the pipeline has not pushed a model yet; did the run fail?")
-    summary = {**_props(pushed), **_props(evaluation)}
-    summary["blessed"] = bool(_props(blessing).get("blessed")) if blessing else False
+    summary = {**_props(evaluation), **_props(pushed)}
+    # The decision the push acted on (the pusher decides again when the champion moved meanwhile).
+    summary["blessed"] = bool(summary.get("blessed", _props(blessing).get("blessed") if blessing else False))
+    summary["reason"] = summary.get("blessing_reason") or summary.get("reason")
     summary["tensorboard_logdir"] = model_run.uri if model_run else None
-    summary["executions"] = execution_states(store, layout.pipeline_name)
+    summary["executions"] = execution_states(store, layout.pipeline_name, run_id)
     summary["data"] = data_summary(store, context.id)
     return summary
 
@@ -200,7 +315,7 @@ def run_and_report(settings: PipelineSettings, data: Optional[DataConfig] = None
     layout = settings.layout.create()
     pipeline = settings.create_pipeline(metadata_config(layout.metadata_path), data, training, registry)
     logger.info("running pipeline %r with Beam; outputs in %s", settings.pipeline_name, layout.output_dir)
-    run_local(pipeline)
-    summary = summarize(layout)
+    run_id = run_local(pipeline)
+    summary = {**summarize(layout, run_id), "run_id": run_id}
     print(report(summary), flush=True)
     return summary

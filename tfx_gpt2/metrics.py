@@ -49,22 +49,29 @@ def blessing_decision(
     threshold: float,
     champion_perplexity: Optional[float] = None,
     min_improvement: float = 0.0,
+    baseline_perplexity: Optional[float] = None,
 ) -> Tuple[bool, str]:
     """Whether a candidate model is blessed, and the reason in words.
 
-    Blessed only if its perplexity is below `threshold` and, when there is a champion (the model
-    in production) scored on the same tokens, below `champion_perplexity * (1 - min_improvement)`
-    (`min_improvement=0.01`: at least 1% lower). The first model is held to the threshold alone.
+    Blessed only if its perplexity is below `threshold`, below `baseline_perplexity` when given
+    (the unigram baseline on the same tokens: a model that does not beat token frequencies learned
+    nothing from context), and, when there is a champion (the model in production) scored on the
+    same tokens, below `champion_perplexity * (1 - min_improvement)` (`min_improvement=0.01`: at
+    least 1% lower). The first model is held to the threshold and the baseline.
     """
     check_min_improvement(min_improvement)
     if not perplexity < threshold:
         return False, f"eval perplexity {perplexity:.3f} >= threshold {threshold:g}"
-    if champion_perplexity is None:
-        return True, f"eval perplexity {perplexity:.3f} < threshold {threshold:g}; no champion to beat"
-    bar = champion_perplexity * (1.0 - min_improvement)
     margin = f" less {min_improvement:.1%}" if min_improvement else ""
-    if perplexity < bar:
-        return True, (f"eval perplexity {perplexity:.3f} < threshold {threshold:g} and < champion's "
-                      f"{champion_perplexity:.3f}{margin} on the same tokens")
-    return False, (f"eval perplexity {perplexity:.3f} is not below the champion's {champion_perplexity:.3f}{margin} "
-                   "on the same tokens")
+    if champion_perplexity is not None and not perplexity < champion_perplexity * (1.0 - min_improvement):
+        return False, (f"eval perplexity {perplexity:.3f} is not below the champion's {champion_perplexity:.3f}{margin} "
+                       "on the same tokens")
+    if baseline_perplexity is not None and not perplexity < baseline_perplexity:
+        return False, (f"eval perplexity {perplexity:.3f} is not below the unigram baseline's {baseline_perplexity:.3f} "
+                       "on the same tokens: train longer or on more data (beat_baseline=False turns this off)")
+    passed = f"eval perplexity {perplexity:.3f} < threshold {threshold:g}"
+    if baseline_perplexity is not None:
+        passed += f", < unigram baseline {baseline_perplexity:.3f}"
+    if champion_perplexity is None:
+        return True, f"{passed}; no champion to beat"
+    return True, f"{passed} and < champion's {champion_perplexity:.3f}{margin} on the same tokens"

@@ -135,6 +135,7 @@ def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConf
         "eval.perplexity_threshold": str(registry.perplexity_threshold),
         "eval.min_improvement": str(registry.min_improvement),
         "eval.compare_with_champion": str(bool(registry.compare_with_champion)),
+        "eval.beat_baseline": str(bool(registry.beat_baseline)),
         "train.init": training.init_checkpoint or "scratch",
     }
 
@@ -159,11 +160,12 @@ def training_components(pipeline_name: str, encoder, training: TrainingSetup, re
         model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
         perplexity_threshold=registry.perplexity_threshold, batch_size=train_config.batch_size,
         tracking_uri=registry.tracking_uri, registered_model_name=name, min_improvement=registry.min_improvement,
-        compare_with_champion=int(registry.compare_with_champion),
+        compare_with_champion=int(registry.compare_with_champion), beat_baseline=int(registry.beat_baseline),
     )
     pusher = MlflowPusher(
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"],
+        examples=encoder.outputs["encoded"],
         tracking_uri=registry.tracking_uri, registered_model_name=name,
         experiment_name=registry.experiment_name or pipeline_name,
         params_json=json.dumps(params, sort_keys=True), pipeline=pipeline_name,

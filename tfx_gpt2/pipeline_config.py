@@ -82,6 +82,7 @@ class DataConfig:
                 f"DataConfig.vocab = {self.vocab!r} with vocab_size = {self.vocab_size!r}: give vocab='train' together "
                 "with vocab_size (a new vocabulary), or vocab='gpt2' / a directory without vocab_size."
             )
+        check_vocab_dir(self.vocab)
 
     @property
     def is_mongo(self) -> bool:
@@ -154,8 +155,10 @@ class RegistryConfig:
         perplexity_threshold: the evaluator blesses a model only below this eval perplexity.
         min_improvement: ... and only below the champion's (the registered version holding the
             `champion` alias, scored on the same eval blocks) times (1 - min_improvement).
-        compare_with_champion: False blesses on the threshold alone (e.g. to replace a champion
-            with another vocabulary).
+        compare_with_champion: False blesses without comparing with the champion (e.g. to
+            replace one with another vocabulary).
+        beat_baseline: a model is blessed only below the unigram baseline's eval perplexity on
+            the same blocks (False turns this off, e.g. for a smoke run that trains a few steps).
     """
 
     tracking_uri: str
@@ -164,21 +167,55 @@ class RegistryConfig:
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
     compare_with_champion: bool = True
+    beat_baseline: bool = True
 
     def __post_init__(self):
         check_tracking_uri(self.tracking_uri)
         check_min_improvement(self.min_improvement)
 
 
-def check_tracking_uri(uri: str) -> str:
-    """Refuses a tracking URI that holds credentials (they would land in ML Metadata)."""
+# Query-string keys that carry a secret (`?token=...`, `?access_token=...`, `?sig=...`).
+SECRET_QUERY_WORDS = ("token", "password", "passwd", "secret", "key", "auth", "sig", "credential", "session")
+
+
+def secret_query_keys(uri: str):
+    """The query-string keys of `uri` that look like they carry a secret."""
+    query = urllib.parse.urlsplit(uri).query
+    keys = [k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)]
+    return [k for k in keys if any(word in k.lower() for word in SECRET_QUERY_WORDS)]
+
+
+def check_vocab_dir(vocab: str) -> None:
+    """Refuses, when the pipeline is built, a local vocabulary folder that does not exist or lacks
+    a vocabulary (a remote one, `gs://...`, is checked where it runs)."""
+    if vocab in ("gpt2", "train") or "://" in vocab:
+        return
+    from tfx_gpt2.text.bpe import VocabularyError, vocab_files
+
+    if not os.path.isdir(vocab):
+        raise ConfigError(f"DataConfig.vocab = {vocab!r}: the folder does not exist; give 'gpt2', 'train' (with "
+                          "vocab_size), or a vocabulary folder (a checkpoint's, or one from `tfx-gpt2 train-vocab`).")
+    try:
+        vocab_files(vocab)
+    except VocabularyError as e:
+        raise ConfigError(f"DataConfig.vocab = {vocab!r}: {e}") from None
+
+
+def check_tracking_uri(uri: str, field: str = "mlflow_tracking_uri") -> str:
+    """Refuses a tracking URI that holds credentials, as a user name and password or in its query
+    string (they would land in ML Metadata, compiled pipelines and logs)."""
     parts = urllib.parse.urlsplit(uri)
+    where = "be stored in ML Metadata and the compiled pipeline, and show in logs"
+    fix = ("Pass the URI without them and set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+           "MLFLOW_TRACKING_TOKEN) in the environment instead.")
     if parts.password or parts.username:
         raise ConfigError(
-            f"mlflow_tracking_uri contains credentials ({parts.scheme}://{parts.username}:***@...); they would "
-            "be stored in ML Metadata. Pass the URI without them and set MLFLOW_TRACKING_USERNAME / "
-            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead."
-        )
+            f"{field} contains credentials ({parts.scheme}://{parts.username}:***@...); they would {where}. {fix}")
+    secret = secret_query_keys(uri)
+    if secret:
+        raise ConfigError(
+            f"{field} carries a credential in its query string ({', '.join(k + '=***' for k in secret)}); it "
+            f"would {where}. {fix}")
     return uri
 
 

@@ -17,11 +17,16 @@ tracking URI with a password in it is logged redacted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import urllib.parse
+import uuid
 from typing import Dict, List, Mapping, Optional
 
 from tfx_gpt2.progress import get_logger
@@ -32,6 +37,10 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
 MODEL_KEY_TAG = "tfx_gpt2.model_key"
+# On a push's MLflow run: the host and process that run it (a later push ends it as KILLED when
+# that process died with the run still RUNNING).
+HOST_TAG = "tfx_gpt2.host"
+PID_TAG = "tfx_gpt2.pid"
 # On a version: the champion its blessing was decided against (`champion_key()` at evaluation time).
 COMPARED_WITH_TAG = "tfx_gpt2.compared_with"
 NO_CHAMPION = "none"
@@ -41,6 +50,11 @@ MODEL_DIR_FILES = ("gpt2_config.json", "model.weights.npz", "encoder.json", "voc
 # server that is down); a push waits at most about 1 + 2 + 4 s plus timeouts unless these are set.
 RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+# On a registered model: the push holding it (`registry_lock` against a tracking server).
+LOCK_TAG = "tfx_gpt2.push_lock"
+LEASE_SECONDS = 900.0  # a lock left by a killed push expires after this
 
 
 class RegistryError(RuntimeError):
@@ -68,14 +82,15 @@ class Champion:
 
 
 def redact_uri(uri: str) -> str:
-    """`uri` without a user name or password (`https://user:pw@host` -> `https://host`)."""
+    """`uri` without a user name, password or query string (`https://user:pw@host/?token=x` ->
+    `https://host/`)."""
     parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
+    if parts.username is None and parts.password is None and not parts.query:
         return uri
     host = parts.hostname or ""
     if parts.port:
         host += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return urllib.parse.urlunsplit(parts._replace(netloc=host, query=""))
 
 
 def default_artifact_location(tracking_uri: str) -> Optional[str]:
@@ -185,6 +200,92 @@ def pushed_version(client, registered_model_name: str, model_key: str):
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
+@contextlib.contextmanager
+def registry_lock(tracking_uri: str, name: str, timeout: float = 1800.0):
+    """Serialises pushes to the registered model `name` across processes and runs: the champion
+    check, the registration and the alias moves of one push happen while no other push to `name`
+    runs. With a local store (sqlite or a folder) an exclusive file lock beside it (released by
+    the system when the process dies); with a tracking server, a lease held as a tag of the
+    registered model (expiring after `LEASE_SECONDS`, so a killed push does not block forever).
+
+    Raises:
+        RegistryError: another push held the lock for `timeout` seconds.
+    """
+    path = _lock_path(tracking_uri, name)
+    lock = _file_lock(path, timeout) if path else _lease(tracking_uri, name, timeout)
+    with lock:
+        yield
+
+
+def _lock_path(tracking_uri: str, name: str) -> Optional[str]:
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.scheme == "sqlite":
+        store = tracking_uri[len("sqlite:///"):]
+        folder = os.path.join(os.path.dirname(os.path.abspath(store)), "." + os.path.basename(store) + ".locks")
+    elif parts.scheme in ("", "file"):
+        folder = os.path.join(os.path.abspath(parts.path or tracking_uri), ".locks")
+    else:
+        return None
+    return os.path.join(folder, re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".lock")
+
+
+@contextlib.contextmanager
+def _file_lock(path: str, timeout: float):
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(path, "a+") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"another push held {path} for {timeout:.0f} s; is a run stuck?") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _lease(tracking_uri: str, name: str, timeout: float, settle: float = 2.0):
+    from mlflow.exceptions import MlflowException
+
+    client = connect(tracking_uri)
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+
+    def holder():
+        tag = client.get_registered_model(name).tags.get(LOCK_TAG, "")
+        who, _, until = tag.rpartition("|")
+        return who if who and float(until or 0) > time.time() else ""
+
+    while True:
+        current = holder()
+        if not current:
+            client.set_registered_model_tag(name, LOCK_TAG, f"{owner}|{time.time() + LEASE_SECONDS}")
+            time.sleep(settle)  # two pushes that both saw it free: the last write wins, the other waits
+            if holder() == owner:
+                break
+        elif time.monotonic() > deadline:
+            raise RegistryError(f"another push to {name} ({current}) held the lock for {timeout:.0f} s")
+        else:
+            time.sleep(1.0)
+    try:
+        yield
+    finally:
+        if holder() == owner:
+            client.delete_registered_model_tag(name, LOCK_TAG)
+
+
 def champion_version(tracking_uri: str, registered_model_name: str):
     """The `ModelVersion` holding `champion`, or None.
 
@@ -283,7 +384,9 @@ def push_model(
         if existing is not None:
             return _push_again(client, registered_model_name, existing, model_key, blessed)
         experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
-        with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, \
+        end_dead_runs(client, experiment_id)
+        run_tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        with _killed_on_interrupt(client), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run, \
                 tempfile.TemporaryDirectory() as tmp:
             run_id = run.info.run_id
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
@@ -305,20 +408,86 @@ def push_model(
     )
 
 
+@contextlib.contextmanager
+def _killed_on_interrupt(client):
+    """Ends the active MLflow run as KILLED when the push is interrupted (Ctrl-C, or SIGTERM, which
+    becomes SystemExit here while the push runs in the main thread); other errors end it FAILED
+    (MLflow's own `start_run`). A SIGKILL cannot be caught: `end_dead_runs` cleans up after it."""
+    import signal
+    import threading
+
+    import mlflow
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        run = mlflow.last_active_run()
+        if run is not None and run.info.status in ("RUNNING", "FAILED"):
+            client.set_terminated(run.info.run_id, "KILLED")
+            logger.warning("push interrupted: MLflow run %s ended as KILLED", run.info.run_id)
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def end_dead_runs(client, experiment_id: str) -> List[str]:
+    """Ends as KILLED the experiment's runs left RUNNING by pushes whose process died on this
+    host (a SIGKILL, a power cut); returns their ids. Runs of other hosts are left alone."""
+    host, ended = socket.gethostname(), []
+    runs = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'")
+    for run in runs:
+        pid = int(run.data.tags.get(PID_TAG, "0") or 0)
+        if pid and not _alive(pid):
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+            logger.warning("MLflow run %s was left RUNNING by process %d, which died: ended as KILLED",
+                           run.info.run_id, pid)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _push_again(client, name: str, existing, model_key: str, blessed: bool) -> PushResult:
-    """The result of a push that finds its model registered already (see `push_model`)."""
+    """The result of a push that finds its model registered already (see `push_model`): a retry
+    after a push that died between registering the version and moving its aliases finishes the
+    job, and a repeated push moves nothing back."""
     run = client.get_run(existing.run_id)
     aliases = sorted(existing.aliases)
-    logger.info("%s version %s already holds this model (%s): nothing to push", name, existing.version, model_key)
+    missing = []
+    challenger = version_with_alias(client, name, CHALLENGER)
+    if CHALLENGER not in aliases and (challenger is None or int(challenger.version) < int(existing.version)):
+        missing.append(CHALLENGER)  # no later version took it since: the interrupted push never set it
     if blessed and CHAMPION not in aliases:
-        # Blessed again, against a champion that moved since the first push (the evaluator's
-        # cache key follows the champion): the production label follows.
-        client.set_registered_model_alias(name, CHAMPION, existing.version)
-        aliases = sorted(aliases + [CHAMPION])
-        logger.info("blessed against the current champion: %s moves to version %s", CHAMPION, existing.version)
+        # Blessed (again, when the champion moved since the first push: the evaluator's cache key
+        # follows the champion): the production label follows.
+        missing.append(CHAMPION)
+    for alias in missing:
+        client.set_registered_model_alias(name, alias, existing.version)
+    if missing:
+        logger.info("%s version %s already holds this model (%s); it now takes %s", name, existing.version,
+                    model_key, missing)
+    else:
+        logger.info("%s version %s already holds this model (%s): nothing to push", name, existing.version,
+                    model_key)
     return PushResult(run_id=existing.run_id, experiment_id=run.info.experiment_id, registered_model_name=name,
                       version=int(existing.version), model_uri=f"models:/{name}/{existing.version}",
-                      aliases=aliases, already_pushed=True)
+                      aliases=sorted(aliases + missing), already_pushed=True)
 
 
 def _log_figures(client, run_id: str, history, eval_metrics, params, blessed: bool) -> None:

@@ -59,7 +59,8 @@ class PipelineSettings:
         special_tokens: extra special tokens (comma-separated).
         init_checkpoint: '' trains from scratch; a checkpoint directory or 'openai:124M' fine-tunes.
         mlflow_tracking_uri: default `$MLFLOW_TRACKING_URI`, else sqlite under `output_dir`.
-        perplexity_threshold, min_improvement: the evaluator's blessing rule.
+        perplexity_threshold, min_improvement, beat_baseline: the evaluator's blessing rule (see
+            `RegistryConfig`).
         schedule: the Airflow schedule ('' or 'none': only triggered by hand).
         beam_args: Beam pipeline arguments of the data components (space-separated).
         enable_cache: reuse the outputs of components whose inputs did not change.
@@ -87,6 +88,7 @@ class PipelineSettings:
     mlflow_tracking_uri: str = ""
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
+    beat_baseline: bool = True
     schedule: str = "@daily"
     beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
@@ -128,7 +130,7 @@ class PipelineSettings:
 
     def registry_config(self) -> RegistryConfig:
         return RegistryConfig(tracking_uri=self.tracking_uri, perplexity_threshold=self.perplexity_threshold,
-                              min_improvement=self.min_improvement)
+                              min_improvement=self.min_improvement, beat_baseline=self.beat_baseline)
 
     def create_pipeline(self, metadata_connection_config=None, data: Optional[DataConfig] = None,
                         training: Optional[TrainingSetup] = None, registry: Optional[RegistryConfig] = None):

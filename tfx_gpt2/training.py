@@ -182,9 +182,10 @@ def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional
 
 def open_checkpoints(state: TrainState, checkpoint_dir: Optional[str],
                      cfg: TrainConfig) -> Optional[tf.train.CheckpointManager]:
-    """A manager saving to `checkpoint_dir` (None without one or with `checkpoint_every=0`); the
-    latest checkpoint there, if any, is restored into `state` first."""
-    if not (checkpoint_dir and cfg.checkpoint_every):
+    """A manager saving to `checkpoint_dir` (None without one, or with neither `checkpoint_every`
+    nor `checkpoint_every_seconds`); the latest checkpoint there, if any, is restored into `state`
+    first."""
+    if not (checkpoint_dir and (cfg.checkpoint_every or cfg.checkpoint_every_seconds)):
         return None
     checkpoint = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer, step=state.step)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
@@ -406,6 +407,11 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+def _overdue(saved_at: float, cfg: TrainConfig) -> bool:
+    """Whether `checkpoint_every_seconds` have passed since the last checkpoint (or the start)."""
+    return bool(cfg.checkpoint_every_seconds) and time.monotonic() - saved_at >= cfg.checkpoint_every_seconds
+
+
 def _sample_every(cfg: TrainConfig) -> int:
     # -1: with every evaluation; 0: never (the Sampler is not built then).
     return cfg.eval_every if cfg.samples_every < 0 else cfg.samples_every
@@ -431,6 +437,7 @@ def run_loop(parts: LoopParts, cfg: TrainConfig, start: int, max_steps: int) -> 
     window: List[float] = []
     window_seconds = 0.0
     step = start
+    saved_at = time.monotonic()
     for step in range(start + 1, max_steps + 1):
         t0 = time.monotonic()
         loss, grad_norm = parts.step_fn(*next(parts.batches))
@@ -443,8 +450,9 @@ def run_loop(parts: LoopParts, cfg: TrainConfig, start: int, max_steps: int) -> 
                 "tokens_per_sec": len(window) * parts.step_fn.tokens / max(window_seconds, 1e-9),
             })
             window, window_seconds = [], 0.0
-        if parts.checkpoints is not None and _due(step, cfg.checkpoint_every, max_steps):
+        if parts.checkpoints is not None and (_due(step, cfg.checkpoint_every, max_steps) or _overdue(saved_at, cfg)):
             parts.checkpoints.save(checkpoint_number=step)
+            saved_at = time.monotonic()
         if parts.sampler is not None and _due(step, _sample_every(cfg), max_steps):
             samples += parts.sampler(step)
             parts.log.samples(step, samples[-len(parts.sampler.prompts):])

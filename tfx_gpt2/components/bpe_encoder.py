@@ -109,14 +109,25 @@ def BpeEncoder(
     encoded.set_int_custom_property("vocab_size", tokenizer.vocab_size)
     # The spans the blocks come from (tagged on registered model versions).
     encoded.set_string_custom_property("spans", describe_spans(int(a.span) for a in examples))
+    stats = {}
     for split in splits:
         with tf.io.gfile.GFile(os.path.join(encoded.uri, f"stats-{split}.json")) as f:
-            stats = json.loads(f.read())
-        for key, value in stats.items():
+            stats[split] = json.loads(f.read())
+        for key, value in stats[split].items():
             encoded.set_int_custom_property(f"{split}_{key}", int(value))
-        logger.info("%s: %s", split, block_stats_summary(stats, block_len))
-        if stats["blocks"] == 0:
-            raise EncoderInputError(
-                f"split {split!r} has {stats['tokens']} tokens, fewer than one block of {block_len}; "
-                "add text, change the split ratios, or use a model with a smaller n_ctx."
-            )
+        logger.info("%s: %s", split, block_stats_summary(stats[split], block_len))
+    for split in splits:
+        if stats[split]["blocks"] == 0:
+            raise EncoderInputError(empty_split_message(split, stats, block_len))
+
+
+def empty_split_message(split: str, stats, block_len: int) -> str:
+    """Why split `split` has no block, and what to do."""
+    total = sum(s.get("documents", 0) for s in stats.values())
+    if stats[split].get("documents", 0) == 0 and total <= 3:
+        return (f"split {split!r} got no document: the data holds only {total} document(s), and ExampleGen "
+                "assigns whole documents to splits (by a hash of each), so a few long documents cannot be split. "
+                "Separate the documents inside each file with the separator (TextExampleGen's `separator` "
+                "option, '<|endoftext|>' by default), or put one document per file.")
+    return (f"split {split!r} has {stats[split]['tokens']} tokens, fewer than one block of {block_len}; "
+            "add text, change the split ratios, or use a model with a smaller n_ctx.")

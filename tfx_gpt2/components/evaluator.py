@@ -18,8 +18,11 @@ Parameters:
         `champion` alias) is; empty: no champion comparison.
     min_improvement: with a champion, the model is blessed only if its eval perplexity is below
         the champion's times (1 - min_improvement); 0 means any improvement.
-    compare_with_champion: 0 blesses on the threshold alone (e.g. to replace a champion that
-        has another vocabulary, whose perplexity is over other tokens).
+    compare_with_champion: 0 blesses without comparing with the champion (e.g. to replace one
+        that has another vocabulary, whose perplexity is over other tokens).
+    beat_baseline: 1 (the default) blesses a model only if its eval perplexity is also below the
+        unigram baseline's on the same blocks (a model that does not beat token frequencies
+        learned nothing from context); 0 leaves it to the threshold and the champion.
     champion_key: set by the driver, not by hand (see below).
 
 The champion is downloaded from MLflow and scored on the same eval blocks as the candidate, so
@@ -140,6 +143,7 @@ class Executor(base_executor.BaseExecutor):
         batch_size = int(exec_properties.get("batch_size") or 8)
         metrics = score_splits(gpt2, files, batch_size)
         metrics[CHAMPION_KEY] = exec_properties.get(CHAMPION_KEY) or ""
+        metrics.update(decision_params(exec_properties))
         champion = ChampionScore()
         tracking_uri, name = exec_properties.get("tracking_uri"), exec_properties.get("registered_model_name")
         if int(exec_properties.get("compare_with_champion", 1)) and tracking_uri and name:
@@ -151,11 +155,28 @@ class Executor(base_executor.BaseExecutor):
         if champion.eval_perplexity is not None:
             metrics["champion_version"] = champion.version
             metrics["champion_eval_perplexity"] = champion.eval_perplexity
-        blessed, reason = blessing_decision(metrics["eval_perplexity"], float(exec_properties["perplexity_threshold"]),
-                                            champion.eval_perplexity, float(exec_properties.get("min_improvement", 0)))
-        if champion.eval_perplexity is not None:
-            reason += f" (champion: version {champion.version})"
+        blessed, reason = decide(metrics, champion)
         _write(evaluation, blessing, metrics, examples, blessed, reason)
+
+
+def decision_params(exec_properties) -> Dict[str, float]:
+    """The blessing rule's settings, kept with the figures (the pusher decides again with them
+    when the champion moved after this evaluation)."""
+    return {"perplexity_threshold": float(exec_properties["perplexity_threshold"]),
+            "min_improvement": float(exec_properties.get("min_improvement") or 0.0),
+            "beat_baseline": int(exec_properties.get("beat_baseline", 1))}
+
+
+def decide(metrics: Dict[str, float], champion: ChampionScore):
+    """(blessed, reason) for the figures in `metrics` (from `score_splits` and `decision_params`)
+    against `champion`."""
+    baseline = metrics["eval_unigram_perplexity"] if int(metrics.get("beat_baseline", 1)) else None
+    blessed, reason = blessing_decision(metrics["eval_perplexity"], float(metrics["perplexity_threshold"]),
+                                        champion.eval_perplexity, float(metrics.get("min_improvement", 0.0)),
+                                        baseline_perplexity=baseline)
+    if champion.eval_perplexity is not None:
+        reason += f" (champion: version {champion.version})"
+    return blessed, reason
 
 
 def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) -> None:
@@ -215,6 +236,7 @@ class PerplexityEvaluatorSpec(types.ComponentSpec):
         "registered_model_name": ExecutionParameter(type=str, optional=True),
         "min_improvement": ExecutionParameter(type=float, optional=True),
         "compare_with_champion": ExecutionParameter(type=int, optional=True),
+        "beat_baseline": ExecutionParameter(type=int, optional=True),
         CHAMPION_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
@@ -236,11 +258,12 @@ class PerplexityEvaluator(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, examples: types.BaseChannel, perplexity_threshold: float = 1e9,
                  batch_size: int = 8, tracking_uri: str = "", registered_model_name: str = "",
-                 min_improvement: float = 0.0, compare_with_champion: int = 1):
+                 min_improvement: float = 0.0, compare_with_champion: int = 1, beat_baseline: int = 1):
         super().__init__(spec=PerplexityEvaluatorSpec(
             model=model, examples=examples, perplexity_threshold=perplexity_threshold, batch_size=batch_size,
             tracking_uri=tracking_uri, registered_model_name=registered_model_name,
             min_improvement=min_improvement, compare_with_champion=compare_with_champion,
+            beat_baseline=beat_baseline,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
         ))

@@ -105,6 +105,21 @@ def RecordsToExamples(records, exec_properties: Dict[str, Any], what: str):
     return routed.documents | "ToExample" >> beam.Map(document_to_example)
 
 
+def keep_rejected(uri: str, shown: int = 3) -> str:
+    """Copies the rejected report of a failed output (TFX removes the output folder of a failed
+    execution) to `<component folder>/rejected-of-failed-runs/<execution>/`; says where it is,
+    with the first `shown` rejections."""
+    folder = os.path.join(os.path.dirname(os.path.dirname(uri.rstrip("/"))), "rejected-of-failed-runs",
+                          os.path.basename(uri.rstrip("/")))
+    tf.io.gfile.makedirs(folder)
+    first = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(uri, REJECTED_DIR, "*.jsonl"))):
+        tf.io.gfile.copy(path, os.path.join(folder, os.path.basename(path)), overwrite=True)
+        with tf.io.gfile.GFile(path) as f:
+            first += [line.strip() for _, line in zip(range(shown - len(first)), f)]
+    return f"the list is kept in {folder}; the first: {'; '.join(first)}"
+
+
 def finish_output(examples_artifact, source_description: str) -> Dict[str, int]:
     """Sets the counts as custom properties of the output artifact, logs them, and fails when no
     document was exported."""
@@ -131,7 +146,7 @@ def finish_output(examples_artifact, source_description: str) -> Dict[str, int]:
     if counts["documents"] == 0:
         raise NoDocumentsError(
             f"{source_description} yielded no document"
-            + (f" ({sum(bad.values())} records rejected: {bad}; see {os.path.join(uri, REJECTED_DIR)})" if bad else "")
+            + (f" ({sum(bad.values())} records rejected: {bad}; {keep_rejected(uri)})" if bad else "")
             + "; check the source, its filter and the text field."
         )
     return {**counts, **{f"rejected_{r}": n for r, n in rejected.items()}}

@@ -10,10 +10,13 @@ Input artifacts:
     model_run (ModelRun): the Trainer's TensorBoard logs, logged under `tensorboard/`.
     evaluation (ModelEvaluation): PerplexityEvaluator's figures, logged as metrics.
     model_blessing (ModelBlessing): whether the version also takes the `champion` alias.
+    examples (Examples, optional): BpeEncoder's blocks, to score a champion that moved after the
+        evaluation (below).
 Output artifact:
     pushed_model (PushedModel): custom properties `pushed` (1), `pushed_destination`
         (`models:/<name>/<version>`), `registered_model_name`, `model_version`, `mlflow_run_id`,
-        `tracking_uri` (without credentials), `aliases`, `already_pushed`.
+        `tracking_uri` (without credentials), `aliases`, `already_pushed`, `blessed` and
+        `blessing_reason` (the decision the push acted on).
 Parameters:
     tracking_uri: MLflow tracking URI; credentials come from MLflow's environment variables.
     experiment_name, registered_model_name: where the run and the version go.
@@ -25,10 +28,16 @@ The version is tagged with the pipeline name, the pipeline run id, the data span
 was evaluated on, the checkpoint it started from (`scratch` or the checkpoint) and the model
 artifact's URI, which makes a re-run of the same push (a retried task, a run resumed after a
 failure) find its version instead of registering a duplicate.
+
+Pushes to one registered model are serialised (`tfx_gpt2.registry.registry_lock`). Under the lock
+the pusher checks that the champion is still the one the evaluator compared with; when another run
+moved it in between (two runs at once), the blessing is decided again against the new champion,
+scored on the same eval blocks, so two runs never both take `champion` on a stale comparison.
 """
 
 import json
 import os
+from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
@@ -39,9 +48,11 @@ from tfx.utils import path_utils
 from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, push_model, redact_uri
+from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, champion_key, push_model, redact_uri, registry_lock
 
 logger = get_logger("tfx_gpt2.pusher")
+# Settings of the blessing rule kept in the evaluation's figures (params of the run, not metrics).
+DECISION_PARAMS = ("perplexity_threshold", "min_improvement", "beat_baseline")
 
 
 class MlflowPusherSpec(types.ComponentSpec):
@@ -59,6 +70,7 @@ class MlflowPusherSpec(types.ComponentSpec):
         "model_run": ChannelParameter(type=standard_artifacts.ModelRun),
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
         "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
@@ -94,8 +106,8 @@ class Executor(base_executor.BaseExecutor):
         with open(os.path.join(model_dir, TRAIN_METRICS_FILE)) as f:
             train_metrics = json.load(f)
         with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
-            eval_metrics = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
-        blessed = bool(blessing.get_int_custom_property("blessed"))
+            eval_metrics = {k: v for k, v in json.load(f).items()
+                            if isinstance(v, (int, float)) and k not in DECISION_PARAMS}
         training_samples = []
         if os.path.exists(os.path.join(model_dir, SAMPLES_FILE)):
             with open(os.path.join(model_dir, SAMPLES_FILE)) as f:
@@ -105,31 +117,74 @@ class Executor(base_executor.BaseExecutor):
 
         # The run id from TFX's portable launchers (Beam, Kubeflow V2), or Airflow's own.
         run_id = (self._context.pipeline_run_id if self._context else None) or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
-        tags = {
-            "pipeline_name": exec_properties.get("pipeline") or "",
-            "pipeline_run_id": run_id or "",
-            "data_span": evaluation.get_string_custom_property("data_span") or "",
-            "init_checkpoint": str(train_metrics.get("init", "scratch")),
-            "blessed": str(blessed).lower(),
-            "blessing_reason": blessing.get_string_custom_property("reason") or "",
-            COMPARED_WITH_TAG: evaluation.get_string_custom_property("champion_key") or "",
-        }
-        result = push_model(
-            tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
-            registered_model_name=exec_properties["registered_model_name"], model_dir=model_dir,
-            model_key=model.uri, params=json.loads(exec_properties.get("params_json") or "{}"),
-            history=train_metrics["history"], eval_metrics=eval_metrics, blessed=blessed,
-            tensorboard_dir=model_run.uri, tags=tags, samples=samples, input_example=list(SAMPLE_PROMPTS[:1]),
-            training_samples=training_samples,
-        )
-        pushed_model.set_int_custom_property("pushed", 1)
-        pushed_model.set_string_custom_property("pushed_destination", result.model_uri)
-        pushed_model.set_string_custom_property("registered_model_name", result.registered_model_name)
-        pushed_model.set_int_custom_property("model_version", result.version)
-        pushed_model.set_string_custom_property("mlflow_run_id", result.run_id)
-        pushed_model.set_string_custom_property("tracking_uri", redact_uri(tracking_uri))
-        pushed_model.set_string_custom_property("aliases", ",".join(result.aliases))
-        pushed_model.set_int_custom_property("already_pushed", int(result.already_pushed))
+        name = exec_properties["registered_model_name"]
+        with registry_lock(tracking_uri, name):
+            blessed, reason, compared = current_blessing(tracking_uri, name, model.uri, model_dir, evaluation,
+                                                         blessing, input_dict.get("examples"))
+            tags = {
+                "pipeline_name": exec_properties.get("pipeline") or "",
+                "pipeline_run_id": run_id or "",
+                "data_span": evaluation.get_string_custom_property("data_span") or "",
+                "init_checkpoint": str(train_metrics.get("init", "scratch")),
+                "blessed": str(blessed).lower(),
+                "blessing_reason": reason,
+                COMPARED_WITH_TAG: compared,
+            }
+            result = push_model(
+                tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
+                registered_model_name=name, model_dir=model_dir,
+                model_key=model.uri, params=json.loads(exec_properties.get("params_json") or "{}"),
+                history=train_metrics["history"], eval_metrics=eval_metrics, blessed=blessed,
+                tensorboard_dir=model_run.uri, tags=tags, samples=samples, input_example=list(SAMPLE_PROMPTS[:1]),
+                training_samples=training_samples,
+            )
+        _record(pushed_model, result, tracking_uri, blessed, reason)
+
+
+def current_blessing(tracking_uri: str, name: str, model_key: str, model_dir: str, evaluation, blessing,
+                     examples) -> tuple:
+    """(blessed, reason, champion key compared with): the evaluator's decision, or, when the
+    champion moved since it was taken, a new one against the current champion, scored on the
+    same eval blocks (without `examples`, the model is not promoted and the reason says why)."""
+    blessed = bool(blessing.get_int_custom_property("blessed"))
+    reason = blessing.get_string_custom_property("reason") or ""
+    compared = evaluation.get_string_custom_property("champion_key") or ""
+    if compared in ("", "not compared"):
+        return blessed, reason, compared
+    now = champion_key(tracking_uri, name, model_key)
+    if now == compared:
+        return blessed, reason, compared
+    moved = f"the champion moved from {compared} to {now} after this model was evaluated"
+    if not examples:
+        return False, f"{moved}; not promoted: run the pipeline again to compare with it", now
+    from tfx_gpt2.components.evaluator import decide, score_champion
+    from tfx_gpt2.model.io import load_model_dir
+    from tfx_gpt2.text.bpe import BPETokenizer
+
+    with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
+        metrics = json.load(f)
+    eval_files = [os.path.join(artifact_utils.get_split_uri(examples, "eval"), "*")]
+    champion = score_champion(tracking_uri, name, load_model_dir(model_dir), BPETokenizer.from_dir(model_dir).encoder,
+                              eval_files, batch_size=8)
+    if champion.not_comparable:
+        blessed, reason = False, champion.not_comparable
+    else:
+        blessed, reason = decide(metrics, champion)
+    logger.warning("%s: decided again: %s", moved, reason)
+    return blessed, f"{moved}; decided again: {reason}", now
+
+
+def _record(pushed_model, result, tracking_uri: str, blessed: bool, reason: str) -> None:
+    pushed_model.set_int_custom_property("pushed", 1)
+    pushed_model.set_string_custom_property("pushed_destination", result.model_uri)
+    pushed_model.set_string_custom_property("registered_model_name", result.registered_model_name)
+    pushed_model.set_int_custom_property("model_version", result.version)
+    pushed_model.set_string_custom_property("mlflow_run_id", result.run_id)
+    pushed_model.set_string_custom_property("tracking_uri", redact_uri(tracking_uri))
+    pushed_model.set_string_custom_property("aliases", ",".join(result.aliases))
+    pushed_model.set_int_custom_property("already_pushed", int(result.already_pushed))
+    pushed_model.set_int_custom_property("blessed", int(blessed))
+    pushed_model.set_string_custom_property("blessing_reason", reason)
 
 
 class MlflowPusher(base_component.BaseComponent):
@@ -138,6 +193,7 @@ class MlflowPusher(base_component.BaseComponent):
     Args:
         model, model_run: the Trainer's `model` and `model_run` outputs.
         evaluation, model_blessing: PerplexityEvaluator's outputs.
+        examples: the blocks it evaluated on (to score a champion that moved meanwhile).
         tracking_uri: MLflow tracking URI without credentials.
         registered_model_name, experiment_name: where the version and the run go.
         params_json: the run's params as a JSON object.
@@ -150,10 +206,11 @@ class MlflowPusher(base_component.BaseComponent):
 
     def __init__(self, model: types.BaseChannel, model_run: types.BaseChannel, evaluation: types.BaseChannel,
                  model_blessing: types.BaseChannel, tracking_uri: str, registered_model_name: str,
-                 experiment_name: str, params_json: str = "{}", pipeline: str = "", num_samples: int = 3):
+                 experiment_name: str, params_json: str = "{}", pipeline: str = "", num_samples: int = 3,
+                 examples: Optional[types.BaseChannel] = None):
         pushed_model = types.Channel(type=standard_artifacts.PushedModel)
         super().__init__(spec=MlflowPusherSpec(
-            model=model, model_run=model_run, evaluation=evaluation, model_blessing=model_blessing,
+            model=model, model_run=model_run, evaluation=evaluation, model_blessing=model_blessing, examples=examples,
             pushed_model=pushed_model, tracking_uri=tracking_uri, registered_model_name=registered_model_name,
             experiment_name=experiment_name, params_json=params_json, pipeline=pipeline,
             num_samples=num_samples,

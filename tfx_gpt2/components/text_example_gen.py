@@ -61,6 +61,11 @@ def _TextToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any], spl
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     pattern = os.path.join(input_base, split_pattern)
     files = sorted(fileio.glob(pattern))
+    if not files and not fileio.isdir(input_base):
+        raise TextSourceError(
+            f"TextExampleGen: the data folder input_base={input_base!r} does not exist; give an existing folder "
+            "of .txt files (--data-root / data_root)."
+        )
     if not files:
         raise TextSourceError(
             f"TextExampleGen: no file matches {pattern!r}; put .txt files in input_base={input_base!r} "

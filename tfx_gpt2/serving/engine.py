@@ -37,6 +37,9 @@ log = logging.getLogger("tfx_gpt2.serving")
 
 # Decode steps per call when no request in the batch streams (see `Request`).
 NON_STREAMING_CHUNK = 64
+# After a batch's first row, the engine waits for more at most max(max_wait_ms, this share of the
+# last batch's time).
+WAIT_SHARE = 0.05
 # The small prefill chunk (see `EngineConfig.prefill_chunks`).
 SMALL_PREFILL = 8
 
@@ -55,13 +58,13 @@ class EngineConfig:
 
     Attributes:
         max_batch_size: rows generated together at most.
-        max_wait_ms: after the first row arrives, how long to wait for more: for as many rows as
-            the last batch had (so a lone client never waits, and clients answered together are
+        max_wait_ms: after the first row arrives, how long to wait for more (or 5% of the last
+            batch's time, when longer): for as many rows as the last batch had (so a lone client never waits, and clients answered together are
             batched together again).
         max_queue: rows waiting at most; beyond it `submit` raises `QueueFull` (HTTP 503).
         chunk_tokens: decode steps per compiled call (between streaming and cancellation checks).
         prefill_tokens: prompt tokens per prefill call (prompts are left-padded to a multiple).
-        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 256 and
+        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 64, 256 and
             the model's context plus one prefill chunk, capped at the latter.
     """
 
@@ -98,7 +101,7 @@ class EngineConfig:
     def cache_buckets(self, n_ctx: int) -> List[int]:
         """The cache sizes; the largest holds any prompt and continuation that fit the context."""
         largest = n_ctx + self.prefill_chunk(n_ctx)
-        sizes = self.length_buckets or (256,)
+        sizes = self.length_buckets or (64, 256)
         return sorted({min(s, largest) for s in sizes} | {largest})
 
 
@@ -196,6 +199,7 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._busy = 0
         self._last_batch = 1
+        self._last_seconds = 0.0
         self._build_functions()
 
     # -- compiled programs --------------------------------------------------------------------
@@ -203,51 +207,59 @@ class Engine:
     def _build_functions(self):
         import tensorflow as tf
 
-        from tfx_gpt2.model.generate import RowSettings, decode, prefill
-
-        model, eot, steps = self.model, self.eot_id, max(self.config.chunk_tokens, NON_STREAMING_CHUNK)
         # The output projection, transposed once (each program would otherwise transpose it per call).
-        head = tf.Variable(tf.transpose(model.wte), trainable=False, name="head")
-
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def prefill_fn(tokens, positions, key_mask, cache, start):
-            return prefill(model, tokens, positions, key_mask, cache, start, head=head)
-
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def decode_fn(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms,
-                      limit):
-            return decode(model, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
-                          RowSettings(*settings), uniforms, steps, eot, head=head, limit=limit)
-
-        self._functions = {"prefill": prefill_fn, "decode": decode_fn}
+        self._head = tf.Variable(tf.transpose(self.model.wte), trainable=False, name="head")
+        self._functions: Dict[tuple, object] = {}
         self._concrete: Dict[tuple, object] = {}
 
+    def _function(self, kind: str):
+        """The `tf.function` of `kind`, "prefill" or "decode"."""
+        import tensorflow as tf
+
+        from tfx_gpt2.model.generate import RowSettings, decode, prefill
+
+        fn = self._functions.get(kind)
+        if fn is not None:
+            return fn
+        model, head, eot, steps = self.model, self._head, self.eot_id, max(self.config.chunk_tokens,
+                                                                           NON_STREAMING_CHUNK)
+        if kind == "prefill":
+            def run(tokens, positions, key_mask, cache, start):
+                return prefill(model, tokens, positions, key_mask, cache, start, head=head)
+        else:
+            def run(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms,
+                    limit):
+                return decode(model, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
+                              RowSettings(*settings), uniforms, steps, eot, head=head, limit=limit)
+        fn = self._functions[kind] = tf.function(run, jit_compile=True, reduce_retracing=True)
+        return fn
+
     def _call(self, kind: str, key: tuple, *args):
-        """Runs the compiled program of `kind` for bucket `key`. The concrete function is looked up
-        once per bucket: `tf.function`'s own dispatch costs milliseconds per call."""
+        """Runs the compiled program of `kind` for bucket `key` ((batch, length, chunk) for a
+        prefill, (batch, length) for a decode). The concrete function is looked up once
+        per bucket: `tf.function`'s own dispatch costs milliseconds per call."""
         import tensorflow as tf
 
         fn = self._concrete.get((kind, key))
         if fn is None:
             specs = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)
                                                                   if not tf.is_tensor(a) else a.dtype), args)
-            fn = self._concrete[(kind, key)] = self._functions[kind].get_concrete_function(*specs)
+            fn = self._concrete[(kind, key)] = self._function(kind).get_concrete_function(*specs)
             self.programs.add((kind,) + key)
         return fn(*args)
 
     def warm_up(self) -> float:
-        """Compiles every (batch bucket, length bucket) program; returns the seconds it took."""
+        """Compiles every program a request can use; returns the seconds it took."""
         t0 = time.perf_counter()
         big, small = self.config.prefill_chunks(self.n_ctx)
-        cfg = SamplingConfig(max_new_tokens=1, temperature=0.0)
         for length in self.config.cache_buckets(self.n_ctx):
-            # A prompt of one small chunk, and one of a big chunk where the cache holds it: every
-            # prefill program a request of this cache size can use.
-            sizes = sorted({small} | ({big} if big < length else set()))
             for batch in self.config.batch_buckets():
-                for size in sizes:
-                    row = Row([self.eot_id] * size, cfg)
-                    self._generate([_Slot(Request([], lambda e: None), row, TextStream(()))] * batch, length=length)
+                args = _idle_batch(self.model, batch, length)
+                # A prompt of one small chunk, and one of a big chunk where the cache holds it.
+                for size in sorted({small} | ({big} if big < length else set())):
+                    self._call("prefill", (batch, length, size), np.zeros((batch, size), np.int32),
+                               args["positions"], args["key_mask"], args["cache"], np.int32(0))
+                self._call("decode", (batch, length), *args.values())
         seconds = time.perf_counter() - t0
         log.info("compiled %d programs (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
                  self.config.batch_buckets(), self.config.cache_buckets(self.n_ctx), seconds)
@@ -297,8 +309,11 @@ class Engine:
         batch = [first]
         # Wait (at most max_wait_ms) only for as many rows as the last batch had: a lone client is
         # not delayed, and clients that were answered together come back together.
+        # The wait grows with the batch time (a big model's batch takes seconds: waiting 5% of it
+        # for a straggler costs less than leaving it for the next batch).
         expected = min(self.config.max_batch_size, max(self._last_batch, 1))
-        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        wait = max(self.config.max_wait_ms / 1000, WAIT_SHARE * self._last_seconds)
+        deadline = time.monotonic() + wait
         while len(batch) < self.config.max_batch_size and (len(batch) < expected or not self._queue.empty()):
             try:
                 slot = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -325,7 +340,9 @@ class Engine:
                     self._finish(s, "cancelled")
             try:
                 if live:
+                    started = time.monotonic()
                     self._generate(live)
+                    self._last_seconds = time.monotonic() - started
             except Exception as e:  # a bug or an out-of-memory: fail these rows, keep serving
                 log.exception("generation failed")
                 for s in live:
@@ -449,17 +466,40 @@ def _left_pad(prompts: List[List[int]], p_len: int, length: int, pad_id: int):
     return tokens, positions, key_mask
 
 
+_RNG = np.random.default_rng()
+
+
 def _row_settings(configs: Sequence[SamplingConfig], length: int):
     """The per-row settings tuple `decode` takes, and each row's uniforms `(B, length)` (from its
-    own seed, so a seeded row gives the same text whatever it is batched with)."""
+    own seed, so a seeded row gives the same text whatever it is batched with; a greedy row uses
+    none, and an unseeded one any)."""
     from tfx_gpt2.model.generate import RowSettings, draw_uniforms
 
     settings = RowSettings.of(configs)
-    uniforms = np.stack([
-        draw_uniforms(np.random.randint(0, 2**31 - 1) if c.seed is None else c.seed, 1, length).numpy()[0]
-        for c in configs])
+    uniforms = np.zeros((len(configs), length), np.float32)
+    for i, c in enumerate(configs):
+        if c.temperature > 0:
+            uniforms[i] = (_RNG.random(length, dtype=np.float32) if c.seed is None else
+                           draw_uniforms(c.seed, 1, length).numpy()[0])
     return (settings.temperature, settings.top_k, settings.top_p, settings.penalty, settings.max_new,
             settings.stop_at_eot), uniforms
+
+
+def _idle_batch(model, batch: int, length: int) -> Dict[str, object]:
+    """Arguments of a decode call for a batch of done rows (it compiles, then returns at once)."""
+    import tensorflow as tf
+
+    from tfx_gpt2.model.generate import RowSettings
+
+    v = model.config.n_vocab
+    settings = RowSettings.of([SamplingConfig(max_new_tokens=1, temperature=0.0)] * batch)
+    return {"logits": np.zeros((batch, v), np.float32), "cache": model.empty_cache(batch, length),
+            "seen": np.zeros((batch, v), np.float32), "done": np.ones(batch, bool), "count": np.zeros(batch, np.int32),
+            "step": np.int32(0), "prompt_len": tf.constant(0, tf.int32),
+            "positions": tf.zeros((batch, length), tf.int32), "key_mask": tf.ones((batch, length), tf.bool),
+            "settings": (settings.temperature, settings.top_k, settings.top_p, settings.penalty, settings.max_new,
+                         settings.stop_at_eot),
+            "uniforms": tf.zeros((batch, length), tf.float32), "limit": np.int32(1)}
 
 
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
