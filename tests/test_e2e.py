@@ -3,10 +3,14 @@
 One shared sequence of runs into one output directory, used by every test here:
     first     the tiny pipeline (what `make run` does)
     second    the same again: every component reused from the cache
-    worse     a short training (12 steps): registered as the challenger only
+    killed    a short training (40 steps) in another process, killed with SIGKILL mid-training
+    worse     the same short training: it resumes from the killed run's checkpoint, and is
+              registered as the challenger only
     rescored  the champion moved by hand to the worse version, then the first settings again:
               the trained model comes from the cache, its evaluation does not (the champion
               changed), and the champion moves back to the better model
+    down      the first settings with a tracking server that does not answer: it fails at the
+              evaluator, and leaves the registry as it was
 
 Checks ML Metadata (executions, the cache), MLflow (versions, metrics, aliases, samples, the
 logged pyfunc generating text), TensorBoard (loss and text samples) and that the model beats a
@@ -28,6 +32,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tfx_gpt2.config import train_preset
 from tfx_gpt2.local import metadata_config, run_and_report, ui_commands
 from tfx_gpt2.pipeline_config import OutputLayout, TrainingSetup
+from tfx_gpt2.registry import set_tracking_uri
 from tfx_gpt2.settings import from_env
 
 NAME = "e2e-tiny"
@@ -44,16 +49,93 @@ def all_runs(tmp_path_factory):
     settings = from_env({}, pipeline_name=NAME, output_dir=out, data_root=CORPUS_DIR)
     first = run_and_report(settings)
     second = run_and_report(settings)
-    short = dataclasses.replace(train_preset("tiny"), max_steps=12, warmup_steps=2, eval_every=12, log_every=4)
+    short = dataclasses.replace(train_preset("tiny"), max_steps=40, warmup_steps=2, eval_every=40, log_every=4,
+                                checkpoint_every=4)
+    kill_during_training(out)
     worse = run_and_report(settings, training=TrainingSetup(train=short))
     MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(NAME, "champion", "2")
     rescored = run_and_report(settings)
-    return out, first, second, worse, rescored
+    down = dataclasses.replace(settings, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(Exception) as down_error:
+        run_and_report(down)
+    set_tracking_uri(settings.tracking_uri)  # the tests below read MLflow with the process's URI
+    return out, first, second, worse, rescored, down_error.value
+
+
+KILLED_RUN = """
+import dataclasses, sys
+from tfx_gpt2.config import train_preset
+from tfx_gpt2.local import run_and_report
+from tfx_gpt2.pipeline_config import TrainingSetup
+from tfx_gpt2.settings import from_env
+settings = from_env({}, pipeline_name=sys.argv[1], output_dir=sys.argv[2], data_root=sys.argv[3])
+short = dataclasses.replace(train_preset("tiny"), max_steps=40, warmup_steps=2, eval_every=40, log_every=4,
+                            checkpoint_every=4)
+run_and_report(settings, training=TrainingSetup(train=short))
+"""
+
+
+def kill_during_training(out):
+    """Runs the short training in another process and SIGKILLs it after its first checkpoint."""
+    import glob
+    import signal
+    import time
+
+    pattern = os.path.join(out, "pipelines", NAME, "Trainer", "checkpoints", "*", "ckpt-*.index")
+    before = set(glob.glob(pattern))  # the first run's
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, NAME, out, CORPUS_DIR], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not set(glob.glob(pattern)) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the short run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="module")
 def runs(all_runs):
     return all_runs[:3]
+
+
+def test_a_killed_run_is_superseded_and_its_training_resumed(all_runs):
+    """SIGKILL mid-training: the next run marks the dead Trainer execution CANCELED and resumes
+    from its checkpoint; the registry saw nothing of the killed run."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+    from mlflow.tracking import MlflowClient
+
+    out, first, _, worse, _, _ = all_runs
+    store = metadata_store.MetadataStore(metadata_config(layout(out).metadata_path))
+    trainer = [e for e in store.get_executions() if e.type.endswith("Trainer")]
+    cancelled = [e for e in trainer if e.last_known_state == metadata_store_pb2.Execution.CANCELED]
+    assert len(cancelled) == 1 and cancelled[0].custom_properties["superseded_by"].string_value == worse["run_id"]
+    assert not any(e.last_known_state == metadata_store_pb2.Execution.RUNNING for e in store.get_executions())
+    model = [a for a in store.get_artifacts_by_type("Model")]
+    metrics = json.load(open(os.path.join(max(model, key=lambda a: a.id).uri, "Format-Serving",
+                                          "train_metrics.json")))
+    assert metrics["resumed_from_step"] >= 4 and metrics["steps"] == 40
+    client = MlflowClient(tracking_uri=from_env({}, pipeline_name=NAME, output_dir=out).tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # first and worse; nothing else
+
+
+def test_a_tracking_server_that_is_down_fails_the_run_and_changes_nothing(all_runs):
+    from ml_metadata.metadata_store import metadata_store
+    from mlflow.tracking import MlflowClient
+
+    from tfx_gpt2.local import execution_states
+
+    out, first, _, worse, rescored, error = all_runs
+    assert "did not answer" in str(error) and "mlflow server" in str(error)
+    client = MlflowClient(tracking_uri=from_env({}, pipeline_name=NAME, output_dir=out).tracking_uri)
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == [1, 2]
+    assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {
+        "champion": "1", "challenger": "2"}
+    store = metadata_store.MetadataStore(metadata_config(layout(out).metadata_path))
+    states = execution_states(store, NAME)  # the failed run is the latest
+    assert states["Trainer"] == "CACHED" and "MlflowPusher" not in states
+    assert states["PerplexityEvaluator"] == "FAILED"  # not left RUNNING
 
 
 def layout(out):
@@ -167,7 +249,7 @@ def test_each_run_reads_back_its_own_results(all_runs):
     """Read after later runs registered other versions, a run's summary is still its own."""
     from tfx_gpt2.local import summarize
 
-    out, first, second, worse, rescored = all_runs
+    out, first, second, worse, rescored, _ = all_runs
     assert len({first["run_id"], second["run_id"], worse["run_id"], rescored["run_id"]}) == 4
     again = summarize(layout(out), first["run_id"])
     assert (again["model_version"], again["mlflow_run_id"]) == (first["model_version"], first["mlflow_run_id"])
@@ -177,7 +259,7 @@ def test_each_run_reads_back_its_own_results(all_runs):
 
 def test_champion_moves_only_to_a_better_model(all_runs):
 
-    out, first, _, worse, _ = all_runs
+    out, first, _, worse, _, _ = all_runs
     print(f"perplexities: first {first['eval_perplexity']:.2f}, worse {worse['eval_perplexity']:.2f}")
     assert (first["model_version"], worse["model_version"]) == (1, 2)
     assert first["aliases"] == "challenger,champion" and "champion_version" not in first
@@ -192,7 +274,7 @@ def test_champion_moves_only_to_a_better_model(all_runs):
 def test_a_moved_champion_is_seen_by_the_cache(all_runs):
     from mlflow.tracking import MlflowClient
 
-    out, first, second, worse, rescored = all_runs
+    out, first, second, worse, rescored, _ = all_runs
     # The cached second run kept the blessing decided against no champion (the model is the
     # champion because of it); after the champion moved to version 2, the evaluation ran again.
     assert second["champion_key"] == first["champion_key"] == "none"

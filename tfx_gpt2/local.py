@@ -54,10 +54,17 @@ def run_local(pipeline, run_id: str = "") -> str:
             return super().run_with_ir(ir, run_options)
 
     config = pipeline.metadata_connection_config
+    local_store = config is not None and config.HasField("sqlite")
     with run_lock(config, run_id):
-        if config is not None and config.HasField("sqlite"):
+        if local_store:
             cancel_dead_executions(config, pipeline.pipeline_info.pipeline_name, run_id)
-        Runner().run(pipeline)
+        try:
+            Runner().run(pipeline)
+        except BaseException as e:
+            # A component that failed before its executor ran (a driver) is left RUNNING by TFX.
+            if local_store:
+                fail_unfinished(config, run_id, f"{type(e).__name__}: {str(e)[:300]}")
+            raise
     return run_id
 
 
@@ -112,22 +119,43 @@ def cancel_dead_executions(config, pipeline_name: str, run_id: str) -> List[int]
 
     folder = _lock_dir(config)
     store = metadata_store.MetadataStore(config)
-    running = metadata_store_pb2.Execution.RUNNING
     cancelled = []
     for run in _pipeline_runs(store, pipeline_name):
         if run.name == run_id or _run_is_alive(folder, run.name):
             continue
-        for execution in store.get_executions_by_context(run.id):
-            if execution.last_known_state != running:
-                continue
-            execution.last_known_state = metadata_store_pb2.Execution.CANCELED
-            execution.custom_properties["superseded_by"].string_value = run_id
-            execution.custom_properties["cancel_reason"].string_value = (
-                f"run {run.name} ended without finishing this execution (its process died)")
-            store.put_execution(execution, [], [])
-            cancelled.append(execution.id)
-            logger.warning("marked execution %d (%s) of dead run %s CANCELED", execution.id, execution.type, run.name)
+        cancelled += _end_running(store, run, metadata_store_pb2.Execution.CANCELED, {
+            "superseded_by": run_id,
+            "cancel_reason": f"run {run.name} ended without finishing this execution (its process died)"})
     return cancelled
+
+
+def fail_unfinished(config, run_id: str, error: str) -> List[int]:
+    """Marks FAILED the executions of run `run_id` still RUNNING after the run raised `error`."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = metadata_store.MetadataStore(config)
+    run = store.get_context_by_type_and_name("pipeline_run", run_id)
+    if run is None:
+        return []
+    return _end_running(store, run, metadata_store_pb2.Execution.FAILED, {"error": error})
+
+
+def _end_running(store, run, state, properties: Dict[str, str]) -> List[int]:
+    from ml_metadata.proto import metadata_store_pb2
+
+    ended = []
+    for execution in store.get_executions_by_context(run.id):
+        if execution.last_known_state != metadata_store_pb2.Execution.RUNNING:
+            continue
+        execution.last_known_state = state
+        for key, value in properties.items():
+            execution.custom_properties[key].string_value = value
+        store.put_execution(execution, [], [])
+        ended.append(execution.id)
+        logger.warning("marked execution %d (%s) of run %s %s", execution.id, execution.type, run.name,
+                       metadata_store_pb2.Execution.State.Name(state))
+    return ended
 
 
 def _pipeline_runs(store, pipeline_name: str):
