@@ -133,9 +133,12 @@ def connect(tracking_uri: str):
     for key, value in RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.search_experiments(max_results=1)
+        # The first request to a new sqlite store creates its tables: two runs starting at once
+        # on one output folder would both try (MLflow: "table ... already exists").
+        with _store_lock(tracking_uri):
+            client = MlflowClient(tracking_uri=tracking_uri)
+            client.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - classified below, re-raised with what to do
         error = describe_error(e, tracking_uri) or RegistryError(
             f"MLflow at {redact_uri(tracking_uri)} failed: {type(e).__name__}: {str(e).splitlines()[0][:500]}")
@@ -215,6 +218,12 @@ def registry_lock(tracking_uri: str, name: str, timeout: float = 1800.0):
     lock = _file_lock(path, timeout) if path else _lease(tracking_uri, name, timeout)
     with lock:
         yield
+
+
+def _store_lock(tracking_uri: str):
+    """An exclusive lock on a local store's creation (a no-op for a tracking server)."""
+    path = _lock_path(tracking_uri, "store")
+    return _file_lock(os.path.join(os.path.dirname(path), "store-creation"), 300.0) if path else contextlib.nullcontext()
 
 
 def _lock_path(tracking_uri: str, name: str) -> Optional[str]:
