@@ -371,13 +371,12 @@ def push_model(
             key returns the version registered by the first, and moves no alias, except `champion`
             to it when it is blessed again (against a champion that has moved since).
         params: run params (configs, flattened).
-        history: training records (`step` plus metrics), logged as `trainer.<name>` series.
-        eval_metrics: final evaluation figures (logged at the last step).
+        history, eval_metrics: training records (`step` plus metrics), logged as `trainer.<name>`
+            series; final evaluation figures (logged at the last step).
         blessed: whether the evaluator blessed the model (moves `champion` to it).
         tensorboard_dir: logged under the `tensorboard/` artifact path.
         tags: run and version tags (pipeline name, run id, data span, checkpoint origin, ...).
-        samples: generated texts to log as `samples.txt`.
-        input_example: prompts logged as the pyfunc's input example.
+        samples, input_example: generated texts to log as `samples.txt`; the pyfunc's example prompts.
         training_samples: the samples taken while training (`step`, `prompt`, `text`), logged as
             `training_samples.json`.
 
@@ -394,7 +393,7 @@ def push_model(
             return _push_again(client, registered_model_name, existing, model_key, blessed)
         experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
         end_dead_runs(client, experiment_id)
-        run_tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        run_tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see end_dead_runs
         with _killed_on_interrupt(client), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run, \
                 tempfile.TemporaryDirectory() as tmp:
             run_id = run.info.run_id
