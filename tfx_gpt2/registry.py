@@ -373,8 +373,7 @@ def push_model(
         params: run params (configs, flattened).
         history, eval_metrics: training records (`step` plus metrics), logged as `trainer.<name>`
             series; final evaluation figures (logged at the last step).
-        blessed: whether the evaluator blessed the model (moves `champion` to it).
-        tensorboard_dir: logged under the `tensorboard/` artifact path.
+        blessed, tensorboard_dir: whether `champion` moves to it; logged under `tensorboard/`.
         tags: run and version tags (pipeline name, run id, data span, checkpoint origin, ...).
         samples, input_example: generated texts to log as `samples.txt`; the pyfunc's example prompts.
         training_samples: the samples taken while training (`step`, `prompt`, `text`), logged as
