@@ -79,20 +79,15 @@ def _lock_dir(config) -> Optional[str]:
 def run_lock(config, run_id: str):
     """Holds an exclusive lock named after the run beside the ML Metadata store while the run
     lives; the system releases it when the process dies, however it dies."""
-    import fcntl
+    from tfx_gpt2.registry import file_lock
 
     folder = _lock_dir(config)
     if folder is None:
         yield
         return
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, run_id + ".lock")
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path, timeout=60.0):  # a new run id: nobody else holds it
+        yield
     os.remove(path)
 
 

@@ -215,7 +215,7 @@ def registry_lock(tracking_uri: str, name: str, timeout: float = 1800.0):
         RegistryError: another push held the lock for `timeout` seconds.
     """
     path = _lock_path(tracking_uri, name)
-    lock = _file_lock(path, timeout) if path else _lease(tracking_uri, name, timeout)
+    lock = file_lock(path, timeout) if path else _lease(tracking_uri, name, timeout)
     with lock:
         yield
 
@@ -223,7 +223,7 @@ def registry_lock(tracking_uri: str, name: str, timeout: float = 1800.0):
 def _store_lock(tracking_uri: str):
     """An exclusive lock on a local store's creation (a no-op for a tracking server)."""
     path = _lock_path(tracking_uri, "store")
-    return _file_lock(os.path.join(os.path.dirname(path), "store-creation"), 300.0) if path else contextlib.nullcontext()
+    return file_lock(os.path.join(os.path.dirname(path), "store-creation"), 300.0) if path else contextlib.nullcontext()
 
 
 def _lock_path(tracking_uri: str, name: str) -> Optional[str]:
@@ -239,7 +239,9 @@ def _lock_path(tracking_uri: str, name: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: str, timeout: float):
+def file_lock(path: str, timeout: float):
+    """Holds an exclusive lock on the file `path` (waiting at most `timeout` s); the system releases
+    it when the process dies, however it dies."""
     import fcntl
 
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -489,17 +489,13 @@ def _idle_batch(model, batch: int, length: int) -> Dict[str, object]:
     """Arguments of a decode call for a batch of done rows (it compiles, then returns at once)."""
     import tensorflow as tf
 
-    from tfx_gpt2.model.generate import RowSettings
-
     v = model.config.n_vocab
-    settings = RowSettings.of([SamplingConfig(max_new_tokens=1, temperature=0.0)] * batch)
+    settings, uniforms = _row_settings([SamplingConfig(max_new_tokens=1, temperature=0.0)] * batch, length)
     return {"logits": np.zeros((batch, v), np.float32), "cache": model.empty_cache(batch, length),
             "seen": np.zeros((batch, v), np.float32), "done": np.ones(batch, bool), "count": np.zeros(batch, np.int32),
             "step": np.int32(0), "prompt_len": tf.constant(0, tf.int32),
             "positions": tf.zeros((batch, length), tf.int32), "key_mask": tf.ones((batch, length), tf.bool),
-            "settings": (settings.temperature, settings.top_k, settings.top_p, settings.penalty, settings.max_new,
-                         settings.stop_at_eot),
-            "uniforms": tf.zeros((batch, length), tf.float32), "limit": np.int32(1)}
+            "settings": settings, "uniforms": tf.constant(uniforms), "limit": np.int32(1)}
 
 
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
