@@ -6,6 +6,9 @@ Configured by environment variables or a JSON file (see `tfx_gpt2/settings.py`):
 (`TFX_GPT2_SCHEDULE`, default `@daily`: with TFX's cache an unchanged corpus trains nothing).
 ML Metadata is a sqlite file under `TFX_GPT2_OUTPUT_DIR`.
 
+With `TFX_GPT2_FEEDBACK_LOOP=1` it reads the corpus plus the feedback spans that the feedback DAG
+(`tfx_gpt2_feedback_dag.py`) writes, and is triggered by it.
+
 The DAG id is the pipeline name (`tfx-gpt2`); each TFX component is one Airflow task. Importing
 TFX takes tens of seconds: set AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=300 (see the README).
 """
@@ -20,6 +23,10 @@ from tfx_gpt2.settings import from_env
 
 settings = from_env()
 os.makedirs(os.path.dirname(settings.metadata_path), exist_ok=True)
+if settings.feedback_loop:
+    from tfx_gpt2.continuous import span_settings, training_data
+
+    settings = span_settings(settings, training_data(settings).setup())
 
 DAG = AirflowDagRunner(AirflowPipelineConfig(airflow_dag_config={
     "schedule": settings.schedule or None,

@@ -101,6 +101,9 @@ class OurServer:
         self.log_path = os.path.join(root, "serve.log")
         self.log = open(self.log_path, "w")
         env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
+        if not any(a in ("--feedback-dir", "--no-feedback") for a in args):
+            args = [*args, "--feedback-dir", os.path.join(root, "feedback")]
+        self.feedback_dir = os.path.join(root, "feedback")
         self.proc = subprocess.Popen([os.path.join(BIN, "tfx-gpt2"), "serve", model_uri, "--port", str(self.port),
                                       *args], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env=env)

@@ -50,6 +50,7 @@ def test_dag_imports_without_errors(airflow_env):
         "TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
         "PerplexityEvaluator", "MlflowPusher"])
     assert report["schedule"] == "@daily"
+    assert report["dags"][DAG_ID + "-feedback"] == ["enough_feedback", "run_pipeline", "write_feedback_span"]
 
 
 def test_dags_test_runs_every_task_and_registers_a_model(airflow_env):
@@ -71,3 +72,34 @@ def test_dags_test_runs_every_task_and_registers_a_model(airflow_env):
     # The default training samples reach the MLflow run (and TensorBoard's logs under tensorboard/).
     artifacts = {a.path for a in client.list_artifacts(versions[0].run_id)}
     assert {"training_samples.json", "tensorboard"} <= artifacts
+
+
+FEEDBACK_TASKS = """
+import json, runpy, sys, time
+from tfx_gpt2.feedback.store import SqliteStore
+dag = runpy.run_path(sys.argv[1])
+print(json.dumps({"trigger": dag["pipeline"].trigger_dag_id}))
+print(json.dumps({"before": dag["enough_feedback"]()}))
+store = SqliteStore(sys.argv[2] + "/feedback.db")
+for i in range(3):
+    store.put_feedback({"completion_id": f"cmpl-{i}", "index": 0, "rating": 1, "scale": "thumbs", "score": 1.0,
+                        "corrected_text": None, "comment": None, "model": "m", "version": "1", "prompt": "Q ",
+                        "completion": f"answer {i}", "completion_created": 0.0, "created": time.time()})
+print(json.dumps({"after": dag["enough_feedback"]()}))
+print(json.dumps({"manifest": dag["write_feedback_span"]()}))
+"""
+
+
+def test_feedback_dag_senses_feedback_and_writes_the_next_span(airflow_env):
+    """The feedback DAG's tasks on this Airflow's output folder, after the pipeline DAG exported the corpus."""
+    env, out = airflow_env
+    env = {**env, "TFX_GPT2_RETRAIN_MIN_NEW_DOCUMENTS": "2", "TFX_GPT2_FEEDBACK_DIR": str(out / "feedback")}
+    result = subprocess.run([sys.executable, "-c", FEEDBACK_TASKS, os.path.join(REPO, "dags", "tfx_gpt2_feedback_dag.py"),
+                             str(out / "feedback")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {k: v for line in result.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
+    assert lines["trigger"] == DAG_ID and lines["before"] is False and lines["after"] is True
+    manifest = lines["manifest"]
+    assert (manifest["span"], manifest["documents"], manifest["feedback_records"]) == (1, 3, 3)
+    with open(out / "training-data" / DAG_ID / "span-1" / "feedback.txt") as f:
+        assert f.read() == "<|endoftext|>".join(f"Q answer {i}" for i in range(3))

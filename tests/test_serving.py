@@ -6,6 +6,7 @@ client, streaming and not), Seldon's body, `/v1/models`, `/metrics` and `/health
 every kind gets a 4xx that names the field and the limit."""
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -148,6 +149,42 @@ def test_one_log_line_per_request_without_prompt_text(our_serve, client):
              if "tfx_gpt2.serving.requests: " in line]
     assert lines and lines[-1]["route"] == "/v1/completions" and lines[-1]["completion_tokens"] <= 2
     assert lines[-1]["version"] == "1" and "secret" not in our_serve.read_log()
+
+
+def test_completions_are_recorded_and_take_feedback(our_serve, client):
+    from tfx_gpt2.feedback.store import SqliteStore
+
+    answer = client.completions.create(model=NAME, prompt="Rate me", max_tokens=3, temperature=0)
+    request = urllib.request.Request(our_serve.url + "/invocations", method="POST",
+                                     data=json.dumps({"inputs": ["One", "Two"], "params": GREEDY}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        mlflow_id = r.headers["X-Completion-Id"]
+        predictions = json.loads(r.read())["predictions"]
+    ok = {"completion_id": answer.id, "rating": 1, "corrected_text": " better", "comment": "close"}
+    assert post_json(our_serve.url + "/v1/feedback", ok) == (200, {"completion_id": answer.id, "index": 0,
+                                                                    "status": "recorded", "score": 1.0})
+    assert post_json(our_serve.url + "/v1/feedback", ok)[1]["status"] == "already recorded"
+    status, body = post_json(our_serve.url + "/v1/feedback", {**ok, "rating": -1})
+    assert status == 409 and body["error"]["param"] == "rating" and "final" in body["error"]["message"]
+    status, body = post_json(our_serve.url + "/v1/feedback", {"completion_id": "cmpl-unknown", "rating": 1})
+    assert status == 404 and body["error"]["param"] == "completion_id"
+    status, body = post_json(our_serve.url + "/v1/feedback", {"completion_id": answer.id, "rating": 7})
+    assert status == 400 and "+1 or -1" in body["error"]["message"]
+    store = SqliteStore(our_serve.feedback_dir + "/feedback.db")
+    deadline = time.monotonic() + 30
+    while store.completion(mlflow_id) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    record = store.completion(answer.id)
+    assert record["prompts"] == ["Rate me"] and record["completions"] == [answer.choices[0].text]
+    assert record["version"] == "1" and record["model"] == NAME and record["latency_ms"] > 0
+    assert record["settings"]["temperature"] == 0 and record["finish_reasons"] == ["length"]
+    assert store.completion(mlflow_id)["completions"] == predictions  # MLflow's body: the id is in a header
+    (_, feedback), = store.feedback_of(answer.id)
+    assert (feedback["rating"], feedback["corrected_text"], feedback["comment"], feedback["prompt"]) == (
+        1, " better", "close", "Rate me")
+    text = get(our_serve.url + "/metrics")[1]
+    assert metric(text, "tfx_gpt2_feedback_total", outcome="recorded") == 1
 
 
 BAD = [  # (path, body, status, words the message must hold)

@@ -196,8 +196,131 @@ def cmd_serve(args) -> int:
         return 2
     config = ServeConfig(request_timeout=args.request_timeout, poll_seconds=args.poll_seconds,
                          log_prompts=args.log_prompts)
-    serve(uri, host=args.host, port=args.port, engine=engine, config=config)
+    try:
+        recorder = None if args.no_feedback else _recorder(args)
+    except Exception as e:  # noqa: BLE001 -- a store that cannot be opened is a start-up error
+        print(f"error: the feedback store cannot be opened: {e}", file=sys.stderr)
+        return 2
+    serve(uri, host=args.host, port=args.port, engine=engine, config=config, recorder=recorder)
     return 0
+
+
+def _recorder(args):
+    """The server's feedback recorder: MongoDB with --mongo-uri-env, else the embedded store."""
+    from tfx_gpt2.feedback.recorder import Recorder
+
+    directory = args.feedback_dir or default_feedback_dir()
+    store = _store(args)
+    print(f"recording completions and feedback in {store.describe()}", file=sys.stderr)
+    return Recorder(store, os.path.join(directory, "spool"), scale=args.rating_scale)
+
+
+def default_feedback_dir(output_dir: str = "") -> str:
+    """`<output_dir>/feedback`; by default the output directory is the pipeline settings' (TFX_GPT2_OUTPUT_DIR)."""
+    from tfx_gpt2.settings import from_env
+
+    return os.path.join(output_dir or from_env().output_dir, "feedback")
+
+
+def _store(args):
+    from tfx_gpt2.feedback.store import open_store
+
+    return open_store(args.feedback_dir or default_feedback_dir(getattr(args, "output_dir", "")),
+                      mongo_uri_env=args.mongo_uri_env, database=args.mongo_database)
+
+
+def _loop_settings(args):
+    from tfx_gpt2.settings import from_env
+
+    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("data_root", args.data_root),
+                                   ("pipeline_name", args.pipeline_name)) if v}
+    return from_env(**overrides)
+
+
+def cmd_retrain(args) -> int:
+    from tfx_gpt2.continuous import retrain
+    from tfx_gpt2.feedback.records import FeedbackRule
+    from tfx_gpt2.feedback.retrain import RetrainPolicy
+
+    try:
+        settings = _loop_settings(args)
+        policy = RetrainPolicy(min_new_documents=args.min_new_documents, min_mean_score=args.min_mean_score,
+                               score_window=args.score_window, min_scores=args.min_scores,
+                               every_hours=args.every_hours)
+        rule = FeedbackRule(min_score=args.min_score, use_corrections=not args.no_corrections)
+        store = _store(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = retrain(settings, store, policy, rule, force=args.force)
+    except Exception as e:  # noqa: BLE001 -- a failed retrain leaves the champion as it was: say so, exit 1
+        print(f"retrain FAILED: {type(e).__name__}: {e}\nthe champion and the servers following it are unchanged",
+              file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0 if summary is None or summary.get("version") else 1
+
+
+def cmd_lineage(args) -> int:
+    from tfx_gpt2.feedback.lineage_report import completion_lineage, version_lineage
+    from tfx_gpt2.settings import from_env
+
+    tracking_uri = args.tracking_uri or from_env(**({"output_dir": args.output_dir} if args.output_dir else {})
+                                                 ).tracking_uri
+    try:
+        if args.target.startswith("models:/"):
+            print(version_lineage(tracking_uri, args.target))
+        else:
+            store = _store(args)
+            try:
+                print(completion_lineage(tracking_uri, store, args.target))
+            finally:
+                store.close()
+    except LookupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_store_args(p) -> None:
+    p.add_argument("--feedback-dir", default="",
+                   help="the embedded feedback store and the spool (default: <output dir>/feedback)")
+    p.add_argument("--mongo-uri-env", default="", metavar="VAR",
+                   help="the store is MongoDB, whose connection string is in $VAR (the name only is ever logged)")
+    p.add_argument("--mongo-database", default="tfx_gpt2", help="the MongoDB database (tfx_gpt2)")
+
+
+def _add_loop_parsers(sub) -> None:
+    r = sub.add_parser("retrain", help="retrain on the corpus plus users' feedback when a condition holds "
+                                       "(cron-friendly: exits 0 with 'nothing to do' below them)")
+    r.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR)")
+    r.add_argument("--data-root", default="", help="the corpus folder (default: TFX_GPT2_DATA_ROOT, or the bundled)")
+    r.add_argument("--pipeline-name", default="", help="the pipeline and registered model (default: tfx-gpt2)")
+    r.add_argument("--min-new-documents", type=int, default=100,
+                   help="retrain when the feedback since the last trained watermark makes this many training "
+                        "documents (100; 0: off)")
+    r.add_argument("--min-mean-score", type=float, default=None,
+                   help="retrain when the champion's mean rating score (0 to 1) falls below this")
+    r.add_argument("--score-window", type=int, default=100, help="the champion's latest ratings averaged (100)")
+    r.add_argument("--min-scores", type=int, default=20, help="ratings needed before the mean counts (20)")
+    r.add_argument("--every-hours", type=float, default=0.0,
+                   help="retrain when the newest version is this old and there is new feedback (0: off)")
+    r.add_argument("--min-score", type=float, default=0.75,
+                   help="the rule: completions scored at least this become training documents (0.75)")
+    r.add_argument("--no-corrections", action="store_true", help="the rule: leave corrected texts out")
+    r.add_argument("--force", action="store_true", help="retrain whatever the conditions")
+    _add_store_args(r)
+    r.set_defaults(func=cmd_retrain)
+
+    g = sub.add_parser("lineage", help="the data that trained a version, or the version behind a completion "
+                                       "and where its feedback went")
+    g.add_argument("target", help="models:/NAME/VERSION (or @ALIAS), or a completion id (cmpl-...)")
+    g.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: the settings')")
+    g.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR)")
+    _add_store_args(g)
+    g.set_defaults(func=cmd_lineage)
 
 
 def _add_serve_parser(sub) -> None:
@@ -221,6 +344,10 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--poll-seconds", type=float, default=30.0,
                    help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")
     s.add_argument("--log-prompts", action="store_true", help="put prompts and completions in the request log")
+    _add_store_args(s)
+    s.add_argument("--rating-scale", choices=["thumbs", "stars"], default="thumbs",
+                   help="ratings of POST /v1/feedback: thumbs (+1/-1, the default) or stars (1 to 5)")
+    s.add_argument("--no-feedback", action="store_true", help="record no completions; /v1/feedback answers 404")
     s.set_defaults(func=cmd_serve)
 
 
@@ -269,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_vocab)
 
     _add_serve_parser(sub)
+    _add_loop_parsers(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ from tfx_gpt2.components.data_validation import TextExampleValidator, TextSchema
 from tfx_gpt2.components.evaluator import PerplexityEvaluator
 from tfx_gpt2.components.mlflow_pusher import MlflowPusher
 from tfx_gpt2.components.mongo_example_gen import MongoExampleGen
+from tfx_gpt2.components.spans import LatestSpansStrategy
 from tfx_gpt2.components.text_example_gen import TextExampleGen
 from tfx_gpt2.components.vocab_trainer import VocabTrainer
 from tfx_gpt2.config import GPT2Config, to_json
@@ -40,10 +41,10 @@ def _example_gen(data: DataConfig):
 
 
 def _latest_spans(example_gen, max_spans: int):
-    """A resolver of the latest `max_spans` spans the ExampleGen exported (incremental sources)."""
+    """A resolver of the latest `max_spans` spans the ExampleGen exported, the newest export of
+    each (incremental sources: MongoDB past its watermark, a text folder's `span-{SPAN}`)."""
     spans = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
-        config={"range_config": tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=max_spans))},
+        strategy_class=LatestSpansStrategy, config={"num_spans": max_spans},
         # A channel naming the producer sees every span in ML Metadata (the output channel itself
         # would give this run's only); the explicit dependency makes it run after this run's export.
         examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples,
@@ -72,7 +73,7 @@ def data_components(data: DataConfig, block_len: int) -> list:
     example_gen = _example_gen(data)
     components = [example_gen]
     examples = example_gen.outputs["examples"]
-    if data.is_mongo and data.source.incremental:
+    if data.is_incremental:
         spans = _latest_spans(example_gen, data.max_spans)
         components.append(spans)
         examples = spans.outputs["examples"]

@@ -88,6 +88,14 @@ class DataConfig:
     def is_mongo(self) -> bool:
         return isinstance(self.source, MongoSource)
 
+    @property
+    def is_incremental(self) -> bool:
+        """Each run exports a new span, and the encoder reads the latest `max_spans` spans: an
+        incremental MongoSource, or a TextFolder whose pattern has `{SPAN}` (`span-{SPAN}/*.txt`)."""
+        if self.is_mongo:
+            return self.source.incremental
+        return "{SPAN}" in self.source.file_pattern
+
     def describe_source(self) -> str:
         """'mongodb:db.coll,...' or 'files:<pattern>' (an MLflow param; no connection string)."""
         if isinstance(self.source, MongoSource):

@@ -34,6 +34,9 @@ from tfx_gpt2.progress import get_logger
 logger = get_logger("tfx_gpt2.registry")
 
 CHAMPION = "champion"
+# Registry model URIs: models:/NAME@ALIAS and models:/NAME/VERSION.
+ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 CHALLENGER = "challenger"
 SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
 MODEL_KEY_TAG = "tfx_gpt2.model_key"

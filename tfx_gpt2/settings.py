@@ -64,6 +64,8 @@ class PipelineSettings:
         schedule: the Airflow schedule ('' or 'none': only triggered by hand).
         beam_args: Beam pipeline arguments of the data components (space-separated).
         enable_cache: reuse the outputs of components whose inputs did not change.
+        feedback_loop: read the corpus plus users' feedback, as spans under
+            `<output_dir>/training-data/<name>` (`tfx_gpt2.continuous`; the Airflow feedback DAG).
     """
 
     pipeline_name: str = "tfx-gpt2"
@@ -92,6 +94,7 @@ class PipelineSettings:
     schedule: str = "@daily"
     beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
+    feedback_loop: bool = False
 
     @property
     def layout(self) -> OutputLayout:

@@ -39,6 +39,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
+from tfx_gpt2.components.spans import span_of
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text import bpe
 from tfx_gpt2.text.encode_beam import EncoderInputError, block_stats_summary, encode_examples
@@ -58,6 +59,18 @@ def _common_splits(examples: list) -> List[str]:
                 f"{artifact.uri}); export every span with the same split_ratios."
             )
     return splits
+
+
+def span_lineage(examples: list) -> List[dict]:
+    """Per span read: its number, documents and (for feedback spans) what made it."""
+    lineage = []
+    for a in examples:
+        manifest = a.get_string_custom_property("feedback_manifest") if a.has_custom_property(
+            "feedback_manifest") else ""
+        documents = a.get_int_custom_property("documents") if a.has_custom_property("documents") else None
+        lineage.append({"span": span_of(a), "documents": documents, "uri": a.uri,
+                        "feedback": json.loads(manifest) if manifest else None})
+    return sorted(lineage, key=lambda x: x["span"])
 
 
 def describe_spans(spans) -> str:
@@ -108,7 +121,8 @@ def BpeEncoder(
     encoded.set_int_custom_property("block_len", block_len)
     encoded.set_int_custom_property("vocab_size", tokenizer.vocab_size)
     # The spans the blocks come from (tagged on registered model versions).
-    encoded.set_string_custom_property("spans", describe_spans(int(a.span) for a in examples))
+    encoded.set_string_custom_property("spans", describe_spans(span_of(a) for a in examples))
+    encoded.set_string_custom_property("lineage", json.dumps(span_lineage(examples), sort_keys=True))
     stats = {}
     for split in splits:
         with tf.io.gfile.GFile(os.path.join(encoded.uri, f"stats-{split}.json")) as f:

@@ -16,6 +16,7 @@ Anomalies land in ExampleValidator's `anomalies` artifact (per split) and are pr
 `tfx_gpt2.local.summarize`; the statistics (text length, value counts) show in TFDV's viewer.
 """
 
+import json
 import os
 
 from google.protobuf import text_format
@@ -93,7 +94,23 @@ class _ValidatorExecutor(example_validator_executor.Executor):
         if isinstance(value, str) and value:
             exec_properties = {**exec_properties, standard_component_specs.CUSTOM_VALIDATION_CONFIG_KEY:
                                proto_utils.json_to_proto(value, custom_validation_config_pb2.CustomValidationConfig())}
+        empty = empty_splits(artifact_utils.get_single_instance(input_dict[standard_component_specs.STATISTICS_KEY]))
+        if empty:  # a small span (a few feedback documents) may put none in a split: nothing to validate there
+            logger.warning("split(s) %s of these examples hold no document; they are not validated", empty)
+            excluded = json.loads(exec_properties.get(standard_component_specs.EXCLUDE_SPLITS_KEY) or "[]")
+            exec_properties = {**exec_properties,
+                               standard_component_specs.EXCLUDE_SPLITS_KEY: json.dumps(sorted(set(excluded) | set(empty)))}
         return super().Do(input_dict, output_dict, exec_properties)
+
+
+def empty_splits(statistics) -> list:
+    """The splits whose statistics count no example."""
+    empty = []
+    for split in artifact_utils.decode_split_names(statistics.split_names):
+        stats = stats_artifact_utils.load_statistics(statistics, split).proto()
+        if not stats.datasets or stats.datasets[0].num_examples == 0:
+            empty.append(split)
+    return empty
 
 
 class TextExampleValidator(ExampleValidator):

@@ -47,6 +47,7 @@ from tfx.utils import path_utils
 
 from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
+from tfx_gpt2.feedback.lineage import lineage_tags
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, champion_key, push_model, redact_uri, registry_lock
 
@@ -129,6 +130,7 @@ class Executor(base_executor.BaseExecutor):
                 "blessed": str(blessed).lower(),
                 "blessing_reason": reason,
                 COMPARED_WITH_TAG: compared,
+                **lineage_tags(examples_lineage(input_dict.get("examples"))),
             }
             result = push_model(
                 tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
@@ -139,6 +141,13 @@ class Executor(base_executor.BaseExecutor):
                 training_samples=training_samples,
             )
         _record(pushed_model, result, tracking_uri, blessed, reason)
+
+
+def examples_lineage(examples) -> list:
+    """The spans the encoded blocks come from (BpeEncoder's `lineage`), [] when not recorded."""
+    if not examples or not examples[0].has_custom_property("lineage"):
+        return []
+    return json.loads(examples[0].get_string_custom_property("lineage"))
 
 
 def current_blessing(tracking_uri: str, name: str, model_key: str, model_dir: str, evaluation, blessing,

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import apache_beam as beam
 from google.protobuf import any_pb2, struct_pb2
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
@@ -30,10 +31,13 @@ from tfx_gpt2.components.examples_io import (
     finish_output,
     hash_split_config,
 )
+from tfx_gpt2.feedback.spans import read_manifest
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR, TextSourceError, read_documents
 
 logger = get_logger("tfx_gpt2.text_example_gen")
+
+FEEDBACK_MANIFEST = "feedback_manifest"
 
 
 class _ReadFile(beam.DoFn):
@@ -91,7 +95,12 @@ class Executor(BaseExampleGenExecutor):
     def Do(self, input_dict, output_dict, exec_properties):
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         super().Do(input_dict, output_dict, {**exec_properties, OUTPUT_URI_KEY: examples.uri})
-        finish_output(examples, f"text files in {exec_properties[standard_component_specs.INPUT_BASE_KEY]}")
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        finish_output(examples, f"text files in {input_base}")
+        span = exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME)
+        manifest = read_manifest(input_base, int(span)) if span is not None else None
+        if manifest is not None:  # a span of feedback documents: what made it (tfx_gpt2.feedback.spans)
+            examples.set_string_custom_property(FEEDBACK_MANIFEST, json.dumps(manifest, sort_keys=True))
 
 
 class TextExampleGen(FileBasedExampleGen):

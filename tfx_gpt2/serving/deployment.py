@@ -12,18 +12,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
 from typing import Callable, Optional, Tuple
 
+from tfx_gpt2.registry import ALIAS_URI, VERSION_URI
 from tfx_gpt2.serving.engine import Engine, EngineConfig
 
 log = logging.getLogger("tfx_gpt2.serving")
 
-ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
-VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 class ModelLoadError(RuntimeError):

@@ -37,6 +37,8 @@ class ServerMetrics:
         self.compiled = Gauge("tfx_gpt2_compiled_programs", "XLA programs compiled by the engine", registry=r)
         self.model_info = Gauge("tfx_gpt2_model_info", "1 for the model being served", ["name", "version", "source"],
                                 registry=r)
+        self.feedback = Counter("tfx_gpt2_feedback", "Feedback answered, by outcome (recorded, already recorded, "
+                                "accepted: spooled while the store is down)", ["outcome"], registry=r)
         self.swaps = Counter("tfx_gpt2_model_swaps", "Registry versions switched in while serving", registry=r)
 
     def serving(self, name: str, version: str, source: str) -> None:

@@ -9,6 +9,11 @@
     GET  /health                 readiness: 200 once the model is compiled, 503 before
     GET  /metrics                Prometheus metrics (see `tfx_gpt2.serving.metrics`)
     GET  /docs                   the endpoints, from /openapi.json (served locally)
+    POST /v1/feedback            a rating (and a corrected text) of a completion, by its id
+
+Every completion is recorded (id, prompts, completions, settings, model version, latency, time)
+in the feedback store, without slowing generation (`tfx_gpt2.feedback.recorder`). Its id is the
+OpenAI body's `id`, and the `X-Completion-Id` header of every generation route.
 
 Handlers parse and check the body (`tfx_gpt2.serving.protocol`), tokenize off the event loop,
 `submit` to the engine and await its events: the event loop never runs model code, so `/ping`
@@ -88,8 +93,8 @@ def page(name: str) -> str:
 class Api:
     """The handlers: each parses, checks, queues and awaits; none runs model code."""
 
-    def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics):
-        self.deployment, self.config, self.metrics = deployment, config, metrics
+    def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics, recorder=None):
+        self.deployment, self.config, self.metrics, self.recorder = deployment, config, metrics, recorder
 
     def served(self) -> Served:
         if self.deployment.current is None:
@@ -175,10 +180,15 @@ class Api:
                 "finish_reasons": [r.finish_reason or ("cancelled" if call.request.cancelled else None)
                                    for r in call.rows],
                 "model": call.served.name, "version": call.served.version}
+        prompts = [call.served.tokenizer.decode(r.prompt_ids) for r in call.rows] if (
+            self.config.log_prompts or (self.recorder and status == 200)) else None
         if self.config.log_prompts:
-            line["prompts_text"] = [call.served.tokenizer.decode(r.prompt_ids) for r in call.rows]
+            line["prompts_text"] = prompts
             line["completions"] = [r.text for r in call.rows]
         request_log.info(json.dumps(line))
+        if self.recorder is not None and status == 200:
+            self.recorder.completed({**completion_record(call, prompts), "latency_ms": line["latency_ms"],
+                                     "ttft_ms": line["ttft_ms"], "finish_reasons": line["finish_reasons"]})
 
     def refused(self, route: str, started: float, e, shape):
         """Records and answers a refused request in the route's error shape."""
@@ -201,7 +211,7 @@ class Api:
         except (protocol.BadRequest, _Refused) as e:
             return self.refused(route, started, e, shape)
         self.finish(call, 200)
-        return JSONResponse(answer(call))
+        return JSONResponse(answer(call), headers={"X-Completion-Id": call.id})
 
     # -- generation routes ----------------------------------------------------------------------
 
@@ -217,14 +227,15 @@ class Api:
             return self.refused(route, started, e, openai_error)
         if job.stream:
             return StreamingResponse(self.stream_completion(call, http, job), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                              "X-Completion-Id": call.id})
         try:
             async for _ in self.events_of(call, http):
                 pass
         except _Refused as e:
             return self.refused(route, started, e, openai_error)
         self.finish(call, 200)
-        return completion_body(call)
+        return JSONResponse(completion_body(call), headers={"X-Completion-Id": call.id})
 
     def check_model_name(self, name):
         current = self.served()
@@ -265,6 +276,23 @@ class Api:
             SELDON_PATH, http, lambda data: protocol.parse_seldon(protocol.read_json(data), self.served().n_vocab),
             seldon_error, lambda call: {"data": {"names": ["generated_text"], "ndarray": [r.text for r in call.rows]},
                                         "meta": {}}, "max_new_tokens")
+
+    async def feedback(self, http: HttpRequest):
+        """A rating of a completion (and a corrected text, a comment), by the completion's id."""
+        from tfx_gpt2.feedback.records import FeedbackError
+
+        started, route = time.monotonic(), "/v1/feedback"
+        try:
+            if self.recorder is None:
+                raise _Refused(404, "this server does not record feedback; start it without --no-feedback")
+            status, answer = await asyncio.to_thread(self.recorder.feedback, protocol.read_json(await http.body()))
+        except (protocol.BadRequest, FeedbackError, _Refused) as e:
+            return self.refused(route, started, e, openai_error)
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.feedback.labels(answer["status"]).inc()
+        self.metrics.latency.labels(route).observe(time.monotonic() - started)
+        request_log.info(json.dumps({"event": "feedback", "route": route, "status": status, **answer}))
+        return JSONResponse(answer, status_code=status)
 
     # -- other routes ---------------------------------------------------------------------------
 
@@ -327,9 +355,11 @@ class Api:
 GET_ROUTES = ("/", "/docs", "/ping", "/health", "/version", "/metrics", "/v1/models", "/openapi.json")
 
 
-def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metrics: Optional[ServerMetrics] = None):
-    """The FastAPI app serving `deployment` (which its lifespan starts, if not yet started, and stops)."""
-    api = Api(deployment, config, metrics or ServerMetrics())
+def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metrics: Optional[ServerMetrics] = None,
+               recorder=None):
+    """The FastAPI app serving `deployment` (which its lifespan starts, if not yet started, and stops);
+    completions and feedback go to `recorder` (a `tfx_gpt2.feedback.recorder.Recorder`, closed with the app)."""
+    api = Api(deployment, config, metrics or ServerMetrics(), recorder)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -337,6 +367,8 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
             deployment.start()
         yield
         await asyncio.to_thread(deployment.stop, True)
+        if recorder is not None:
+            await asyncio.to_thread(recorder.close)
 
     app = FastAPI(title="tfx-gpt2", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.api = api
@@ -344,7 +376,7 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
                           ("/version", api.version), ("/metrics", api.metrics_page), ("/v1/models", api.models)]:
         app.add_api_route(path, handler, methods=["GET"])
     for path, handler in [("/v1/completions", api.completions), ("/invocations", api.invocations),
-                          (SELDON_PATH, api.seldon)]:
+                          (SELDON_PATH, api.seldon), ("/v1/feedback", api.feedback)]:
         app.add_api_route(path, handler, methods=["POST"])
     app.middleware("http")(api.count_other_routes)
     return app
@@ -359,6 +391,16 @@ def completion_body(call: _Call):
                         for i, r in enumerate(call.rows)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def completion_record(call: _Call, prompts: List[str]):
+    """What the feedback store keeps of a completion."""
+    config = call.rows[0].config
+    return {"id": call.id, "created": time.time(), "route": call.route, "model": call.served.name,
+            "version": call.served.version, "prompts": prompts, "completions": [r.text for r in call.rows],
+            "settings": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
+            "prompt_tokens": sum(len(r.prompt_ids) for r in call.rows),
+            "completion_tokens": sum(len(r.ids) for r in call.rows)}
 
 
 def stream_chunk(call: _Call, index: int, text: str, reason: Optional[str] = None) -> str:
@@ -388,8 +430,9 @@ def seldon_error(status: int, message: str, field):
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: EngineConfig = EngineConfig(),
-          config: ServeConfig = ServeConfig()) -> None:
-    """Serves `model_uri` until SIGTERM or Ctrl-C; the model loads and compiles in the background."""
+          config: ServeConfig = ServeConfig(), recorder=None) -> None:
+    """Serves `model_uri` until SIGTERM or Ctrl-C; the model loads and compiles in the background.
+    Completions and feedback go to `recorder` (None: not recorded)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -403,6 +446,6 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: Eng
 
     deployment = Deployment(model_uri, engine, config.poll_seconds, on_change=on_change,
                             on_batch=lambda n: metrics.batch_size.observe(n))
-    app = create_app(deployment, config, metrics)
+    app = create_app(deployment, config, metrics, recorder)
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
                 timeout_graceful_shutdown=int(config.request_timeout))

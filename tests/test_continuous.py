@@ -1,0 +1,108 @@
+"""The continuous-training loop end to end: `examples/continuous-training-example.py` with the
+`tiny` model (train v1, serve it, simulated users' completions and feedback, the retrain condition,
+the gate, the server switching), then `tfx-gpt2 retrain` below its conditions and failing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow_helpers import free_port
+
+from tfx_gpt2.feedback.store import SqliteStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+NAME = "tfx-gpt2-loop"
+USERS = 16
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("loop"))
+    env = {**os.environ, "TFX_GPT2_BEAT_BASELINE": "0", "TFX_GPT2_LOOP_PORT": str(free_port())}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "continuous-training-example.py"),
+                           "--output-dir", out, "--max-steps", "20", "--users", str(USERS)],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc.stdout
+
+
+def retrain_cli(out, *args, env=None):
+    return subprocess.run([os.path.join(BIN, "tfx-gpt2"), "retrain", "--output-dir", out, "--pipeline-name", NAME,
+                           *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
+
+
+def client(out):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{out}/mlflow/mlflow.db")
+
+
+def test_feedback_trains_a_second_version_and_the_server_follows_the_gate(loop):
+    out, printed = loop
+    versions = {str(v.version): v for v in client(out).search_model_versions(f"name = '{NAME}'")}
+    assert sorted(versions, key=int) == ["1", "2"]
+    tags = versions["2"].tags
+    assert (tags["tfx_gpt2.data.spans"], tags["tfx_gpt2.feedback.span"]) == ("0-1", "1")
+    assert tags["tfx_gpt2.feedback.records"] == str(USERS) and tags["tfx_gpt2.feedback.documents"] == str(USERS)
+    assert tags["tfx_gpt2.feedback.watermark"] == str(USERS)  # the embedded store's row numbers
+    assert "tfx_gpt2.feedback.span" not in versions["1"].tags and versions["1"].tags["tfx_gpt2.data.spans"] == "0"
+    champion = str(client(out).get_model_version_by_alias(NAME, "champion").version)
+    blessed = tags["blessed"] == "true"
+    assert champion == ("2" if blessed else "1")
+    assert f"the server answers with version {champion} ({'switched to' if blessed else 'kept'} version {champion})" \
+        in printed
+    assert "on the same eval blocks:" in printed
+    store = SqliteStore(os.path.join(out, "feedback", "feedback.db"))
+    assert store.counts()["feedback"] == USERS and store.counts()["completions"] >= USERS + 1
+    # span 1 holds the rule's documents: thumbs up -> prompt + completion, down -> prompt + correction
+    with open(os.path.join(out, "training-data", NAME, "span-1", "feedback.txt")) as f:
+        documents = f.read().split("<|endoftext|>")
+    records = [r for _, r in store.feedback_after(None)]
+    assert documents == [r["prompt"] + (r["corrected_text"] or r["completion"]) for r in records]
+
+
+def test_lineage_links_data_versions_and_completions(loop):
+    out, printed = loop
+    assert "in feedback span 1, which trained models:/tfx-gpt2-loop/2" in printed
+    assert "kept as a training document" in printed
+    proc = subprocess.run([os.path.join(BIN, "tfx-gpt2"), "lineage", f"models:/{NAME}/2", "--output-dir", out],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained on spans 0-1" in proc.stdout and f"span 1: {USERS} documents from {USERS} feedback" in proc.stdout
+    # ML Metadata: the pusher that registered version 2 read the blocks of spans 0 and 1
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = os.path.join(out, "metadata", f"{NAME}.db")
+    mlmd = metadata_store.MetadataStore(config)
+    pushed = [a for a in mlmd.get_artifacts_by_type("PushedModel")
+              if a.custom_properties["model_version"].int_value == 2]
+    (event,) = [e for e in mlmd.get_events_by_artifact_ids([pushed[0].id]) if e.type == e.OUTPUT]
+    inputs = mlmd.get_events_by_execution_ids([event.execution_id])
+    examples = [a for a in mlmd.get_artifacts_by_id([e.artifact_id for e in inputs if e.type == e.INPUT])
+                if "lineage" in a.custom_properties]
+    lineage = json.loads(examples[0].custom_properties["lineage"].string_value)
+    assert [s["span"] for s in lineage] == [0, 1] and lineage[1]["feedback"]["feedback_records"] == USERS
+
+
+def test_retrain_below_its_conditions_does_nothing_and_a_failed_one_changes_nothing(loop):
+    out, _ = loop
+    store = SqliteStore(os.path.join(out, "feedback", "feedback.db"))
+    (_, last), = store.feedback_after(str(USERS - 1))
+    store.put_feedback({**last, "completion_id": "cmpl-extra", "created": last["created"] + 1})
+    proc = retrain_cli(out, "--min-new-documents", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("nothing to do: 1 new training document(s) from 1 feedback record(s)")
+    before = client(out).get_model_version_by_alias(NAME, "champion").version
+    failed = retrain_cli(out, "--min-new-documents", "1", env={"TFX_GPT2_BEAM_ARGS": "--direct_running_mode=nope"})
+    assert failed.returncode == 1 and "retrain FAILED" in failed.stderr, failed.stdout[-2000:] + failed.stderr[-3000:]
+    assert "the champion and the servers following it are unchanged" in failed.stderr
+    assert client(out).get_model_version_by_alias(NAME, "champion").version == before
+    assert len(client(out).search_model_versions(f"name = '{NAME}'")) == 2
+    # the span that failed is written again by the next retrain, with what arrived since
+    again = retrain_cli(out, "--min-new-documents", "5")
+    assert again.stdout.startswith("nothing to do: 1 new training document(s)")

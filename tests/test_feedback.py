@@ -1,0 +1,149 @@
+"""The feedback store and the server's recorder: feedback bodies and ratings, the rule that makes
+training documents, the embedded store, and the spool that keeps records while MongoDB is down
+(a real pymongo client against mockupdb, a MongoDB wire-protocol server)."""
+
+import threading
+import time
+
+import pytest
+from mockupdb import MockupDB
+
+from tfx_gpt2.feedback.recorder import Recorder
+from tfx_gpt2.feedback.records import FeedbackError, FeedbackRule, parse_feedback
+from tfx_gpt2.feedback.store import MongoStore, SqliteStore
+
+WIRE = {"maxWireVersion": 21, "minWireVersion": 0}
+
+
+def completion(i, version="1", prompts=("Hello",)):
+    return {"id": f"cmpl-{i}", "created": 1000.0 + i, "route": "/v1/completions", "model": "m", "version": version,
+            "prompts": list(prompts), "completions": [f" world {i}"] * len(prompts), "settings": {}}
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ([1], None, "JSON object"),
+    ({"rating": 1}, "completion_id", "completion_id = None"),
+    ({"completion_id": "c"}, "rating", "rating is missing"),
+    ({"completion_id": "c", "rating": 0}, "rating", "+1 or -1"),
+    ({"completion_id": "c", "rating": True}, "rating", "+1 or -1"),
+    ({"completion_id": "c", "rating": 1, "corrected_text": 5}, "corrected_text", "not a string"),
+    ({"completion_id": "c", "rating": 1, "index": -1}, "index", "not a prompt's index"),
+    ({"completion_id": "c", "rating": 1, "ratting": 1}, "ratting", "unknown field"),
+])
+def test_bad_feedback_names_the_field(body, field, words):
+    with pytest.raises(FeedbackError) as info:
+        parse_feedback(body, "thumbs")
+    assert info.value.field == field and words in str(info.value) and info.value.status == 400
+
+
+def test_ratings_on_both_scales_become_one_score():
+    assert parse_feedback({"completion_id": "c", "rating": -1}, "thumbs")["score"] == 0.0
+    assert parse_feedback({"completion_id": "c", "rating": 4}, "stars")["score"] == 0.75
+    with pytest.raises(FeedbackError, match="from 1 to 5"):
+        parse_feedback({"completion_id": "c", "rating": 6}, "stars")
+
+
+def test_the_rule_keeps_good_completions_and_corrections():
+    rule = FeedbackRule(min_score=0.75)
+    base = {"prompt": "Q: ", "completion": "bad", "corrected_text": None}
+    assert rule.document({**base, "score": 1.0}) == "Q: bad"
+    assert rule.document({**base, "score": 0.5}) is None
+    assert rule.document({**base, "score": 0.0, "corrected_text": "good"}) == "Q: good"
+    assert FeedbackRule(use_corrections=False).document({**base, "score": 0.0, "corrected_text": "good"}) is None
+
+
+def test_feedback_is_idempotent_and_final(tmp_path):
+    recorder = Recorder(SqliteStore(str(tmp_path / "f.db")), str(tmp_path / "spool"))
+    recorder.completed(completion(1, prompts=("A", "B")))
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})[1]["status"] == "recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})[1]["status"] == "already recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1})[1]["status"] == "recorded"
+    with pytest.raises(FeedbackError) as info:
+        recorder.feedback({"completion_id": "cmpl-1", "rating": -1})
+    assert info.value.status == 409 and info.value.field == "rating"
+    for body, status in [({"completion_id": "cmpl-9", "rating": 1}, 404),
+                         ({"completion_id": "cmpl-1", "rating": 1, "index": 2}, 404)]:
+        with pytest.raises(FeedbackError) as info:
+            recorder.feedback(body)
+        assert info.value.status == status
+    recorder.close()
+    store = SqliteStore(str(tmp_path / "f.db"))
+    assert store.counts() == {"completions": 1, "feedback": 2}
+    records = [r for _, r in store.feedback_after(None)]
+    assert [(r["prompt"], r["completion"], r["rating"], r["version"]) for r in records] == [
+        ("A", " world 1", 1, "1"), ("B", " world 1", -1, "1")]
+    first = store.feedback_after(None)[0][0]
+    assert [r["prompt"] for _, r in store.feedback_after(first)] == ["B"]
+    assert store.recent_scores("1", 10) == [0.0, 1.0] and store.recent_scores("2", 10) == []
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+class Wire:
+    """A mockupdb server that hangs up every write while `down`, and stores what it is sent after."""
+
+    def __init__(self):
+        self.server = MockupDB(auto_ismaster=WIRE)
+        self.server.run()
+        self.down, self.upserts, self.inserts = True, {}, []
+        self.lock = threading.Lock()
+        self.server.autoresponds(self.handle)
+
+    def handle(self, request):
+        if self.down:
+            return request.hangup()
+        name = request.command_name
+        if name == "createIndexes":
+            return request.ok()
+        if name == "update":
+            with self.lock:
+                for u in request.docs[0].get("updates") or request.docs[1:]:
+                    self.upserts[u["q"]["_id"]] = u["u"]
+            return request.ok(n=len(request.docs[0].get("updates") or request.docs[1:]), nModified=0)
+        if name == "insert":
+            with self.lock:
+                self.inserts.extend(request.docs[0].get("documents") or request.docs[1:])
+            return request.ok(n=1)
+        return None
+
+
+def test_records_spool_while_mongodb_is_down_and_are_replayed_when_it_is_back(tmp_path, monkeypatch):
+    wire = Wire()
+    monkeypatch.setenv("FEEDBACK_MONGO", wire.server.uri)
+    recorder = Recorder(MongoStore("FEEDBACK_MONGO"), str(tmp_path / "spool"), retry_seconds=0.3)
+    for i in range(20):
+        recorder.completed(completion(i))
+    wait_for(lambda: recorder.spooled == 20)
+    status, answer = recorder.feedback({"completion_id": "cmpl-3", "rating": 1})  # known from memory
+    assert status == 202 and answer["status"] == "accepted"
+    assert not wire.upserts and not wire.inserts
+    wire.down = False
+    wait_for(lambda: len(wire.upserts) == 20 and len(wire.inserts) == 1 and not recorder.spool_files())
+    assert sorted(wire.upserts) == sorted(f"cmpl-{i}" for i in range(20))
+    assert wire.upserts["cmpl-7"]["completions"] == [" world 7"]
+    assert wire.inserts[0]["completion_id"] == "cmpl-3" and wire.inserts[0]["score"] == 1.0
+    recorder.completed(completion(20))  # and new records go straight to the store
+    wait_for(lambda: "cmpl-20" in wire.upserts)
+    recorder.close()
+    wire.server.stop()
+
+
+def test_a_full_buffer_spills_to_the_spool_without_waiting(tmp_path):
+    class Slow(SqliteStore):
+        def put_completions(self, records):
+            time.sleep(0.5)
+            super().put_completions(records)
+
+    store = Slow(str(tmp_path / "f.db"))
+    recorder = Recorder(store, str(tmp_path / "spool"), max_buffer=2)
+    started = time.monotonic()
+    for i in range(50):
+        recorder.completed(completion(i))
+    assert time.monotonic() - started < 0.5  # generation never waits on the store
+    wait_for(lambda: store.counts()["completions"] == 50 and not recorder.spool_files())
+    recorder.close()

@@ -1,0 +1,80 @@
+"""Data -> model -> completion -> feedback -> data: the tags a registered version carries, and the
+answers of `tfx-gpt2 lineage`.
+
+Each version registered by the pipeline is tagged with the spans it was trained on:
+
+    tfx_gpt2.data.spans            '0-2'
+    tfx_gpt2.data.documents        documents in those spans
+    tfx_gpt2.feedback.span         the newest feedback span (absent: trained on the corpus alone)
+    tfx_gpt2.feedback.watermark    the store watermark of the last feedback in it
+    tfx_gpt2.feedback.records      feedback records in the feedback spans, and
+    tfx_gpt2.feedback.documents    the training documents the rule made of them
+    tfx_gpt2.feedback.from / .to   their time range (UTC)
+    tfx_gpt2.feedback.rule         the rule that made the documents (FeedbackRule, JSON)
+    tfx_gpt2.data.lineage          per span: number, documents, feedback watermarks (JSON)
+
+The same spans are linked to the version in ML Metadata: the Examples artifacts are inputs of the
+MlflowPusher execution whose PushedModel records the version.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Dict, List, Optional
+
+PREFIX = "tfx_gpt2."
+FEEDBACK_SPAN_TAG = "tfx_gpt2.feedback.span"
+FEEDBACK_WATERMARK_TAG = "tfx_gpt2.feedback.watermark"
+MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
+
+
+def utc(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return ""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
+    """The version tags of the spans in `lineage` (BpeEncoder's `lineage` property)."""
+    if not lineage:
+        return {}
+    from tfx_gpt2.components.bpe_encoder import describe_spans
+
+    feedback = [s["feedback"] for s in lineage if s.get("feedback")]
+    tags = {PREFIX + "data.spans": describe_spans(s["span"] for s in lineage),
+            PREFIX + "data.documents": str(sum(s.get("documents") or 0 for s in lineage))}
+    if feedback:
+        last = max(feedback, key=lambda m: m["span"])
+        tags.update({
+            FEEDBACK_SPAN_TAG: str(last["span"]),
+            FEEDBACK_WATERMARK_TAG: str(last["feedback_until"] or ""),
+            PREFIX + "feedback.records": str(sum(m["feedback_records"] for m in feedback)),
+            PREFIX + "feedback.documents": str(sum(m["documents"] for m in feedback)),
+            PREFIX + "feedback.from": utc(min((m["feedback_from"] for m in feedback if m["feedback_from"]),
+                                              default=None)),
+            PREFIX + "feedback.to": utc(max((m["feedback_to"] for m in feedback if m["feedback_to"]), default=None)),
+            PREFIX + "feedback.store": last["store"],
+            PREFIX + "feedback.rule": json.dumps(last["rule"], sort_keys=True),
+        })
+    compact = [{"span": s["span"], "documents": s.get("documents"),
+                **({"feedback_after": s["feedback"]["feedback_after"], "feedback_until": s["feedback"]["feedback_until"],
+                    "feedback_records": s["feedback"]["feedback_records"]} if s.get("feedback") else {})}
+               for s in lineage]
+    text = json.dumps(compact, separators=(",", ":"))
+    while len(text) > MAX_TAG_CHARS and len(compact) > 1:  # the newest spans are kept
+        compact = compact[1:]
+        text = json.dumps(compact, separators=(",", ":"))
+    tags[PREFIX + "data.lineage"] = text
+    return tags
+
+
+def trained_feedback(versions) -> tuple:
+    """(span, watermark) of the newest feedback span any of `versions` (MLflow ModelVersions) was
+    trained on; (0, None) when none was trained on feedback."""
+    best = (0, None)
+    for v in versions:
+        tags = v.tags or {}
+        if tags.get(FEEDBACK_SPAN_TAG, "").isdigit() and int(tags[FEEDBACK_SPAN_TAG]) > best[0]:
+            best = (int(tags[FEEDBACK_SPAN_TAG]), tags.get(FEEDBACK_WATERMARK_TAG) or None)
+    return best

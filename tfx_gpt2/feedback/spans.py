@@ -1,0 +1,147 @@
+"""Feedback -> training documents, as a new span of the pipeline's text source.
+
+A text corpus used for continuous training is laid out as spans (TFX's `{SPAN}` patterns):
+
+    <output_dir>/training-data/
+        span-0 -> the corpus folder (a link: the corpus is not copied)
+        span-1/feedback.txt          training documents from feedback, one span per retrain
+        manifests/span-1.json        what made span 1: store, watermarks, counts, time range
+
+The pipeline reads it as `TextFolder(root, "span-{SPAN}/<pattern>")`: each run exports the
+latest span, validated like the corpus was, and the encoder reads every span (the newest export
+of each). The feedback a span holds is the feedback after the watermark of the last span a
+registered version was trained on, so a span that was written but never trained on (a failed
+run) is written again, with what arrived since, instead of being followed by a second one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from tfx_gpt2.feedback.records import FeedbackRule
+from tfx_gpt2.text.bpe import ENDOFTEXT
+
+FEEDBACK_FILE = "feedback.txt"
+MANIFESTS = "manifests"
+
+
+class TrainingDataError(ValueError):
+    """The training-data folder cannot be laid out (the message says why and what to do)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """The span layout of a text corpus plus feedback (see the module docstring).
+
+    Attributes:
+        root: the folder holding the spans (e.g. `<output_dir>/training-data`).
+        corpus: the original corpus folder (span 0).
+        file_pattern: the corpus files' glob, also used inside each span.
+    """
+
+    root: str
+    corpus: str
+    file_pattern: str = "*.txt"
+
+    @property
+    def span_pattern(self) -> str:
+        return "span-{SPAN}/" + self.file_pattern
+
+    def span_dir(self, span: int) -> str:
+        return os.path.join(self.root, f"span-{span}")
+
+    def manifest_path(self, span: int) -> str:
+        return os.path.join(self.root, MANIFESTS, f"span-{span}.json")
+
+    def setup(self) -> "TrainingData":
+        """Creates the root and links span 0 to the corpus (checked if it exists)."""
+        if not fnmatch.fnmatch(FEEDBACK_FILE, self.file_pattern):
+            raise TrainingDataError(f"file_pattern = {self.file_pattern!r} does not match {FEEDBACK_FILE!r}, the file "
+                                    "feedback spans are written to; use a pattern such as '*.txt'.")
+        corpus = os.path.abspath(self.corpus)
+        if not os.path.isdir(corpus):
+            raise TrainingDataError(f"data_root = {self.corpus!r}: the corpus folder does not exist.")
+        os.makedirs(os.path.join(self.root, MANIFESTS), exist_ok=True)
+        span0 = self.span_dir(0)
+        if os.path.islink(span0):
+            if os.path.realpath(span0) != os.path.realpath(corpus):
+                raise TrainingDataError(f"{span0} links to {os.readlink(span0)}, not to the corpus {corpus}; a "
+                                        "training-data folder belongs to one corpus: use another output directory.")
+        elif os.path.exists(span0):
+            raise TrainingDataError(f"{span0} exists and is not a link to the corpus; remove it or use another "
+                                    "output directory.")
+        else:
+            os.symlink(corpus, span0)
+        return self
+
+    def spans(self) -> List[int]:
+        found = []
+        for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
+            if name.startswith("span-") and name[5:].isdigit():
+                found.append(int(name[5:]))
+        return sorted(found)
+
+    def remove_spans_after(self, span: int) -> None:
+        """Removes the feedback spans after `span` (written, never exported)."""
+        for k in self.spans():
+            if k > span:
+                shutil.rmtree(self.span_dir(k))
+                if os.path.exists(self.manifest_path(k)):
+                    os.remove(self.manifest_path(k))
+
+    def manifest(self, span: int) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.manifest_path(span), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+
+def read_manifest(input_base: str, span: int) -> Optional[Dict[str, Any]]:
+    """The manifest of `span` under a training-data folder (None for the corpus, or a plain folder)."""
+    import tensorflow as tf
+
+    path = os.path.join(input_base, MANIFESTS, f"span-{span}.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def clean(text: str) -> str:
+    """A document without the document separator in it (it would split the document in two)."""
+    return text.replace(ENDOFTEXT, "")
+
+
+def write_span(data: TrainingData, span: int, records: List[Tuple[str, Dict[str, Any]]], rule: FeedbackRule,
+               after: Optional[str], store: str) -> Dict[str, Any]:
+    """Writes span `span` from feedback `records` (watermark, record) after watermark `after`;
+    replaces a span of that number that was never trained on. Returns its manifest."""
+    documents = [clean(d) for d in rule.documents([r for _, r in records])]
+    times = [r["created"] for _, r in records]
+    manifest = {
+        "span": span, "store": store, "rule": dataclasses.asdict(rule),
+        "feedback_after": after, "feedback_until": records[-1][0] if records else after,
+        "feedback_records": len(records), "documents": len(documents),
+        "feedback_from": min(times) if times else None, "feedback_to": max(times) if times else None,
+        "versions_rated": sorted({str(r["version"]) for _, r in records}), "written": time.time(),
+    }
+    staging = tempfile.mkdtemp(prefix=f".span-{span}-", dir=data.root)
+    with open(os.path.join(staging, FEEDBACK_FILE), "w", encoding="utf-8") as f:
+        f.write(ENDOFTEXT.join(documents))
+    target = data.span_dir(span)
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.rename(staging, target)
+    tmp = data.manifest_path(span) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, data.manifest_path(span))
+    return manifest
