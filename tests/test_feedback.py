@@ -2,6 +2,7 @@
 training documents, the embedded store, and the spool that keeps records while MongoDB is down
 (a real pymongo client against mockupdb, a MongoDB wire-protocol server)."""
 
+import json
 import threading
 import time
 
@@ -147,3 +148,48 @@ def test_a_full_buffer_spills_to_the_spool_without_waiting(tmp_path):
     assert time.monotonic() - started < 0.5  # generation never waits on the store
     wait_for(lambda: store.counts()["completions"] == 50 and not recorder.spool_files())
     recorder.close()
+
+
+def test_retrain_conditions(tmp_path):
+    from tfx_gpt2.feedback.retrain import RetrainPolicy, decide
+
+    store = SqliteStore(str(tmp_path / "f.db"))
+    recorder = Recorder(store, str(tmp_path / "spool"))
+    for i in range(6):
+        recorder.completed(completion(i, version="1"))
+        recorder.feedback({"completion_id": f"cmpl-{i}", "rating": 1 if i < 2 else -1})  # 2 up, 4 down
+    recorder.close()
+    rule = FeedbackRule()
+    enough = decide(store, RetrainPolicy(min_new_documents=2), rule, None, "1")
+    assert enough.fire and (enough.new_records, enough.new_documents) == (6, 2)
+    assert not decide(store, RetrainPolicy(min_new_documents=3), rule, None, "1").fire
+    first_two = store.feedback_after(None)[1][0]
+    assert decide(store, RetrainPolicy(min_new_documents=2), rule, first_two, "1").new_documents == 0
+    ratings = RetrainPolicy(min_new_documents=0, min_mean_score=0.5, min_scores=5)
+    low = decide(store, ratings, rule, None, "1")
+    assert low.fire and abs(low.mean_score - 2 / 6) < 1e-9 and "0.333" in low.describe()
+    assert not decide(store, RetrainPolicy(min_new_documents=0, min_mean_score=0.5, min_scores=7), rule, None, "1").fire
+    assert not decide(store, ratings, rule, None, "2").fire  # no rating of version 2
+    old = decide(store, RetrainPolicy(min_new_documents=0, every_hours=1), rule, None, "1", time.time() - 7200)
+    assert old.fire and "2.0 h old" in old.describe()
+    assert not decide(store, RetrainPolicy(min_new_documents=0, every_hours=1), rule, None, "1", time.time()).fire
+
+
+def test_lineage_tags_and_the_trained_watermark():
+    from types import SimpleNamespace
+
+    from tfx_gpt2.feedback.lineage import lineage_tags, trained_feedback
+
+    manifest = {"span": 1, "feedback_after": None, "feedback_until": "16", "feedback_records": 16, "documents": 12,
+                "feedback_from": 0.0, "feedback_to": 60.0, "store": "embedded store x", "rule": {"min_score": 0.75}}
+    tags = lineage_tags([{"span": 0, "documents": 79, "feedback": None}, {"span": 1, "documents": 12,
+                                                                           "feedback": manifest}])
+    assert tags["tfx_gpt2.data.spans"] == "0-1" and tags["tfx_gpt2.data.documents"] == "91"
+    assert (tags["tfx_gpt2.feedback.span"], tags["tfx_gpt2.feedback.watermark"]) == ("1", "16")
+    assert tags["tfx_gpt2.feedback.from"] == "1970-01-01T00:00:00Z" and tags["tfx_gpt2.feedback.to"].endswith(":01:00Z")
+    assert json.loads(tags["tfx_gpt2.data.lineage"])[1]["feedback_until"] == "16"
+    versions = [SimpleNamespace(tags={}), SimpleNamespace(tags={"tfx_gpt2.feedback.span": "0",
+                                                                "tfx_gpt2.feedback.watermark": "5"}),
+                SimpleNamespace(tags=tags)]
+    assert trained_feedback(versions) == (1, "16") and trained_feedback(versions[:2]) == (0, "5")
+    assert trained_feedback(versions[:1]) == (0, None)

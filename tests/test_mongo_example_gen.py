@@ -2,6 +2,7 @@
 splits, rejected records, caching of an unchanged database, incremental spans read together by
 the encoder, the empty-result error, and no password anywhere after a run."""
 
+import dataclasses
 import json
 import os
 
@@ -110,3 +111,44 @@ def test_no_matching_document_is_a_clear_error(db, tmp_path):
                                uri_env="NEWS_MONGO_URI")
     with pytest.raises(Exception, match="yielded no document.*check the source, its filter and the text field"):
         local.run_local(data_pipeline(str(tmp_path), source))
+
+
+def feedback_records(store, first, n):
+    import time
+
+    for i in range(first, first + n):
+        store.put_feedback({"completion_id": f"cmpl-{i}", "index": 0, "rating": 1, "scale": "thumbs", "score": 1.0,
+                            "corrected_text": None, "comment": None, "model": "m", "version": "1", "prompt": "Q: ",
+                            "completion": f"the river rose {i} metres after the rain. " * 4, "completion_created": 0.0,
+                            "created": time.time()})
+
+
+def test_feedback_documents_are_a_new_span_of_the_mongodb_source(db, tmp_path):
+    """The continuous-training loop on a MongoDB corpus: feedback documents go to a collection
+    that the incremental export reads with the corpus, and each span records what made it."""
+    from tfx_gpt2.feedback.records import FeedbackRule
+    from tfx_gpt2.feedback.spans import MongoTrainingData, TrainingDataError
+    from tfx_gpt2.feedback.store import SqliteStore
+
+    root, client = str(tmp_path), mongo.client_factory("")
+    corpus = mongo.MongoSource(collections=("news.articles",), text_field="body", uri_env="NEWS_MONGO_URI",
+                               incremental=True)
+    with pytest.raises(TrainingDataError, match="filter"):
+        MongoTrainingData(dataclasses.replace(corpus, filter='{"lang": "en"}')).setup()
+    target = MongoTrainingData(corpus, "news.feedback").setup()
+    source = dataclasses.replace(corpus, collections=("news.articles", "news.feedback"), feedback_collection="news.feedback")
+    store = SqliteStore(os.path.join(root, "feedback.db"))
+    feedback_records(store, 0, 3)
+    assert target.write(client, store.feedback_after(None), FeedbackRule(), "s") == 3
+    assert target.write(client, store.feedback_after(None), FeedbackRule(), "s") == 0  # idempotent
+    local.run_local(data_pipeline(root, source))
+    feedback_records(store, 3, 2)
+    assert target.write(client, store.feedback_after("3"), FeedbackRule(), "s") == 2
+    local.run_local(data_pipeline(root, source))
+    enc = _latest(_store(root), "Examples", "block_len")
+    lineage = json.loads(enc["lineage"])
+    assert [s["span"] for s in lineage] == [0, 1]
+    first, second = (s["feedback"] for s in lineage)
+    assert (first["feedback_after"], first["feedback_until"], first["feedback_records"]) == (None, "3", 3)
+    assert (second["feedback_after"], second["feedback_until"], second["feedback_records"]) == ("3", "5", 2)
+    assert lineage[1]["documents"] == 2

@@ -216,10 +216,10 @@ def _recorder(args):
 
 
 def default_feedback_dir(output_dir: str = "") -> str:
-    """`<output_dir>/feedback`; by default the output directory is the pipeline settings' (TFX_GPT2_OUTPUT_DIR)."""
+    """`<output dir>/feedback`: TFX_GPT2_OUTPUT_DIR, else ./tfx_gpt2_output (`make run`'s)."""
     from tfx_gpt2.settings import from_env
 
-    return os.path.join(output_dir or from_env().output_dir, "feedback")
+    return os.path.join(output_dir or from_env(output_dir=os.path.abspath(LOCAL_OUTPUT)).output_dir, "feedback")
 
 
 def _store(args):
@@ -229,12 +229,21 @@ def _store(args):
                       mongo_uri_env=args.mongo_uri_env, database=args.mongo_database)
 
 
+# `make run`'s output directory (below the directory it runs in) and pipeline
+LOCAL_OUTPUT, LOCAL_PIPELINE = "tfx_gpt2_output", "tfx-gpt2-local"
+
+
 def _loop_settings(args):
+    """The pipeline settings (TFX_GPT2_*), defaulting to `make run`'s output directory and pipeline
+    (./tfx_gpt2_output, tfx-gpt2-local); the flags win."""
+    import dataclasses
+
     from tfx_gpt2.settings import from_env
 
-    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("data_root", args.data_root),
-                                   ("pipeline_name", args.pipeline_name)) if v}
-    return from_env(**overrides)
+    flags = {k: v for k, v in (("output_dir", getattr(args, "output_dir", "")),
+                               ("data_root", getattr(args, "data_root", "")),
+                               ("pipeline_name", getattr(args, "pipeline_name", ""))) if v}
+    return dataclasses.replace(from_env(output_dir=os.path.abspath(LOCAL_OUTPUT), pipeline_name=LOCAL_PIPELINE), **flags)
 
 
 def cmd_retrain(args) -> int:
@@ -265,10 +274,8 @@ def cmd_retrain(args) -> int:
 
 def cmd_lineage(args) -> int:
     from tfx_gpt2.feedback.lineage_report import completion_lineage, version_lineage
-    from tfx_gpt2.settings import from_env
 
-    tracking_uri = args.tracking_uri or from_env(**({"output_dir": args.output_dir} if args.output_dir else {})
-                                                 ).tracking_uri
+    tracking_uri = args.tracking_uri or _loop_settings(args).tracking_uri
     try:
         if args.target.startswith("models:/"):
             print(version_lineage(tracking_uri, args.target))
@@ -295,9 +302,11 @@ def _add_store_args(p) -> None:
 def _add_loop_parsers(sub) -> None:
     r = sub.add_parser("retrain", help="retrain on the corpus plus users' feedback when a condition holds "
                                        "(cron-friendly: exits 0 with 'nothing to do' below them)")
-    r.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR)")
+    r.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR, else "
+                        "./tfx_gpt2_output)")
     r.add_argument("--data-root", default="", help="the corpus folder (default: TFX_GPT2_DATA_ROOT, or the bundled)")
-    r.add_argument("--pipeline-name", default="", help="the pipeline and registered model (default: tfx-gpt2)")
+    r.add_argument("--pipeline-name", default="", help="the pipeline and registered model (default: TFX_GPT2_PIPELINE_NAME, else "
+                        "tfx-gpt2-local, make run's)")
     r.add_argument("--min-new-documents", type=int, default=100,
                    help="retrain when the feedback since the last trained watermark makes this many training "
                         "documents (100; 0: off)")
@@ -318,7 +327,8 @@ def _add_loop_parsers(sub) -> None:
                                        "and where its feedback went")
     g.add_argument("target", help="models:/NAME/VERSION (or @ALIAS), or a completion id (cmpl-...)")
     g.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: the settings')")
-    g.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR)")
+    g.add_argument("--output-dir", default="", help="the pipeline's output directory (default: TFX_GPT2_OUTPUT_DIR, else "
+                        "./tfx_gpt2_output)")
     _add_store_args(g)
     g.set_defaults(func=cmd_lineage)
 

@@ -18,16 +18,21 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from tfx_gpt2.feedback.records import FeedbackRule
 from tfx_gpt2.feedback.retrain import Decision, RegistryState, RetrainPolicy, decide, registry_state
-from tfx_gpt2.feedback.spans import TrainingData, TrainingDataError, write_span
+from tfx_gpt2.feedback.spans import (
+    FEEDBACK_COLLECTION,
+    MongoTrainingData,
+    TrainingData,
+    TrainingDataError,
+    write_span,
+)
 from tfx_gpt2.settings import PipelineSettings
 
 
-def training_data(settings: PipelineSettings) -> TrainingData:
-    """The span layout of the settings' corpus: `<output_dir>/training-data/<pipeline>`."""
+def training_data(settings: PipelineSettings):
+    """Where feedback documents go: beside a text corpus, `<output_dir>/training-data/<pipeline>`
+    (`TrainingData`); with a MongoDB corpus, a collection read with it (`MongoTrainingData`)."""
     if settings.mongo_collections:
-        raise TrainingDataError(
-            "the continuous-training loop writes feedback spans beside a text corpus; with a MongoDB source, add the "
-            "feedback store's collection to mongo_collections with mongo_incremental instead (docs/continuous-training.md)")
+        return MongoTrainingData(settings.data_config().source, settings.feedback_collection or FEEDBACK_COLLECTION)
     if "{SPAN}" in settings.file_pattern:
         raise TrainingDataError(f"file_pattern = {settings.file_pattern!r}: give the corpus's own pattern (e.g. "
                                 "'*.txt'); the span layout is made from it")
@@ -35,25 +40,48 @@ def training_data(settings: PipelineSettings) -> TrainingData:
                         settings.data_root, settings.file_pattern)
 
 
-def span_settings(settings: PipelineSettings, data: TrainingData) -> PipelineSettings:
-    """The settings that run the pipeline on the spans instead of the corpus folder."""
+def span_settings(settings: PipelineSettings, data) -> PipelineSettings:
+    """The settings that run the pipeline on the corpus plus the feedback documents."""
+    if isinstance(data, MongoTrainingData):
+        extra = () if data.collection in settings.mongo_collections else (data.collection,)
+        return dataclasses.replace(settings, mongo_collections=tuple(settings.mongo_collections) + extra,
+                                   feedback_collection=data.collection)
     return dataclasses.replace(settings, data_root=data.root, file_pattern=data.span_pattern)
 
 
-def exported_spans(settings: PipelineSettings, node_id: str = "TextExampleGen") -> List[int]:
-    """The spans the pipeline's ExampleGen has exported (from ML Metadata)."""
-    from ml_metadata.metadata_store import metadata_store
+def write_feedback(data, state: RegistryState, store, rule: FeedbackRule) -> Dict[str, Any]:
+    """Writes the feedback after the trained watermark as training documents; returns a manifest."""
+    records = store.feedback_after(state.trained_watermark)
+    if isinstance(data, MongoTrainingData):
+        from tfx_gpt2.sources import mongo
 
-    from tfx_gpt2.local import metadata_config
+        with mongo.connect(data.source) as client:
+            new = data.write(client, records, rule, store.describe())
+        return {"span": "the next export", "documents": new, "feedback_records": len(records),
+                "collection": data.collection}
+    return write_span(data, state.trained_span + 1, records, rule, state.trained_watermark, store.describe())
+
+
+def exported_spans(settings: PipelineSettings, component: str = "TextExampleGen") -> List[int]:
+    """The spans the pipeline's ExampleGen has exported, from ML Metadata (under any orchestrator:
+    the executions of the pipeline's context whose type is the component's class)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
 
     if not os.path.exists(settings.metadata_path):
         return []
-    store = metadata_store.MetadataStore(metadata_config(settings.metadata_path))
-    context = store.get_context_by_type_and_name("node", f"{settings.pipeline_name}.{node_id}")
+    config = metadata_store_pb2.ConnectionConfig()  # as tfx_gpt2.local's, without importing TFX
+    config.sqlite.filename_uri = settings.metadata_path
+    store = metadata_store.MetadataStore(config)
+    context = store.get_context_by_type_and_name("pipeline", settings.pipeline_name)
     if context is None:
         return []
+    types = {t.id: t.name for t in store.get_execution_types()}
+    runs = [e.id for e in store.get_executions_by_context(context.id)
+            if types.get(e.type_id, "").rsplit(".", 1)[-1] == component]
+    outputs = [e.artifact_id for e in store.get_events_by_execution_ids(runs) if e.type == e.OUTPUT]
     spans = set()
-    for artifact in store.get_artifacts_by_context(context.id):
+    for artifact in store.get_artifacts_by_id(outputs):
         if "span" in artifact.custom_properties:
             spans.add(artifact.custom_properties["span"].int_value)
         elif "span" in artifact.properties:
@@ -92,13 +120,11 @@ def prepare(settings: PipelineSettings, store, policy: RetrainPolicy, rule: Feed
     prepared = Prepared(decision, span_settings(settings, data))
     if not decision.fire:
         return prepared
-    if 0 not in exported_spans(prepared.settings):
+    if isinstance(data, TrainingData) and 0 not in exported_spans(prepared.settings):
         data.remove_spans_after(0)
         prepared.corpus_first = True
     elif decision.new_documents:
-        records = store.feedback_after(state.trained_watermark)
-        prepared.manifest = write_span(data, state.trained_span + 1, records, rule, state.trained_watermark,
-                                       store.describe())
+        prepared.manifest = write_feedback(data, state, store, rule)
     return prepared
 
 
@@ -120,6 +146,7 @@ def retrain(settings: PipelineSettings, store, policy: RetrainPolicy, rule: Feed
             return summary
     if prepared.manifest is not None:
         m = prepared.manifest
-        print(f"span {m['span']}: {m['documents']} training document(s) from {m['feedback_records']} feedback "
+        where = f"collection {m['collection']} (the next export's span)" if "collection" in m else f"span {m['span']}"
+        print(f"{where}: {m['documents']} new training document(s) from {m['feedback_records']} feedback "
               f"record(s) ({store.describe()})", flush=True)
     return run_and_report(prepared.settings)

@@ -66,6 +66,8 @@ class PipelineSettings:
         enable_cache: reuse the outputs of components whose inputs did not change.
         feedback_loop: read the corpus plus users' feedback, as spans under
             `<output_dir>/training-data/<name>` (`tfx_gpt2.continuous`; the Airflow feedback DAG).
+        feedback_collection: with a MongoDB corpus, the collection of feedback documents
+            (default `tfx_gpt2.training_feedback` in the loop).
     """
 
     pipeline_name: str = "tfx-gpt2"
@@ -95,6 +97,7 @@ class PipelineSettings:
     beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
     feedback_loop: bool = False
+    feedback_collection: str = ""
 
     @property
     def layout(self) -> OutputLayout:
@@ -120,7 +123,7 @@ class PipelineSettings:
             source = MongoSource(
                 collections=self.mongo_collections, text_field=self.mongo_text_field, filter=self.mongo_filter,
                 uri_env=self.mongo_uri_env, incremental=self.mongo_incremental,
-                watermark_field=self.mongo_watermark_field,
+                watermark_field=self.mongo_watermark_field, feedback_collection=self.feedback_collection,
                 metadata_fields=(self.control_field,) if self.control_field else ())
         return DataConfig(source=source, vocab=self.vocab, vocab_size=self.vocab_size or None,
                           special_tokens=self.special_tokens, control_feature=self.control_field)

@@ -229,9 +229,25 @@ class Executor(BaseExampleGenExecutor):
         examples.set_string_custom_property(WATERMARKS_PROPERTY, json.dumps(watermarks, sort_keys=True))
         examples.set_string_custom_property(START_AFTER_PROPERTY, json.dumps(plan, sort_keys=True))
         examples.set_int_custom_property("mongo_retries", retries)
+        if spec.feedback_collection in plan:
+            _record_feedback(examples, spec, plan, watermarks, exec_properties)
         what = f"MongoDB {', '.join(spec.collections)} (filter {spec.filter}"
         what += f", after {json.dumps(plan)})" if any(plan.values()) else ")"
         finish_output(examples, what)
+
+
+def _record_feedback(examples, spec: mongo.MongoSource, plan, watermarks, exec_properties) -> None:
+    """The manifest of the feedback documents this export read (what `TextExampleGen` records
+    for a feedback span), for the version's lineage."""
+    from tfx_gpt2.feedback.spans import mongo_manifest
+
+    name = spec.feedback_collection
+    span = int(exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) or 0)
+    with mongo.connect(spec) as client:
+        manifest = mongo_manifest(mongo._collection(client, name), span, mongo.load_watermark(plan.get(name)),
+                                  mongo.load_watermark(watermarks.get(name)))
+    if manifest is not None:
+        examples.set_string_custom_property("feedback_manifest", json.dumps(manifest, sort_keys=True))
 
 
 class MongoExampleGen(QueryBasedExampleGen):

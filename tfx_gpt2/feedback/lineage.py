@@ -72,9 +72,10 @@ def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
 def trained_feedback(versions) -> tuple:
     """(span, watermark) of the newest feedback span any of `versions` (MLflow ModelVersions) was
     trained on; (0, None) when none was trained on feedback."""
-    best = (0, None)
+    best = None
     for v in versions:
         tags = v.tags or {}
-        if tags.get(FEEDBACK_SPAN_TAG, "").isdigit() and int(tags[FEEDBACK_SPAN_TAG]) > best[0]:
-            best = (int(tags[FEEDBACK_SPAN_TAG]), tags.get(FEEDBACK_WATERMARK_TAG) or None)
-    return best
+        span = tags.get(FEEDBACK_SPAN_TAG, "")
+        if span.isdigit() and (best is None or int(span) > best[0]):
+            best = (int(span), tags.get(FEEDBACK_WATERMARK_TAG) or None)
+    return best or (0, None)

@@ -145,3 +145,75 @@ def write_span(data: TrainingData, span: int, records: List[Tuple[str, Dict[str,
         json.dump(manifest, f, indent=1)
     os.replace(tmp, data.manifest_path(span))
     return manifest
+
+
+FEEDBACK_COLLECTION = "tfx_gpt2.training_feedback"
+
+
+@dataclasses.dataclass(frozen=True)
+class MongoTrainingData:
+    """Feedback documents in a MongoDB collection, read with the corpus by an incremental MongoSource.
+
+    Each training document is inserted once (keyed by `feedback_id`, the completion id and prompt
+    index) with an ObjectId `_id`, so MongoExampleGen's next export (past its watermark) holds the
+    new ones as a new span; its executor records what made them (`feedback_manifest`).
+
+    Attributes:
+        source: the corpus's MongoSource (`incremental=True`).
+        collection: `database.collection` of the feedback documents (default `tfx_gpt2.training_feedback`).
+    """
+
+    source: Any
+    collection: str = FEEDBACK_COLLECTION
+
+    def setup(self) -> "MongoTrainingData":
+        if not self.source.incremental:
+            raise TrainingDataError("the feedback loop on a MongoDB corpus needs incremental exports: set "
+                                    "mongo_incremental (--incremental), so that each retrain is a new span")
+        if self.source.query():
+            raise TrainingDataError(
+                f"mongo_filter = {self.source.filter!r} applies to every collection, the feedback documents in "
+                f"{self.collection} too, which carry only the text: leave the filter empty (filter the corpus with "
+                "a MongoDB view instead)")
+        return self
+
+    def write(self, client, records: List[Tuple[str, Dict[str, Any]]], rule: FeedbackRule, store: str) -> int:
+        """Inserts the training documents of `records` not inserted yet; returns how many are new."""
+        db, _, name = self.collection.partition(".")
+        coll = client[db][name]
+        coll.create_index("feedback_id", unique=True)
+        new = 0
+        for watermark, record in records:
+            document = rule.document(record)
+            if document is None:
+                continue
+            result = coll.update_one({"feedback_id": f"{record['completion_id']}:{record['index']}"}, {"$setOnInsert": {
+                self.source.text_field: clean(document), "feedback_watermark": sortable(watermark),
+                "completion_id": record["completion_id"], "index": record["index"], "version": record["version"],
+                "score": record["score"], "feedback_created": record["created"], "store": store,
+                "rule": dataclasses.asdict(rule)}}, upsert=True)
+            new += int(result.upserted_id is not None)
+        return new
+
+
+def sortable(watermark: str):
+    """A store watermark as MongoDB sorts it: row numbers as numbers, ObjectIds as their hex."""
+    return int(watermark) if watermark.isdigit() else watermark
+
+
+def mongo_manifest(coll, span: int, start_after, until) -> Optional[Dict[str, Any]]:
+    """The manifest of the feedback documents in `coll` with `_id` in (start_after, until]."""
+    bounds = {"$lte": until} if until is not None else {}
+    if start_after is not None:
+        bounds["$gt"] = start_after
+    documents = list(coll.find({"_id": bounds} if bounds else {},
+                               {"feedback_watermark": 1, "feedback_created": 1, "store": 1, "rule": 1}))
+    if not documents:
+        return None
+    marks = sorted(d["feedback_watermark"] for d in documents)
+    times = [d["feedback_created"] for d in documents]
+    previous = coll.find_one({"_id": {"$lte": start_after}}, sort=[("feedback_watermark", -1)]) if start_after else None
+    return {"span": span, "store": documents[-1].get("store"), "rule": documents[-1].get("rule"),
+            "feedback_after": str(previous["feedback_watermark"]) if previous else None,
+            "feedback_until": str(marks[-1]), "feedback_records": len(documents), "documents": len(documents),
+            "feedback_from": min(times), "feedback_to": max(times), "collection": coll.name}

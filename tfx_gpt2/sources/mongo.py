@@ -56,6 +56,8 @@ class MongoSource:
         incremental: export only documents past the previous run's watermark, as a new span.
         batch_size: documents per round trip (memory is bounded by it).
         max_retries: reconnections in a row before the export fails.
+        feedback_collection: the collection of feedback training documents, if one is read
+            (`tfx_gpt2.feedback.spans.MongoTrainingData`): each export records what made them.
     """
 
     collections: Tuple[str, ...]
@@ -69,6 +71,7 @@ class MongoSource:
     batch_size: int = 1000
     max_retries: int = 5
     retry_wait_s: float = 1.0
+    feedback_collection: str = ""
 
     def __post_init__(self):
         if isinstance(self.collections, str):
