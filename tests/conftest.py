@@ -4,6 +4,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The MLflow servers the tests start (`mlflow server`, `mlflow ui`) serve tracking and the registry;
+# MLflow 3's job runner (for GenAI jobs) would start six more processes, each importing MLflow.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402

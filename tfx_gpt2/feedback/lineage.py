@@ -51,9 +51,10 @@ def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
             FEEDBACK_WATERMARK_TAG: str(last["feedback_until"] or ""),
             PREFIX + "feedback.records": str(sum(m["feedback_records"] for m in feedback)),
             PREFIX + "feedback.documents": str(sum(m["documents"] for m in feedback)),
-            PREFIX + "feedback.from": utc(min((m["feedback_from"] for m in feedback if m["feedback_from"]),
+            PREFIX + "feedback.from": utc(min((m["feedback_from"] for m in feedback if m["feedback_from"] is not None),
                                               default=None)),
-            PREFIX + "feedback.to": utc(max((m["feedback_to"] for m in feedback if m["feedback_to"]), default=None)),
+            PREFIX + "feedback.to": utc(max((m["feedback_to"] for m in feedback if m["feedback_to"] is not None),
+                                            default=None)),
             PREFIX + "feedback.store": last["store"],
             PREFIX + "feedback.rule": json.dumps(last["rule"], sort_keys=True),
         })
