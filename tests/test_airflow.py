@@ -1,6 +1,7 @@
-"""The Airflow DAG in `dags/` on a real Airflow 2 (sqlite, a temporary AIRFLOW_HOME): it imports
-without errors, and `airflow dags test` runs the tiny pipeline with every task succeeding and a
-model version registered in MLflow."""
+"""The Airflow DAGs in `dags/` on a real Airflow 2 (sqlite, a temporary AIRFLOW_HOME): they import
+without errors; `airflow dags test` runs the tiny pipeline in the continuous-training layout with
+every task succeeding and a model version registered in MLflow; the feedback DAG's tasks then sense
+new feedback and write it as span 1."""
 
 import json
 import os
@@ -32,6 +33,9 @@ def airflow_env(tmp_path_factory):
         "TFX_GPT2_MAX_STEPS": "20",
         # 20 steps do not beat the unigram baseline: this run checks the orchestration, not the model.
         "TFX_GPT2_BEAT_BASELINE": "0",
+        # The DAG reads the corpus as span 0 of the continuous-training layout, so that the feedback
+        # DAG's test below writes span 1 beside it (docs/continuous-training.md).
+        "TFX_GPT2_FEEDBACK_LOOP": "1",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run([os.path.join(BIN, "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
@@ -48,7 +52,7 @@ def test_dag_imports_without_errors(airflow_env):
     assert report["errors"] == {}
     assert report["dags"][DAG_ID] == sorted([
         "TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
-        "PerplexityEvaluator", "MlflowPusher"])
+        "PerplexityEvaluator", "MlflowPusher", "latest_spans"])
     assert report["schedule"] == "@daily"
     assert report["dags"][DAG_ID + "-feedback"] == ["enough_feedback", "run_pipeline", "write_feedback_span"]
 
@@ -63,7 +67,7 @@ def test_dags_test_runs_every_task_and_registers_a_model(airflow_env):
                             text=True, check=True)
     tasks = {t["task_id"]: t["state"] for t in json.loads(states.stdout.strip().splitlines()[-1])}
     print(tasks)
-    assert len(tasks) == 8 and set(tasks.values()) == {"success"}
+    assert len(tasks) == 9 and set(tasks.values()) == {"success"}
     client = MlflowClient(tracking_uri="sqlite:///" + str(out / "mlflow" / "mlflow.db"))
     versions = client.search_model_versions(f"name = '{DAG_ID}'")
     assert [int(v.version) for v in versions] == [1]
