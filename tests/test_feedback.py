@@ -193,3 +193,17 @@ def test_lineage_tags_and_the_trained_watermark():
                 SimpleNamespace(tags=tags)]
     assert trained_feedback(versions) == (1, "16") and trained_feedback(versions[:2]) == (0, "5")
     assert trained_feedback(versions[:1]) == (0, None)
+
+
+def test_a_replay_cut_short_by_a_dead_process_is_taken_up_again(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    # What a process killed between claiming a spool file and storing it leaves behind.
+    with open(spool / "completions-123.jsonl.replaying-abcd1234", "w") as f:
+        for i in range(3):
+            f.write(json.dumps(completion(i)) + "\n")
+    store = SqliteStore(str(tmp_path / "f.db"))
+    recorder = Recorder(store, str(spool))
+    wait_for(lambda: store.counts()["completions"] == 3 and not recorder.spool_files())
+    recorder.close()
+    assert not list(spool.iterdir())

@@ -53,6 +53,7 @@ class Recorder:
         self.down_since: Optional[float] = None
         self.spooled = 0
         os.makedirs(spool_dir, exist_ok=True)
+        self._recover_claimed()
         self._thread = threading.Thread(target=self._run, name="tfx-gpt2-feedback-writer", daemon=True)
         self._thread.start()
 
@@ -117,6 +118,13 @@ class Recorder:
             f.flush()
             os.fsync(f.fileno())
         self.spooled += len(records)
+
+    def _recover_claimed(self) -> None:
+        """Puts back the spool files a replay had claimed when its process died (replays are
+        idempotent, so one still running elsewhere at worst writes some records twice)."""
+        for path in glob.glob(os.path.join(self.spool_dir, "*.jsonl.replaying-*")):
+            if not path.endswith(".jsonl"):
+                os.rename(path, path + ".jsonl")
 
     def spool_files(self) -> List[str]:
         return sorted(glob.glob(os.path.join(self.spool_dir, "*.jsonl")))
