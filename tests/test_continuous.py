@@ -78,11 +78,10 @@ def test_lineage_links_data_versions_and_completions(loop):
     assert "trained on spans 0-1" in proc.stdout and f"span 1: {USERS} documents from {USERS} feedback" in proc.stdout
     # ML Metadata: the pusher that registered version 2 read the blocks of spans 0 and 1
     from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
 
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = os.path.join(out, "metadata", f"{NAME}.db")
-    mlmd = metadata_store.MetadataStore(config)
+    from tfx_gpt2.local import metadata_config
+
+    mlmd = metadata_store.MetadataStore(metadata_config(os.path.join(out, "metadata", f"{NAME}.db")))
     pushed = [a for a in mlmd.get_artifacts_by_type("PushedModel")
               if a.custom_properties["model_version"].int_value == 2]
     (event,) = [e for e in mlmd.get_events_by_artifact_ids([pushed[0].id]) if e.type == e.OUTPUT]

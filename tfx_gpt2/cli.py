@@ -209,10 +209,9 @@ def _recorder(args):
     """The server's feedback recorder: MongoDB with --mongo-uri-env, else the embedded store."""
     from tfx_gpt2.feedback.recorder import Recorder
 
-    directory = args.feedback_dir or default_feedback_dir()
     store = _store(args)
     print(f"recording completions and feedback in {store.describe()}", file=sys.stderr)
-    return Recorder(store, os.path.join(directory, "spool"), scale=args.rating_scale)
+    return Recorder(store, os.path.join(_feedback_dir(args), "spool"), scale=args.rating_scale)
 
 
 def default_feedback_dir(output_dir: str = "") -> str:
@@ -225,8 +224,11 @@ def default_feedback_dir(output_dir: str = "") -> str:
 def _store(args):
     from tfx_gpt2.feedback.store import open_store
 
-    return open_store(args.feedback_dir or default_feedback_dir(getattr(args, "output_dir", "")),
-                      mongo_uri_env=args.mongo_uri_env, database=args.mongo_database)
+    return open_store(_feedback_dir(args), mongo_uri_env=args.mongo_uri_env, database=args.mongo_database)
+
+
+def _feedback_dir(args) -> str:
+    return args.feedback_dir or default_feedback_dir(getattr(args, "output_dir", ""))
 
 
 # `make run`'s output directory (below the directory it runs in) and pipeline

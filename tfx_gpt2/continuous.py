@@ -66,13 +66,13 @@ def exported_spans(settings: PipelineSettings, component: str = "TextExampleGen"
     """The spans the pipeline's ExampleGen has exported, from ML Metadata (under any orchestrator:
     the executions of the pipeline's context whose type is the component's class)."""
     from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
+
+    from tfx_gpt2.feedback.spans import mlmd_span
+    from tfx_gpt2.local import metadata_config
 
     if not os.path.exists(settings.metadata_path):
         return []
-    config = metadata_store_pb2.ConnectionConfig()  # as tfx_gpt2.local's, without importing TFX
-    config.sqlite.filename_uri = settings.metadata_path
-    store = metadata_store.MetadataStore(config)
+    store = metadata_store.MetadataStore(metadata_config(settings.metadata_path))
     context = store.get_context_by_type_and_name("pipeline", settings.pipeline_name)
     if context is None:
         return []
@@ -80,13 +80,8 @@ def exported_spans(settings: PipelineSettings, component: str = "TextExampleGen"
     runs = [e.id for e in store.get_executions_by_context(context.id)
             if types.get(e.type_id, "").rsplit(".", 1)[-1] == component]
     outputs = [e.artifact_id for e in store.get_events_by_execution_ids(runs) if e.type == e.OUTPUT]
-    spans = set()
-    for artifact in store.get_artifacts_by_id(outputs):
-        if "span" in artifact.custom_properties:
-            spans.add(artifact.custom_properties["span"].int_value)
-        elif "span" in artifact.properties:
-            spans.add(artifact.properties["span"].int_value)
-    return sorted(spans)
+    return sorted({mlmd_span(a) for a in store.get_artifacts_by_id(outputs)
+                   if "span" in a.custom_properties or "span" in a.properties})
 
 
 @dataclasses.dataclass

@@ -23,9 +23,15 @@ logger = get_logger("tfx_gpt2.local")
 
 
 def metadata_config(path: str):
-    from tfx import v1 as tfx
+    """ML Metadata on the sqlite file `path`, created if missing (TFX's
+    `sqlite_metadata_connection_config`, without importing TFX)."""
+    from ml_metadata.proto import metadata_store_pb2
 
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
 
 
 def new_run_id() -> str:

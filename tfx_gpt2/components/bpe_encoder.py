@@ -40,6 +40,7 @@ from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
 from tfx_gpt2.components.spans import span_of
+from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text import bpe
 from tfx_gpt2.text.encode_beam import EncoderInputError, block_stats_summary, encode_examples
@@ -65,8 +66,8 @@ def span_lineage(examples: list) -> List[dict]:
     """Per span read: its number, documents and (for feedback spans) what made it."""
     lineage = []
     for a in examples:
-        manifest = a.get_string_custom_property("feedback_manifest") if a.has_custom_property(
-            "feedback_manifest") else ""
+        manifest = a.get_string_custom_property(FEEDBACK_MANIFEST) if a.has_custom_property(
+            FEEDBACK_MANIFEST) else ""
         documents = a.get_int_custom_property("documents") if a.has_custom_property("documents") else None
         lineage.append({"span": span_of(a), "documents": documents, "uri": a.uri,
                         "feedback": json.loads(manifest) if manifest else None})

@@ -239,7 +239,7 @@ class Executor(BaseExampleGenExecutor):
 def _record_feedback(examples, spec: mongo.MongoSource, plan, watermarks, exec_properties) -> None:
     """The manifest of the feedback documents this export read (what `TextExampleGen` records
     for a feedback span), for the version's lineage."""
-    from tfx_gpt2.feedback.spans import mongo_manifest
+    from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST, mongo_manifest
 
     name = spec.feedback_collection
     span = int(exec_properties.get(example_gen_utils.SPAN_PROPERTY_NAME) or 0)
@@ -247,7 +247,7 @@ def _record_feedback(examples, spec: mongo.MongoSource, plan, watermarks, exec_p
         manifest = mongo_manifest(mongo._collection(client, name), span, mongo.load_watermark(plan.get(name)),
                                   mongo.load_watermark(watermarks.get(name)))
     if manifest is not None:
-        examples.set_string_custom_property("feedback_manifest", json.dumps(manifest, sort_keys=True))
+        examples.set_string_custom_property(FEEDBACK_MANIFEST, json.dumps(manifest, sort_keys=True))
 
 
 class MongoExampleGen(QueryBasedExampleGen):

@@ -11,13 +11,12 @@ from typing import Dict, List, Optional
 from tfx import types
 from tfx.dsl.components.common import resolver
 
+from tfx_gpt2.feedback.spans import mlmd_span
+
 
 def span_of(artifact: types.Artifact) -> int:
     """The artifact's span: ExampleGens record it as a custom property (an int, or a string)."""
-    if artifact.has_custom_property("span"):
-        value = artifact.get_custom_property("span")
-        return int(value) if value != "" else 0
-    return artifact.span
+    return mlmd_span(artifact.mlmd_artifact)
 
 
 def latest_per_span(artifacts: List[types.Artifact], num_spans: int) -> List[types.Artifact]:

@@ -31,13 +31,11 @@ from tfx_gpt2.components.examples_io import (
     finish_output,
     hash_split_config,
 )
-from tfx_gpt2.feedback.spans import read_manifest
+from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST, read_manifest
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR, TextSourceError, read_documents
 
 logger = get_logger("tfx_gpt2.text_example_gen")
-
-FEEDBACK_MANIFEST = "feedback_manifest"
 
 
 class _ReadFile(beam.DoFn):

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfx_gpt2.feedback.records import FeedbackError, feedback_record, parse_feedback, same_feedback
+from tfx_gpt2.feedback.records import FeedbackError, differing_field, feedback_record, parse_feedback
 from tfx_gpt2.feedback.store import StoreUnavailable
 
 log = logging.getLogger("tfx_gpt2.feedback")
@@ -164,7 +164,7 @@ class Recorder:
             return
         for r in records:
             stored, earlier = self.store.put_feedback(r)
-            if not stored and same_feedback(r, earlier):
+            if not stored and differing_field(r, earlier) is not None:
                 log.warning("spooled feedback on %s[%d] differs from the feedback stored first; the first is kept",
                             r["completion_id"], r["index"])
 
@@ -197,7 +197,7 @@ class Recorder:
             return 202, {"completion_id": cid, "index": record["index"], "status": "accepted",
                          "detail": "the feedback store is unreachable; this feedback is kept and stored when it is back"}
         if not stored:
-            differs = same_feedback(record, earlier)
+            differs = differing_field(record, earlier)
             if differs:
                 raise FeedbackError(f"{cid} (index {record['index']}) already has feedback with {differs} = "
                                     f"{earlier.get(differs)!r}; feedback is final", differs, status=409)

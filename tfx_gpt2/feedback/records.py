@@ -89,7 +89,7 @@ def feedback_record(feedback: Dict[str, Any], completion: Dict[str, Any]) -> Dic
             "completion_created": completion["created"], "created": time.time()}
 
 
-def same_feedback(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
+def differing_field(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
     """The first field in which two feedbacks on one completion differ, or None."""
     for name in ("rating", "corrected_text", "comment"):
         if a.get(name) != b.get(name):

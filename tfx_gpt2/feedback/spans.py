@@ -29,6 +29,8 @@ from tfx_gpt2.feedback.records import FeedbackRule
 from tfx_gpt2.text.bpe import ENDOFTEXT
 
 FEEDBACK_FILE = "feedback.txt"
+# The Examples custom property that holds a feedback span's manifest (set by the ExampleGens).
+FEEDBACK_MANIFEST = "feedback_manifest"
 MANIFESTS = "manifests"
 
 
@@ -96,12 +98,15 @@ class TrainingData:
                 if os.path.exists(self.manifest_path(k)):
                     os.remove(self.manifest_path(k))
 
-    def manifest(self, span: int) -> Optional[Dict[str, Any]]:
-        try:
-            with open(self.manifest_path(span), encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
+
+
+def mlmd_span(artifact) -> int:
+    """The span of an ML Metadata artifact (proto): ExampleGens record it as a custom property
+    (an int, or a string), else it is the `span` property."""
+    if "span" in artifact.custom_properties:
+        value = artifact.custom_properties["span"]
+        return value.int_value if value.HasField("int_value") else int(value.string_value or 0)
+    return artifact.properties["span"].int_value if "span" in artifact.properties else 0
 
 
 def read_manifest(input_base: str, span: int) -> Optional[Dict[str, Any]]:

@@ -33,8 +33,6 @@ class StoreUnavailable(RuntimeError):
 class SqliteStore:
     """The embedded store: one sqlite file, safe for several processes (WAL, busy timeout)."""
 
-    kind = "embedded"
-
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -130,8 +128,6 @@ client_factory = _default_client
 
 class MongoStore:
     """The MongoDB store: collections `completions` and `feedback` of `database`."""
-
-    kind = "mongodb"
 
     def __init__(self, uri_env: str, database: str = DEFAULT_DATABASE):
         from tfx_gpt2.sources import mongo

@@ -78,6 +78,7 @@ class _Call:
 
     route: str
     served: Served
+    prompts: List[str]  # the text of each row's prompt
     rows: List[Row]
     request: Request
     events: asyncio.Queue
@@ -118,7 +119,7 @@ class Api:
                            headers={"Retry-After": str(self.config.retry_after)}) from None
         self.metrics.prompt_tokens.inc(sum(len(i) for i in ids))
         self.metrics.queue_depth.set(current.engine.queue_depth)
-        return _Call(route, current, rows, req, events, started)
+        return _Call(route, current, list(job.prompts), rows, req, events, started)
 
     async def start(self, route: str, job: protocol.Job, started: float, field: str) -> _Call:
         """Tokenizes (off the event loop), checks the context and queues the job's rows."""
@@ -180,15 +181,12 @@ class Api:
                 "finish_reasons": [r.finish_reason or ("cancelled" if call.request.cancelled else None)
                                    for r in call.rows],
                 "model": call.served.name, "version": call.served.version}
-        prompts = [call.served.tokenizer.decode(r.prompt_ids) for r in call.rows] if (
-            self.config.log_prompts or (self.recorder and status == 200)) else None
         if self.config.log_prompts:
-            line["prompts_text"] = prompts
+            line["prompts_text"] = call.prompts
             line["completions"] = [r.text for r in call.rows]
         request_log.info(json.dumps(line))
         if self.recorder is not None and status == 200:
-            self.recorder.completed({**completion_record(call, prompts), "latency_ms": line["latency_ms"],
-                                     "ttft_ms": line["ttft_ms"], "finish_reasons": line["finish_reasons"]})
+            self.recorder.completed(completion_record(call, line))
 
     def refused(self, route: str, started: float, e, shape):
         """Records and answers a refused request in the route's error shape."""
@@ -393,14 +391,13 @@ def completion_body(call: _Call):
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
-def completion_record(call: _Call, prompts: List[str]):
-    """What the feedback store keeps of a completion."""
+def completion_record(call: _Call, line: dict):
+    """What the feedback store keeps of a completion (with the figures of its log `line`)."""
     config = call.rows[0].config
     return {"id": call.id, "created": time.time(), "route": call.route, "model": call.served.name,
-            "version": call.served.version, "prompts": prompts, "completions": [r.text for r in call.rows],
+            "version": call.served.version, "prompts": call.prompts, "completions": [r.text for r in call.rows],
             "settings": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {},
-            "prompt_tokens": sum(len(r.prompt_ids) for r in call.rows),
-            "completion_tokens": sum(len(r.ids) for r in call.rows)}
+            **{k: line[k] for k in ("latency_ms", "ttft_ms", "finish_reasons", "prompt_tokens", "completion_tokens")}}
 
 
 def stream_chunk(call: _Call, index: int, text: str, reason: Optional[str] = None) -> str:
