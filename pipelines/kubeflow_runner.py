@@ -64,6 +64,21 @@ def compile_pipeline(settings, image: str, output: str, gpu_image: str = "", tra
     return job
 
 
+def cluster_warnings(settings) -> List[str]:
+    """What in the settings only works if the pods share this machine's view: local paths and a
+    tracking store that is a file."""
+    warnings = []
+    for flag, value in (("--pipeline-root", settings.pipeline_root), ("--data-root", settings.data_root)):
+        if value and "://" not in value:
+            warnings.append(f"{flag} {value} is a local path: every pod must mount it at the same path (a "
+                            "ReadWriteMany volume, or a bucket through a CSI FUSE driver); else give gs://...")
+    uri = settings.mlflow_tracking_uri
+    if uri and not uri.startswith(("http://", "https://", "databricks")):
+        warnings.append(f"--mlflow-tracking-uri {uri} is not a server: each pod would see its own registry "
+                        "unless the file is on a volume they all mount; give http://SERVICE:5000")
+    return warnings
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", required=True, help="the image built from the Dockerfile (all components)")
@@ -96,6 +111,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("give --mlflow-tracking-uri (or MLFLOW_TRACKING_URI): a server the pods can reach")
     job = compile_pipeline(settings, args.image, args.output, args.gpu_image, args.trainer_gpus, args.gpu_type,
                            args.trainer_cpu, args.trainer_memory_gb)
+    for warning in cluster_warnings(settings):
+        print("warning:", warning)
     tasks = sorted(job["pipelineSpec"]["root"]["dag"]["tasks"])
     print(f"wrote {args.output}: pipeline {settings.pipeline_name!r}, {len(tasks)} tasks ({', '.join(tasks)})")
     print(json.dumps({"image": args.image, "trainer_image": args.gpu_image or args.image,

@@ -98,3 +98,44 @@ def test_dockerfile_copies_what_exists_and_pins_like_bootstrap():
     with open(os.path.join(REPO, "tools", "bootstrap.sh")) as f:
         uv_version = [line.split("=", 1)[1].strip() for line in f if line.startswith("UV_VERSION=")][0]
     assert f'"uv=={uv_version}"' in dockerfile and "FROM python:3.10" in dockerfile
+
+
+def test_the_compiled_pipeline_runs_to_a_registered_model(tmp_path):
+    """The compiled file, run task by task with each container's own command (tools/kfp_local_run.py,
+    standing in for KFP's driver and launcher), trains and registers a model on a tracking server
+    that the "pods" reach over HTTP, as on a cluster."""
+    from mlflow.tracking import MlflowClient
+    from mlflow_helpers import MlflowServer
+
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowServer(str(tmp_path / "mlflow"))
+    try:
+        job_path, root = tmp_path / "pipeline.json", tmp_path / "root"
+        # 20 steps: this run checks the orchestration (the Beam e2e test checks the model).
+        env = {**os.environ, "TFX_GPT2_MODEL": "tiny", "TFX_GPT2_TRAIN": "tiny", "TFX_GPT2_MAX_STEPS": "20",
+               "TFX_GPT2_BEAT_BASELINE": "0"}
+        compiled = subprocess.run(
+            [sys.executable, os.path.join(REPO, "pipelines", "kubeflow_runner.py"), "--image", "registry.example/tfx-gpt2:1",
+             "--pipeline-root", str(root), "--data-root", os.path.join(REPO, "data", "pydoc_topics"),
+             "--mlflow-tracking-uri", server.uri, "--output", str(job_path)],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert compiled.returncode == 0, compiled.stderr[-3000:]
+        assert "is a local path: every pod must mount it at the same path" in compiled.stdout
+        run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "kfp_local_run.py"), str(job_path),
+                              "--run-id", "run-1"], cwd=str(tmp_path), env=os.environ, capture_output=True, text=True,
+                             timeout=900)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        ran = [line.split("]")[0][1:] for line in run.stdout.splitlines() if line.endswith(" s") and "done in" in line]
+        assert sorted(ran) == sorted(TASKS - {"MongoExampleGen"} | {"TextExampleGen"})
+        with open(root / "run-1" / "MlflowPusher" / "executor_output.json") as f:
+            pushed = json.load(f)["artifacts"]["pushed_model"]["artifacts"][0]["metadata"]
+        assert pushed["pushed"] == 1 and pushed["model_version"] == 1 and pushed["tracking_uri"] == server.uri
+        client = MlflowClient(server.uri)
+        version = client.get_model_version_by_alias("tfx-gpt2", "champion")
+        assert version.version == "1" and set(client.get_registered_model("tfx-gpt2").aliases) == {"champion", "challenger"}
+        assert client.get_run(version.run_id).data.metrics["eval_perplexity"] > 1
+        # The Trainer's output went through the ExecutorOutput file to the evaluator and the pusher.
+        with open(root / "run-1" / "Trainer" / "executor_output.json") as f:
+            assert json.load(f)["artifacts"]["model"]["artifacts"][0]["uri"] == str(root / "run-1" / "Trainer" / "model")
+    finally:
+        server.stop()

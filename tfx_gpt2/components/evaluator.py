@@ -46,6 +46,7 @@ from typing import Dict, Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_driver, base_executor, executor_spec
+from tfx.dsl.io import fileio
 from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
@@ -181,7 +182,10 @@ def decide(metrics: Dict[str, float], champion: ChampionScore):
 
 def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) -> None:
     metrics = {**metrics, "blessed": int(blessed), "reason": reason}
-    with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
+    # Output folders exist under TFX's launchers but not under Kubeflow's (nor in a bucket).
+    for uri in (evaluation.uri, blessing.uri):
+        fileio.makedirs(uri)
+    with fileio.open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)
     for key, value in metrics.items():
         if isinstance(value, str):
@@ -191,7 +195,7 @@ def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) 
         else:
             evaluation.set_float_custom_property(key, value)
     evaluation.set_string_custom_property("data_span", examples.get_string_custom_property("spans") or "0")
-    with open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
+    with fileio.open(os.path.join(blessing.uri, "BLESSED" if blessed else "NOT_BLESSED"), "w") as f:
         f.write(reason + "\n")
     blessing.set_int_custom_property("blessed", int(blessed))
     blessing.set_string_custom_property("reason", reason)

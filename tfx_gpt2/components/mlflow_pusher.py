@@ -41,6 +41,7 @@ from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
@@ -106,7 +107,7 @@ class Executor(base_executor.BaseExecutor):
         model_dir = path_utils.serving_model_path(model.uri)
         with open(os.path.join(model_dir, TRAIN_METRICS_FILE)) as f:
             train_metrics = json.load(f)
-        with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
+        with fileio.open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
             eval_metrics = {k: v for k, v in json.load(f).items()
                             if isinstance(v, (int, float)) and k not in DECISION_PARAMS}
         training_samples = []
@@ -170,7 +171,7 @@ def current_blessing(tracking_uri: str, name: str, model_key: str, model_dir: st
     from tfx_gpt2.model.io import load_model_dir
     from tfx_gpt2.text.bpe import BPETokenizer
 
-    with open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
+    with fileio.open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
         metrics = json.load(f)
     eval_files = [os.path.join(artifact_utils.get_split_uri(examples, "eval"), "*")]
     champion = score_champion(tracking_uri, name, load_model_dir(model_dir), BPETokenizer.from_dir(model_dir).encoder,
