@@ -1,5 +1,7 @@
 """The data components on Beam's DirectRunner in multi-process mode: both cores do work, and the
-output is the same as with one process (the same documents in each split, the same token counts)."""
+output is the same as with one process (the same documents in each split, the same token counts).
+The same holds through Beam's portable runner and a real job service (`job_endpoint=embed`, the
+SDK in this process): the path Flink and Spark take (`tfx_gpt2.beam_runners`)."""
 
 import collections
 import os
@@ -12,6 +14,7 @@ import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
 
+from tfx_gpt2.beam_runners import portable_args
 from tfx_gpt2.local import metadata_config, run_local
 from tfx_gpt2.pipeline import DataConfig, TextFolder, create_data_pipeline
 
@@ -92,18 +95,25 @@ def both(tmp_path_factory):
             shutil.copy(os.path.join(CORPUS_DIR, name), os.path.join(corpus, f"{copy}_{name}"))
     one = run(tmp, "one", corpus, ONE)
     multi = run(tmp, "multi", corpus, MULTI)
-    return one, multi
+    portable = run(tmp, "portable", corpus, list(portable_args("embed", environment_type="LOOPBACK")))
+    return one, multi, portable
 
 
 def test_multi_process_gives_the_same_output(both):
-    (one, _), (multi, _) = both
+    (one, _), (multi, _), _ = both
     assert documents(one) == documents(multi)
     assert sum(documents(one)["train"].values()) > 150
     assert encoder_stats(one) == encoder_stats(multi)
 
 
 def test_multi_process_uses_both_cores(both):
-    (_, cpu_one), (_, cpu_multi) = both
+    (_, cpu_one), (_, cpu_multi), _ = both
     busy = sorted(v for v in cpu_multi.values() if v > 1.0)
     print(f"worker CPU seconds, multi-process: {sorted(cpu_multi.values())}; one process: {sorted(cpu_one.values())}")
     assert len(busy) >= 2  # two worker processes each did real work
+
+
+def test_the_portable_runner_gives_the_same_output(both):
+    (one, _), _, (portable, _) = both
+    assert documents(one) == documents(portable)
+    assert encoder_stats(one) == encoder_stats(portable)

@@ -167,3 +167,54 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     np.testing.assert_allclose(resumed["losses"], clean["losses"][-len(resumed["losses"]):], rtol=1e-5)
     for k in w_clean:
         np.testing.assert_allclose(w_resumed[k], w_clean[k], atol=1e-5)
+
+
+def _two_workers(tmp_path, name, *args, kill_at_checkpoint=0, timeout=300):
+    """Two `train_worker.py` processes as one MultiWorkerMirroredStrategy cluster on localhost
+    (TF_CONFIG), sharing a checkpoint folder; their results (None for killed workers)."""
+    from mlflow_helpers import free_port
+
+    cluster = {"worker": [f"localhost:{free_port()}" for _ in range(2)]}
+    ckpt = tmp_path / f"{name}-ckpt"
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, WORKER, str(tmp_path / f"{name}-{i}"), "--distribution", "multi_worker", "--xla", "0",
+             "--checkpoint-dir", str(ckpt), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if kill_at_checkpoint and ckpt.exists() and any(f.startswith(f"ckpt-{kill_at_checkpoint}.")
+                                                       for f in os.listdir(ckpt)):
+            for p in procs:
+                p.send_signal(signal.SIGKILL)
+        time.sleep(0.1)
+    codes = [p.wait(timeout=max(1, deadline - time.monotonic())) for p in procs]
+    if kill_at_checkpoint:
+        assert codes == [-signal.SIGKILL] * 2, f"the workers ended ({codes}) before checkpoint {kill_at_checkpoint}"
+        return None
+    assert codes == [0, 0], codes
+    results = []
+    for i in range(2):
+        with open(tmp_path / f"{name}-{i}" / "result.json") as f:
+            results.append((json.load(f), dict(np.load(tmp_path / f"{name}-{i}" / "weights.npz"))))
+    return results
+
+
+def test_two_worker_processes_match_one_worker_and_resume(tmp_path):
+    """MultiWorkerMirroredStrategy over two processes, the same global batch of 8 as one process:
+    the same loss curve and weights (within float reduction order: rtol 2e-3, atol 5e-3); both
+    workers killed after the checkpoint of step 4 and started again resume from it to the same end."""
+    one, w_one = _worker(tmp_path / "one", "--distribution", "one_device", "--xla", "0")
+    (chief, w_chief), (other, w_other) = _two_workers(tmp_path, "two")
+    assert chief["losses"] == other["losses"] and len(chief["losses"]) == len(one["losses"]) == 8
+    np.testing.assert_allclose(chief["losses"], one["losses"], rtol=2e-3)
+    for k in w_one:
+        np.testing.assert_allclose(w_chief[k], w_one[k], atol=5e-3)
+        np.testing.assert_array_equal(w_chief[k], w_other[k])
+    _two_workers(tmp_path, "killed", "--checkpoint-every", "2", "--step-delay", "0.5", kill_at_checkpoint=4)
+    (resumed, w_resumed), _ = _two_workers(tmp_path, "killed", "--checkpoint-every", "2")
+    assert resumed["resumed_from_step"] in (4, 6) and resumed["steps"] == 8
+    np.testing.assert_allclose(resumed["losses"], one["losses"][-len(resumed["losses"]):], rtol=2e-3)
+    for k in w_one:
+        np.testing.assert_allclose(w_resumed[k], w_one[k], atol=5e-3)

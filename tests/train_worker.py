@@ -1,7 +1,10 @@
 """A training run in its own process, for the distribution and kill-and-resume tests.
 
     python tests/train_worker.py OUT_DIR [--logical-cpus 2] [--distribution mirrored]
-        [--checkpoint-every N] [--max-steps N] [--step-delay S]
+        [--checkpoint-every N] [--max-steps N] [--step-delay S] [--checkpoint-dir DIR]
+
+With `--distribution multi_worker`, start one process per worker, each with its own TF_CONFIG
+and OUT_DIR and the same `--checkpoint-dir`.
 
 Writes deterministic counting blocks, trains a small GPT-2, and writes OUT_DIR/result.json
 (per-step losses) and OUT_DIR/weights.npz. `--step-delay` sleeps after each step so that a test
@@ -25,6 +28,7 @@ def main():
     p.add_argument("--max-steps", type=int, default=8)
     p.add_argument("--step-delay", type=float, default=0.0)
     p.add_argument("--xla", type=int, default=1)
+    p.add_argument("--checkpoint-dir", default="", help="default: OUT/ckpt (workers of one run share one)")
     args = p.parse_args()
 
     import tensorflow as tf
@@ -63,7 +67,7 @@ def main():
                       warmup_steps=2, eval_every=1000, eval_batches=1, log_every=1, shuffle_buffer=32,
                       distribution=args.distribution, checkpoint_every=args.checkpoint_every, xla=bool(args.xla))
     model, result = training.train(model_cfg, cfg, [os.path.join(data, "train", "*")], [os.path.join(data, "eval", "*")],
-                                   checkpoint_dir=os.path.join(args.out, "ckpt"))
+                                   checkpoint_dir=args.checkpoint_dir or os.path.join(args.out, "ckpt"))
     np.savez(os.path.join(args.out, "weights.npz"), **{k.replace("/", "."): v for k, v in model.weights_by_name().items()})
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump({"losses": [h["loss"] for h in result.history], "steps": result.steps,

@@ -93,7 +93,7 @@ class PipelineSettings:
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
     beat_baseline: bool = True
-    schedule: str = "@daily"
+    schedule: str = ""
     beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
     feedback_loop: bool = False

@@ -24,8 +24,10 @@ The TFX Trainer's `run_fn` (tfx_gpt2/components/trainer.py) only resolves paths 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -106,17 +108,50 @@ class TrainResult:
         return perplexity(self.eval_subset_loss)
 
 
+_MULTI_WORKER: List[tf.distribute.Strategy] = []
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The `tf.distribute` strategy that `TrainConfig.distribution` names (see there)."""
-    gpus = tf.config.list_logical_devices("GPU")
+    """The `tf.distribute` strategy that `TrainConfig.distribution` names (see there).
+
+    'multi_worker' must come before TensorFlow runs any op in the process (it configures the
+    collective ops); it is made once per process, and later calls return the same strategy."""
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if not _MULTI_WORKER:
+            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        return _MULTI_WORKER[0]
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     # One device: TensorFlow's default strategy (the default device, a GPU if there is one), so
     # that the whole step, optimizer update included, compiles into one XLA program.
     return tf.distribute.get_strategy()
+
+
+def worker_role(strategy: Optional[tf.distribute.Strategy] = None) -> Tuple[bool, int, int]:
+    """(is_chief, worker index, number of workers) of this process: from TF_CONFIG under
+    MultiWorkerMirroredStrategy (the chief is task `chief`, else `worker` 0); (True, 0, 1)
+    under any other strategy or without TF_CONFIG."""
+    if strategy is not None and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True, 0, 1
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    task_type, task_id = task.get("type"), int(task.get("index", 0))
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    if task_type in (None, "chief"):
+        return True, 0, max(workers, 1)
+    offset = 1 if "chief" in cluster else 0
+    return task_type == "worker" and task_id == 0 and not offset, task_id + offset, max(workers, 1)
+
+
+def worker_dir(path: Optional[str], strategy: Optional[tf.distribute.Strategy] = None) -> Optional[str]:
+    """Where this worker writes what the chief writes to `path`: `path` itself for the chief, a
+    new temporary folder for each other worker (every worker must save, only one owns the result)."""
+    chief, index, _ = worker_role(strategy)
+    if path is None or chief:
+        return path
+    return tempfile.mkdtemp(prefix=f"tfx_gpt2-worker{index}-")
 
 
 def precision_policy(name: str) -> str:
@@ -180,18 +215,21 @@ def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional
     return TrainState(model, optimizer, schedule, variables, step)
 
 
-def open_checkpoints(state: TrainState, checkpoint_dir: Optional[str],
-                     cfg: TrainConfig) -> Optional[tf.train.CheckpointManager]:
+def open_checkpoints(state: TrainState, checkpoint_dir: Optional[str], cfg: TrainConfig,
+                     strategy: Optional[tf.distribute.Strategy] = None) -> Optional[tf.train.CheckpointManager]:
     """A manager saving to `checkpoint_dir` (None without one, or with neither `checkpoint_every`
     nor `checkpoint_every_seconds`); the latest checkpoint there, if any, is restored into `state`
-    first."""
+    first. With several workers each restores the chief's latest checkpoint, and the others save
+    into folders of their own (`worker_dir`)."""
     if not (checkpoint_dir and (cfg.checkpoint_every or cfg.checkpoint_every_seconds)):
         return None
     checkpoint = tf.train.Checkpoint(model=state.model, optimizer=state.optimizer, step=state.step)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=cfg.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logger.info("resumed from %s at step %d", manager.latest_checkpoint, int(state.step.numpy()))
+    own_dir = worker_dir(checkpoint_dir, strategy or tf.distribute.get_strategy())
+    manager = tf.train.CheckpointManager(checkpoint, own_dir, max_to_keep=cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logger.info("resumed from %s at step %d", latest, int(state.step.numpy()))
     return manager
 
 
@@ -538,7 +576,29 @@ def _train_batches(train_files, cfg: TrainConfig, block_len: int, start: int, st
     # resumed run finds its data position by skipping the batches the first run consumed.
     ds = block_dataset(train_files, block_len, cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer,
                        seed=cfg.seed, repeat=True).skip(start)
-    return iter(ds if strategy.num_replicas_in_sync == 1 else strategy.experimental_distribute_dataset(ds))
+    if strategy.num_replicas_in_sync == 1:
+        return iter(ds)
+    if worker_role(strategy)[2] > 1:
+        return iter(strategy.distribute_datasets_from_function(lambda context: _worker_slice(ds, context)))
+    return iter(strategy.experimental_distribute_dataset(ds))
+
+
+def _worker_slice(ds: tf.data.Dataset, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Worker `context.input_pipeline_id`'s rows of every global batch, one element per local
+    replica: each worker reads the whole stream (no file sharding) and keeps its slice, so that
+    the replicas' batches together are exactly one worker's global batch, in the same order."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    workers, worker = context.num_input_pipelines, context.input_pipeline_id
+    local = context.num_replicas_in_sync // workers
+
+    def slices(x, y):
+        rows = tf.shape(x)[0] // (workers * local)
+        mine = slice(worker * local * rows, (worker + 1) * local * rows)
+        shape = tf.stack([local, rows, tf.shape(x)[1]])
+        return tf.data.Dataset.from_tensor_slices((tf.reshape(x[mine], shape), tf.reshape(y[mine], shape)))
+
+    return ds.flat_map(slices).with_options(options)
 
 
 def _announce(model_config: GPT2Config, cfg: TrainConfig, max_steps: int, start: int, replicas: int,
@@ -554,22 +614,24 @@ def _announce(model_config: GPT2Config, cfg: TrainConfig, max_steps: int, start:
 
 
 def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, checkpoint_dir, tokenizer, policy):
+    # First: MultiWorkerMirroredStrategy configures collective ops, which must precede any op.
+    strategy = make_strategy(cfg.distribution)
     keras.utils.set_random_seed(cfg.seed)
     model_config = _effective_config(model_config, cfg, init_model, train_files, eval_files)
     block_len = model_config.n_ctx + 1
     max_steps = steps_for(cfg, train_files)
-    strategy = make_strategy(cfg.distribution)
     _check_batch_split(cfg, strategy.num_replicas_in_sync)
     state = build_state(model_config, cfg, init_model, strategy, policy, max_steps)
-    checkpoints = open_checkpoints(state, checkpoint_dir, cfg)
+    checkpoints = open_checkpoints(state, checkpoint_dir, cfg, strategy)
+    chief = worker_role(strategy)[0]
     start = int(state.step.numpy())
     parts = LoopParts(
         state=state, step_fn=TrainStep(state, cfg, strategy, model_config.n_ctx),
         batches=_train_batches(train_files, cfg, block_len, start, strategy),
         evaluation=SubsetEvaluation(eval_files, block_len, cfg.batch_size, cfg.eval_batches),
         early_stopping=EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta),
-        log=TrainLog(log_dir, max_steps), checkpoints=checkpoints,
-        sampler=Sampler(state.model, tokenizer, cfg) if tokenizer is not None and cfg.samples_every else None,
+        log=TrainLog(log_dir if chief else None, max_steps), checkpoints=checkpoints,
+        sampler=Sampler(state.model, tokenizer, cfg) if chief and tokenizer is not None and cfg.samples_every else None,
     )
     _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy)
     t_start = time.monotonic()

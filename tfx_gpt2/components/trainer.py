@@ -30,7 +30,7 @@ from tfx_gpt2.config import GPT2Config, TrainConfig, from_json, to_json
 from tfx_gpt2.model.io import save_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer
-from tfx_gpt2.training import TrainingError, train
+from tfx_gpt2.training import TrainingError, make_strategy, train, worker_dir
 
 TRAIN_METRICS_FILE = "train_metrics.json"
 SAMPLES_FILE = "samples.json"
@@ -77,6 +77,8 @@ def run_fn(fn_args) -> None:
             )
     model_config = from_json(GPT2Config, custom["model_config"])
     train_config = from_json(TrainConfig, custom["train_config"])
+    if train_config.distribution == "multi_worker":
+        make_strategy("multi_worker")  # before any TensorFlow op, e.g. loading the base model
     vocab_dir = os.path.join(_examples_uri(fn_args.train_files[0]), "vocab")
     tokenizer = BPETokenizer.from_dir(vocab_dir)
     base_model = None
@@ -102,6 +104,8 @@ def run_fn(fn_args) -> None:
         model=base_model, checkpoint_dir=checkpoints, tokenizer=tokenizer,
     )
     out = fn_args.serving_model_dir
+    if train_config.distribution == "multi_worker":
+        out = worker_dir(out)  # the chief writes the model; the other workers, a folder of their own
     save_model_dir(model, out, vocab_dir)
     from tfx_gpt2.model.checkpoints import save_hf_checkpoint
     from tfx_gpt2.serving.export import export_savedmodel
