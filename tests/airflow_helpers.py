@@ -76,7 +76,10 @@ class Airflow:
         """The run's final state, and the scheduler's health as the web UI saw it at each poll."""
         health, deadline = [], time.monotonic() + timeout
         while time.monotonic() < deadline:
-            health.append(self.call("GET", "/api/v1/health")[1]["scheduler"]["status"])
+            scheduler = self.call("GET", "/api/v1/health")[1]["scheduler"]
+            health.append(scheduler["status"])
+            if scheduler["status"] != "healthy":
+                print(f"{time.strftime('%H:%M:%S')} scheduler {scheduler}", flush=True)
             state = self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}")[1]["state"]
             if state in ("success", "failed"):
                 return state, health

@@ -21,7 +21,9 @@ Every task's log is `<pipeline root>/<run id>/<task>/log.txt`.
 
 import argparse
 import json
+import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from concurrent import futures
 from typing import Dict, List, Optional
 
 ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+PRELOAD = (ENTRYPOINT, "tfx_gpt2.components.trainer", "tfx_gpt2.components.mlflow_pusher")
 
 
 class TaskFailed(RuntimeError):
@@ -84,7 +87,8 @@ def _old_style(value):
 class LocalJob:
     """One run of a PipelineJob dict: `run()` executes it; `.outputs[task][key]` are the artifacts."""
 
-    def __init__(self, job: dict, pipeline_root: str = "", env: Optional[dict] = None, run_id: str = ""):
+    def __init__(self, job: dict, pipeline_root: str = "", env: Optional[dict] = None, run_id: str = "",
+                 preload: bool = False):
         self.spec = job["pipelineSpec"]
         self.runtime = job.get("runtimeConfig", {})
         self.root = (pipeline_root or self.runtime.get("gcsOutputDirectory", "")).rstrip("/")
@@ -94,6 +98,10 @@ class LocalJob:
         self.env = dict(os.environ if env is None else env)
         self.outputs: Dict[str, Dict[str, dict]] = {}
         self.seconds: Dict[str, float] = {}
+        self.preload = None
+        if preload:
+            self.preload = multiprocessing.get_context("forkserver")
+            self.preload.set_forkserver_preload(list(PRELOAD))
 
     def task_dir(self, task: str) -> str:
         return os.path.join(self.root, self.run_id, task)
@@ -146,6 +154,9 @@ class LocalJob:
             raise ValueError(f"task {name!r}: executor {component['executorLabel']!r} is neither a container "
                              "nor an importer")
         executor_input = self.executor_input(name, task, component)
+        asks = requested_resources(executor["container"])
+        if asks:
+            print(f"[{name}] the spec asks for {asks} (not enforced here)", flush=True)
         self.run_container(name, executor["container"], executor_input)
         return self.read_outputs(name, component, executor_input)
 
@@ -184,12 +195,23 @@ class LocalJob:
                                 for a in executor_input["outputs"]["artifacts"].values()]):
             os.makedirs(path, exist_ok=True)
         log_path = os.path.join(self.task_dir(name), "log.txt")
-        with open(log_path, "w") as log:
-            code = subprocess.run(argv, cwd=workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = self.launch(argv, workdir, log_path)
         if code != 0:
             with open(log_path) as f:
                 tail = f.read()[-4000:]
             raise TaskFailed(f"task {name!r} exited with {code}; its log is {log_path}:\n{tail}")
+
+    def launch(self, argv: List[str], workdir: str, log_path: str) -> int:
+        """Runs `argv` in `workdir`, output to `log_path`: a new process, or with `preload` a
+        process forked from one that imported TFX's entrypoint already (`python -m MODULE ARGS`
+        run by runpy, as `python -m` does)."""
+        if self.preload is None or argv[:2] != ["python", "-m"]:
+            with open(log_path, "w") as log:
+                return subprocess.run(argv, cwd=workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT).returncode
+        process = self.preload.Process(target=run_module, args=(argv[2:], workdir, self.env, log_path))
+        process.start()
+        process.join()
+        return process.exitcode
 
     def read_outputs(self, name: str, component: dict, executor_input: dict) -> Dict[str, dict]:
         """The task's output artifacts: those of its input, updated by its ExecutorOutput file."""
@@ -216,6 +238,29 @@ class LocalJob:
                       "metadata": importer.get("metadata", {})}}
 
 
+def run_module(argv: List[str], workdir: str, env: dict, log_path: str) -> None:
+    """In a forked process: `python -m argv[0] argv[1:]` in `workdir` with `env`, output to `log_path`."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.chdir(workdir)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [argv[0], *argv[1:]]
+    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+
+
+def requested_resources(container: dict) -> str:
+    """What a task's pod would ask the cluster for: CPU, memory, accelerators."""
+    resources = container.get("resources", {})
+    parts = [f"{resources['cpuLimit']:g} CPU" if "cpuLimit" in resources else "",
+             f"{resources['memoryLimit']:g} GB" if "memoryLimit" in resources else ""]
+    accelerator = resources.get("accelerator", {})
+    if accelerator:
+        parts.append(f"{accelerator.get('count', 1)} x {accelerator.get('type', '?')}")
+    return ", ".join(p for p in parts if p)
+
+
 def python_env(python: str = sys.executable) -> dict:
     """The environment of a task: this one, with `python` resolving to `python`'s environment."""
     env = dict(os.environ)
@@ -229,9 +274,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--pipeline-root", default="", help="where outputs go (default: the job's own root)")
     parser.add_argument("--run-id", default="", help="the run's folder under the root (default: a random id)")
     parser.add_argument("--parallel", type=int, default=2, help="tasks run side by side at most (default: 2)")
+    parser.add_argument("--preload", action="store_true",
+                        help="fork each task from a process that imported TFX once (same module and arguments; "
+                             "saves ~15 s of imports per task)")
     args = parser.parse_args(argv)
     with open(args.job) as f:
-        job = LocalJob(json.load(f), args.pipeline_root, python_env(), args.run_id or uuid.uuid4().hex[:12])
+        job = LocalJob(json.load(f), args.pipeline_root, python_env(), args.run_id or uuid.uuid4().hex[:12],
+                       preload=args.preload)
     try:
         job.run(parallel=args.parallel)
     except TaskFailed as e:

@@ -44,6 +44,7 @@ from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text import bpe
 from tfx_gpt2.text.encode_beam import EncoderInputError, block_stats_summary, encode_examples
+from tfx_gpt2.uris import local_copy, staged_output
 
 logger = get_logger("tfx_gpt2.bpe_encoder")
 
@@ -102,8 +103,10 @@ def BpeEncoder(
         raise EncoderInputError(f"BpeEncoder block_len = {block_len}; it must be n_ctx + 1 >= 2.")
     vocab_out = os.path.join(encoded.uri, VOCAB_DIR)
     source = vocabulary.uri if vocabulary is not None else (None if vocab == "gpt2" else vocab)
-    bpe.copy_vocab_files(source, vocab_out, special_tokens=json.loads(special_tokens))
-    tokenizer = bpe.load_tokenizer(vocab_out)
+    with staged_output(vocab_out) as local_vocab:  # a bucket's folder is written locally, then uploaded
+        bpe.copy_vocab_files(local_copy(source) if source else None, local_vocab,
+                             special_tokens=json.loads(special_tokens))
+        tokenizer = bpe.load_tokenizer(local_vocab)
     splits = _common_splits(examples)
     logger.info("encoding splits %s of %d span(s) with vocabulary %s (%d tokens%s) into blocks of %d", splits,
                 len(examples), source or "gpt2", tokenizer.vocab_size,

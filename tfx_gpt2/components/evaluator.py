@@ -58,6 +58,7 @@ from tfx_gpt2.model.io import load_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import block_dataset, target_counts
 from tfx_gpt2.text.bpe import BPETokenizer
+from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.evaluator")
 
@@ -135,7 +136,7 @@ class Executor(base_executor.BaseExecutor):
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
-        model_dir = path_utils.serving_model_path(model.uri)
+        model_dir = local_copy(path_utils.serving_model_path(model.uri))
         gpt2 = load_model_dir(model_dir)
         splits = artifact_utils.decode_split_names(examples.split_names)
         files = {s: [os.path.join(artifact_utils.get_split_uri([examples], s), "*")] for s in splits}

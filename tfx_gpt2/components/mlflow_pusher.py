@@ -51,6 +51,7 @@ from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
 from tfx_gpt2.feedback.lineage import lineage_tags
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, champion_key, push_model, redact_uri, registry_lock
+from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.pusher")
 # Settings of the blessing rule kept in the evaluation's figures (params of the run, not metrics).
@@ -104,7 +105,7 @@ class Executor(base_executor.BaseExecutor):
         pushed_model = artifact_utils.get_single_instance(output_dict["pushed_model"])
         tracking_uri = exec_properties["tracking_uri"]
 
-        model_dir = path_utils.serving_model_path(model.uri)
+        model_dir = local_copy(path_utils.serving_model_path(model.uri))
         with open(os.path.join(model_dir, TRAIN_METRICS_FILE)) as f:
             train_metrics = json.load(f)
         with fileio.open(os.path.join(evaluation.uri, METRICS_FILE)) as f:

@@ -26,11 +26,14 @@ import hashlib
 import json
 import os
 
+import tensorflow as tf
+
 from tfx_gpt2.config import GPT2Config, TrainConfig, from_json, to_json
 from tfx_gpt2.model.io import save_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.training import TrainingError, make_strategy, train, worker_dir
+from tfx_gpt2.uris import local_copy, staged_output
 
 TRAIN_METRICS_FILE = "train_metrics.json"
 SAMPLES_FILE = "samples.json"
@@ -79,16 +82,16 @@ def run_fn(fn_args) -> None:
     train_config = from_json(TrainConfig, custom["train_config"])
     if train_config.distribution == "multi_worker":
         make_strategy("multi_worker")  # before any TensorFlow op, e.g. loading the base model
-    vocab_dir = os.path.join(_examples_uri(fn_args.train_files[0]), "vocab")
+    vocab_dir = local_copy(os.path.join(_examples_uri(fn_args.train_files[0]), "vocab"))
     tokenizer = BPETokenizer.from_dir(vocab_dir)
     base_model = None
     base = getattr(fn_args, "base_model", None)
-    if base and not os.path.isdir(base) and os.path.basename(base.rstrip("/")) == "Format-Serving":
+    if base and not tf.io.gfile.isdir(base) and os.path.basename(base.rstrip("/")) == "Format-Serving":
         # TFX points at `<uri>/Format-Serving`, where Trainers write; an imported or downloaded
         # checkpoint is the artifact's directory itself.
         base = os.path.dirname(base.rstrip("/"))
     if base:
-        base_model = load_base_model(base, tokenizer)
+        base_model = load_base_model(local_copy(base), tokenizer)
         logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
                        f"{base_model.config.num_params():,}", base_model.config.n_ctx)
     else:
@@ -106,13 +109,21 @@ def run_fn(fn_args) -> None:
     out = fn_args.serving_model_dir
     if train_config.distribution == "multi_worker":
         out = worker_dir(out)  # the chief writes the model; the other workers, a folder of their own
-    save_model_dir(model, out, vocab_dir)
+    with staged_output(out) as local:
+        save_outputs(model, tokenizer, vocab_dir, local, {**dataclasses.asdict(result), "init": base or "scratch"},
+                     result.samples)
+
+
+def save_outputs(model, tokenizer, vocab_dir: str, out: str, metrics: dict, samples: list) -> None:
+    """The Trainer's model folder: the model and its vocabulary, the Hugging Face checkpoint, the
+    SavedModel, the training metrics and samples."""
     from tfx_gpt2.model.checkpoints import save_hf_checkpoint
     from tfx_gpt2.serving.export import export_savedmodel
 
+    save_model_dir(model, out, vocab_dir)
     save_hf_checkpoint(model, os.path.join(out, HF_DIR), vocab_dir=vocab_dir)
     export_savedmodel(model, tokenizer, os.path.join(out, SAVEDMODEL_DIR))
     with open(os.path.join(out, TRAIN_METRICS_FILE), "w") as f:
-        json.dump({**dataclasses.asdict(result), "init": base or "scratch"}, f, indent=1)
+        json.dump(metrics, f, indent=1)
     with open(os.path.join(out, SAMPLES_FILE), "w") as f:
-        json.dump(result.samples, f, indent=1, ensure_ascii=False)
+        json.dump(samples, f, indent=1, ensure_ascii=False)

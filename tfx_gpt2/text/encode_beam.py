@@ -35,6 +35,7 @@ from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import serialize_blocks
 from tfx_gpt2.text.bpe import VocabularyError, document_encoder, load_tokenizer
 from tfx_gpt2.text.packing import BlockPacker
+from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.encode")
 
@@ -70,7 +71,7 @@ class _EncodeAndPackBundle(beam.DoFn):
     def setup(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        tokenizer = load_tokenizer(self.vocab)
+        tokenizer = load_tokenizer(local_copy(self.vocab))  # a worker reads a bucket's vocabulary once
         self.special_tokens = tokenizer.special_tokens
         self.eot_id = tokenizer.eot_id
         self.encoder = document_encoder(tokenizer)
@@ -151,9 +152,12 @@ class _PackTails(beam.DoFn):
     def __init__(self, block_len: int, vocab: str, serialize: bool):
         self.block_len, self.vocab, self.serialize = block_len, vocab, serialize
 
+    def setup(self):
+        self.eot_id = load_tokenizer(local_copy(self.vocab)).eot_id
+
     def process(self, element):
         _, tails = element
-        packer = BlockPacker(self.block_len, load_tokenizer(self.vocab).eot_id)
+        packer = BlockPacker(self.block_len, self.eot_id)
         blocks = []
         # Longest first, then by content: the same tails give the same blocks.
         for tail in sorted((list(t) for t in tails if len(t)), key=lambda t: (-len(t), t)):
