@@ -41,6 +41,11 @@ def airflow_env(tmp_path_factory):
         "TFX_GPT2_FEEDBACK_LOOP": "1",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    # What `tools/airflow.sh` does first (compile the DAG's pipeline), in this process, which has
+    # imported TFX already; the script then finds the plan up to date.
+    from tfx_gpt2.airflow_dag import dag_settings, load_plan
+
+    load_plan(dag_settings(env))
     airflow = Airflow(home, env)
     try:
         airflow.wait_ready(DAG_ID)

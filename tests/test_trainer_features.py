@@ -139,8 +139,14 @@ def _worker(out, *args, timeout=300):
         return json.load(f), dict(np.load(os.path.join(out, "weights.npz")))
 
 
-def test_two_replicas_on_two_logical_cpus_match_one_device(tmp_path):
-    one, w1 = _worker(tmp_path / "one", "--logical-cpus", "2", "--distribution", "one_device", "--xla", "0")
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """The reference run: one process, one device, no XLA, 8 steps of a global batch of 8."""
+    return _worker(tmp_path_factory.mktemp("one-device"), "--distribution", "one_device", "--xla", "0")
+
+
+def test_two_replicas_on_two_logical_cpus_match_one_device(tmp_path, one_device):
+    one, w1 = one_device
     two, w2 = _worker(tmp_path / "two", "--logical-cpus", "2", "--distribution", "mirrored", "--xla", "0")
     np.testing.assert_allclose(one["losses"], two["losses"], rtol=2e-3)
     for k in w1:
@@ -205,18 +211,18 @@ def _two_workers(tmp_path, name, *args, kill_at_checkpoint=0, timeout=300):
     return results
 
 
-def test_two_worker_processes_match_one_worker_and_resume(tmp_path):
+def test_two_worker_processes_match_one_worker_and_resume(tmp_path, one_device):
     """MultiWorkerMirroredStrategy over two processes, the same global batch of 8 as one process:
     the same loss curve and weights (within float reduction order: rtol 2e-3, atol 5e-3); both
     workers killed after the checkpoint of step 4 and started again resume from it to the same end."""
-    one, w_one = _worker(tmp_path / "one", "--distribution", "one_device", "--xla", "0")
+    one, w_one = one_device
     (chief, w_chief), (other, w_other) = _two_workers(tmp_path, "two")
     assert chief["losses"] == other["losses"] and len(chief["losses"]) == len(one["losses"]) == 8
     np.testing.assert_allclose(chief["losses"], one["losses"], rtol=2e-3)
     for k in w_one:
         np.testing.assert_allclose(w_chief[k], w_one[k], atol=5e-3)
         np.testing.assert_array_equal(w_chief[k], w_other[k])
-    _two_workers(tmp_path, "killed", "--checkpoint-every", "2", "--step-delay", "0.5", kill_at_checkpoint=4)
+    _two_workers(tmp_path, "killed", "--checkpoint-every", "2", "--step-delay", "0.3", kill_at_checkpoint=4)
     (resumed, w_resumed), _ = _two_workers(tmp_path, "killed", "--checkpoint-every", "2")
     assert resumed["resumed_from_step"] in (4, 6) and resumed["steps"] == 8
     np.testing.assert_allclose(resumed["losses"], one["losses"][-len(resumed["losses"]):], rtol=2e-3)
