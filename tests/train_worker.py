@@ -7,8 +7,9 @@ With `--distribution multi_worker`, start one process per worker, each with its 
 and OUT_DIR and the same `--checkpoint-dir`.
 
 Writes deterministic counting blocks, trains a small GPT-2, and writes OUT_DIR/result.json
-(per-step losses) and OUT_DIR/weights.npz. `--step-delay` sleeps after each step so that a test
-can kill the process mid-run.
+(per-step losses) and OUT_DIR/weights.npz; each step's loss is also appended to
+OUT_DIR/losses.jsonl as it is taken. `--step-delay` sleeps after each step so that a test can
+kill the process mid-run.
 """
 
 import argparse
@@ -51,17 +52,22 @@ def main():
             for s in rng.integers(0, 64, n):
                 w.write(block_to_example([(s + i) % 64 for i in range(9)]).SerializeToString())
 
-    if args.step_delay:  # a pause after each step, so that a test can kill the run mid-way
-        import time
+    # Every step's loss goes to OUT_DIR/losses.jsonl as it is taken (a killed run keeps its
+    # curve), then `--step-delay` pauses, so that a test can kill the run mid-way.
+    import time
 
-        step = training.TrainStep.__call__
+    step = training.TrainStep.__call__
+    os.makedirs(args.out, exist_ok=True)
+    losses_log = open(os.path.join(args.out, "losses.jsonl"), "a")
 
-        def slow_step(self, *a, **kw):
-            out = step(self, *a, **kw)
-            time.sleep(args.step_delay)
-            return out
+    def logged_step(self, *a, **kw):
+        loss, grad_norm = step(self, *a, **kw)
+        losses_log.write(json.dumps(float(loss)) + "\n")
+        losses_log.flush()
+        time.sleep(args.step_delay)
+        return loss, grad_norm
 
-        training.TrainStep.__call__ = slow_step
+    training.TrainStep.__call__ = logged_step
     model_cfg = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=2, n_head=2)
     cfg = TrainConfig(batch_size=8, max_steps=args.max_steps, learning_rate=1e-2, min_learning_rate=1e-3,
                       warmup_steps=2, eval_every=1000, eval_batches=1, log_every=1, shuffle_buffer=32,
