@@ -81,12 +81,17 @@ def kill_during_training(out):
     import signal
     import time
 
-    pattern = os.path.join(out, "pipelines", NAME, "Trainer", "checkpoints", "*", "ckpt-*.index")
-    before = set(glob.glob(pattern))  # the first run's
+    folders = os.path.join(out, "pipelines", NAME, "Trainer", "checkpoints", "*")
+
+    def recorded():
+        """The checkpoints the managers recorded as complete (a file alone may be half written)."""
+        return {tf.train.latest_checkpoint(d) for d in glob.glob(folders)} - {None}
+
+    before = recorded()  # the first run's
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, NAME, out, CORPUS_DIR], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while proc.poll() is None and not set(glob.glob(pattern)) - before and time.monotonic() < deadline:
+    while proc.poll() is None and not recorded() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the short run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
