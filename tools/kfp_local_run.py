@@ -110,13 +110,13 @@ class LocalJob:
         """Runs every task once its dependentTasks are done, up to `parallel` at a time (as KFP runs
         independent pods side by side); stops at the first failure, after the tasks already running."""
         tasks = self.spec["root"]["dag"]["tasks"]
-        task_order(tasks)  # refuses cycles before anything runs
+        order = task_order(tasks)  # refuses cycles before anything runs
         running: Dict[futures.Future, str] = {}
         with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
             failure = None
             while True:
                 if failure is None:
-                    for name in self.ready(tasks, set(running.values())):
+                    for name in self.ready(order, tasks, set(running.values())):
                         if len(running) < parallel:
                             log(f"[{name}] running")
                             running[pool.submit(self.timed_task, name, tasks[name])] = name
@@ -134,8 +134,9 @@ class LocalJob:
                 raise failure
         return self.outputs
 
-    def ready(self, tasks: Dict[str, dict], running: set) -> List[str]:
-        return [name for name in task_order(tasks) if name not in self.outputs and name not in running
+    def ready(self, order: List[str], tasks: Dict[str, dict], running: set) -> List[str]:
+        """The tasks of `order` not run yet whose dependentTasks are all done."""
+        return [name for name in order if name not in self.outputs and name not in running
                 and set(tasks[name].get("dependentTasks", [])) <= set(self.outputs)]
 
     def timed_task(self, name: str, task: dict) -> Dict[str, dict]:
