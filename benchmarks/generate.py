@@ -56,17 +56,22 @@ def serving_engine(model, tokenizer, args):
     engine = Engine(model, tokenizer, EngineConfig(max_batch_size=largest,
                                                    length_buckets=(args.prompt_len + args.new_tokens + 8,)))
     engine.warm_up()
-    return engine
+    return engine.start()
 
 
 def engine_generate(engine, prompts, new_tokens):
-    """Greedy ids from the serving engine, called directly (no HTTP, no queue): one batch."""
+    """Greedy ids from the serving engine, called directly (no HTTP): the prompts submitted at once."""
+    import threading
+
     from tfx_gpt2.model.generate import SamplingConfig
-    from tfx_gpt2.serving.engine import Request, Row, TextStream, _Slot
+    from tfx_gpt2.serving.engine import Request, Row
 
     cfg = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0, stop_at_eot=False)
-    request = Request([Row(list(p), cfg) for p in prompts], lambda event: None)
-    engine._generate([_Slot(request, row, TextStream(())) for row in request.rows])
+    finished = threading.Semaphore(0)
+    request = Request([Row(list(p), cfg) for p in prompts], lambda event: event[0] != "text" and finished.release())
+    engine.submit(request)
+    for _ in prompts:
+        finished.acquire()
     return [row.ids for row in request.rows]
 
 
@@ -134,6 +139,8 @@ def main(argv=None):
             assert out.numpy()[:, args.prompt_len:].tolist() == ids_cache, "Hugging Face's XLA tokens differ"
             row["hf_xla"] = n_new / t_xla
         rows.append(row)
+    if engine is not None:
+        engine.stop()
 
     nan = float("nan")
     print(f"{'batch':>5} {'cached tok/s':>13} {'engine tok/s':>13} {'no-cache tok/s':>15} {'HF tok/s':>10} "

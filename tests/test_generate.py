@@ -112,32 +112,3 @@ def test_bad_settings_are_named(field, value):
 def test_max_new_tokens_must_leave_room(gen):
     with pytest.raises(GenerationError, match="at most 31"):
         gen.generate_ids([[1]], SamplingConfig(max_new_tokens=32))
-
-
-@pytest.mark.parametrize("jit", [False, True])
-def test_choice_rule_exactly(jit):
-    import tensorflow as tf
-
-    from tfx_gpt2.model.generate import _choose
-
-    probs = np.array([[0.1, 0.2, 0.3, 0.4]] * 4, "float32")
-    logits = tf.constant(np.log(probs))
-    u = tf.constant([0.05, 0.15, 0.35, 0.95])
-    seen = tf.zeros_like(logits)
-
-    @tf.function(jit_compile=jit)
-    def choose(temperature, top_k, top_p, penalty, seen):
-        return _choose(logits, seen, temperature, top_k, top_p, penalty, u)
-
-    def run(temperature=1.0, top_k=0, top_p=1.0, penalty=1.0, seen=seen):
-        return choose(tf.constant(temperature), tf.constant(top_k), tf.constant(top_p), tf.constant(penalty),
-                      seen).numpy().tolist()
-
-    assert run() == [0, 1, 2, 3]  # inverse CDF: cumulative 0.1, 0.3, 0.6, 1.0
-    assert run(top_k=2) == [2, 2, 2, 3]  # 0.3/0.7 and 0.4/0.7 remain
-    assert run(top_p=0.5) == [2, 2, 2, 3]  # 0.4 + 0.3 reach 0.5
-    assert run(top_k=1) == [3, 3, 3, 3]
-    assert run(temperature=0.0) == [3, 3, 3, 3]
-    # A seen token's (negative) logit is multiplied by the penalty: id 3 becomes least likely.
-    seen_3 = tf.constant([[0.0, 0.0, 0.0, 1.0]] * 4)
-    assert run(temperature=0.0, penalty=10.0, seen=seen_3) == [2, 2, 2, 2]

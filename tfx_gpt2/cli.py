@@ -190,7 +190,8 @@ def cmd_serve(args) -> int:
     buckets = tuple(int(b) for b in args.length_buckets.split(",") if b) if args.length_buckets else ()
     try:
         engine = EngineConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                              max_queue=args.max_queue, chunk_tokens=args.chunk_tokens, length_buckets=buckets)
+                              max_queue=args.max_queue, chunk_tokens=args.chunk_tokens, call_ms=args.call_ms,
+                              length_buckets=buckets, scheduling=args.scheduling)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -346,10 +347,17 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--max-batch-size", type=int, default=16, help="prompts generated together at most (16)")
     s.add_argument("--max-wait-ms", type=float, default=20.0,
-                   help="how long a batch waits, after its first prompt, for as many as the last batch had (20 ms)")
+                   help="when a prompt reaches an idle server, how long to wait for as many as were last generated "
+                        "together (20 ms)")
     s.add_argument("--max-queue", type=int, default=256,
-                   help="prompts waiting at most; beyond it requests get 503 with Retry-After (256)")
-    s.add_argument("--chunk-tokens", type=int, default=16, help="tokens per compiled decode call (16)")
+                   help="prompts waiting for a slot at most; beyond it requests get 503 with Retry-After (256)")
+    s.add_argument("--chunk-tokens", type=int, default=16, help="decode steps per compiled call at most (16)")
+    s.add_argument("--call-ms", type=float, default=10.0,
+                   help="aim of a decode call's duration: a request arriving meanwhile waits about this long to join "
+                        "the batch (10 ms)")
+    s.add_argument("--scheduling", choices=["continuous", "static"], default="continuous",
+                   help="continuous: requests join and leave the batch at every decode call (default); static: a "
+                        "batch runs until its last prompt ends")
     s.add_argument("--length-buckets", default="",
                    help="cache sizes to compile, e.g. 128,512 (default: 64, 256 and the model's context + 32)")
     s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")

@@ -7,11 +7,10 @@ one position's forward pass (decode step). The prefill and the loop over new tok
 `tf.function(jit_compile=True)` (`decode_loop`), with the sampling settings as tensors, so changing
 them does not recompile and no step returns to Python; the exported SavedModel runs the same loop.
 
-Next-token choice, in order: repetition penalty (CTRL / Hugging Face style: a seen token's logit is
-divided by the penalty when positive, multiplied when negative), temperature, top-k, top-p
-(nucleus), then a sample by inverse CDF from uniform numbers drawn up front from `seed`
-(`draw_uniforms`), so a seed gives the same text with or without XLA; temperature 0 is greedy.
-Generation stops at `<|endoftext|>`, at a stop string, or after `max_new_tokens`.
+Next-token choice is `tfx_gpt2.model.sampling` (repetition penalty, temperature, top-k, top-p, then
+a sample from uniform numbers drawn up front from `seed`, so a seed gives the same text with or
+without XLA; temperature 0 is greedy). Generation stops at `<|endoftext|>`, at a stop string, or
+after `max_new_tokens`.
 
 `use_cache=False` runs the whole sequence through the model for each new token instead: slower,
 the same result (a test checks greedy outputs are equal token for token).
@@ -19,185 +18,17 @@ the same result (a test checks greedy outputs are equal token for token).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tfx_gpt2.model.gpt2 import GPT2
+from tfx_gpt2.model.sampling import GenerationError, RowSettings, SamplingConfig, choose, draw_uniforms
 from tfx_gpt2.text.bpe import BPETokenizer
 
-
-class GenerationError(ValueError):
-    """A sampling setting is out of range, or a prompt does not fit the model."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How to continue prompts.
-
-    Attributes:
-        max_new_tokens: tokens to generate at most (per sequence).
-        temperature: softmax temperature; 0 means greedy (argmax).
-        top_k: keep only the k most likely tokens (0: no limit).
-        top_p: keep the smallest set of tokens whose probability reaches top_p (1: no limit).
-        repetition_penalty: > 1 discourages tokens already in the sequence (1: off).
-        num_return_sequences: continuations per prompt.
-        seed: seed of the sampler (None: a random one); the same seed gives the same text.
-        stop: strings that end a continuation (the stop string is not returned).
-        stop_at_eot: end a continuation at `<|endoftext|>`.
-    """
-
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    num_return_sequences: int = 1
-    seed: Optional[int] = None
-    stop: Tuple[str, ...] = ()
-    stop_at_eot: bool = True
-
-    def __post_init__(self):
-        checks = [
-            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
-            ("temperature", self.temperature >= 0, "must be >= 0 (0 means greedy)"),
-            ("top_k", self.top_k >= 0, "must be >= 0 (0 means no top-k filtering)"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("repetition_penalty", self.repetition_penalty > 0, "must be > 0 (1 means off)"),
-            ("num_return_sequences", self.num_return_sequences >= 1, "must be >= 1"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise GenerationError(f"{name} = {getattr(self, name)!r} {rule}.")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-
-
-def _sortable_keys(x):
-    """int32 keys with the order of the float32 values `x` (flip the magnitude bits of negatives)."""
-    bits = tf.bitcast(x, tf.int32)
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.int32.max), bits)
-
-
-def _largest_key_where(keys, holds):
-    """Per row, the largest int32 key `t` for which `holds(t)` (monotone: true up to some key, false
-    after); a 32-step bisection over the key range, so no sort over the vocabulary is needed (XLA
-    sorts 50,257 floats slowly on CPUs)."""
-    lo = tf.fill(tf.shape(keys)[:1], tf.constant(-(2**31), tf.int64))  # holds(lo) for every row
-    hi = tf.fill(tf.shape(keys)[:1], tf.constant(2**31, tf.int64))  # holds(hi) for no row
-
-    def halve(lo, hi):
-        mid = lo + (hi - lo) // 2
-        ok = holds(tf.cast(mid, tf.int32))
-        return tf.where(ok, mid, lo), tf.where(ok, hi, mid)
-
-    # A loop, not 33 unrolled copies: XLA compiles the body once (a fraction of the compile time).
-    lo, _ = tf.while_loop(lambda lo, hi: True, halve, (lo, hi), maximum_iterations=33)
-    return tf.cast(lo, tf.int32)
-
-
-def _inverse_cdf(probs, u):
-    """Per row, the smallest id `i` with `sum(probs[:i + 1]) > u * sum(probs)`, by bisection over
-    the id range (XLA computes a cumulative sum over 50,257 entries in quadratic time on CPUs)."""
-    vocab = tf.shape(probs)[-1]
-    ids = tf.range(vocab)[None, :]
-    target = u * tf.reduce_sum(probs, axis=-1)
-    lo = tf.fill(tf.shape(u), -1)  # mass(ids <= lo) <= target
-    hi = tf.fill(tf.shape(u), vocab - 1)  # mass(ids <= hi) > target
-
-    def halve(lo, hi):
-        mid = lo + (hi - lo) // 2
-        mass = tf.reduce_sum(tf.where(ids <= mid[:, None], probs, 0.0), axis=-1)
-        above = mass > target
-        return tf.where(above, lo, mid), tf.where(above, mid, hi)
-
-    # 20 halvings: enough for vocabularies up to 2**20 ids.
-    _, hi = tf.while_loop(lambda lo, hi: True, halve, (lo, hi), maximum_iterations=20)
-    return hi
-
-
-def _choose(logits, seen, temperature, top_k, top_p, penalty, u):
-    """Next ids `(B,)` from float32 logits `(B, V)`.
-
-    The settings are per row, `(B,)` (a scalar applies to every row), so requests with different
-    settings share a batch. `seen` `(B, V)` marks tokens already in each sequence (for the
-    repetition penalty); `u` `(B,)` holds uniform numbers in [0, 1) drawn before generation: a
-    sample is the first id whose cumulative probability exceeds `u` (inverse CDF, in vocabulary
-    order), so the same numbers give the same tokens whether this runs under XLA or not. Nothing
-    here sorts or takes a cumulative sum over the vocabulary: both are very slow under XLA on CPUs.
-    Top-k, then top-p on the renormalised remainder (as Hugging Face applies them); tokens tied at
-    a cut are all kept. Rows with temperature 0 are greedy.
-    """
-    b = tf.shape(logits)[0]
-    temperature, top_k, top_p, penalty = (tf.broadcast_to(v, [b]) for v in (temperature, top_k, top_p, penalty))
-    pen = penalty[:, None]
-    logits = tf.cond(tf.reduce_any(penalty != 1.0),
-                     lambda: tf.where(seen > 0, tf.where(logits > 0, logits / pen, logits * pen), logits),
-                     lambda: logits)
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-    def sample():
-        scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
-        vocab = tf.shape(scaled)[-1]
-        neg = tf.float32.min
-
-        def keep_top_k(x):
-            keys = _sortable_keys(x)
-            k = tf.minimum(top_k, vocab)
-            # The k-th largest key: the largest t with at least k keys >= t.
-            kth = _largest_key_where(keys, lambda t: tf.reduce_sum(tf.cast(keys >= t[:, None], tf.int32), -1) >= k)
-            return tf.where((keys >= kth[:, None]) | (top_k[:, None] <= 0), x, neg)
-
-        def keep_top_p(x):
-            keys = _sortable_keys(x)
-            probs = tf.nn.softmax(x, axis=-1)
-            # The largest t whose tokens with key >= t hold at least top_p of the probability.
-            cut = _largest_key_where(
-                keys, lambda t: tf.reduce_sum(tf.where(keys >= t[:, None], probs, 0.0), -1) >= top_p)
-            return tf.where((keys >= cut[:, None]) | (top_p[:, None] >= 1.0), x, neg)
-
-        x = tf.cond(tf.reduce_any(top_k > 0), lambda: keep_top_k(scaled), lambda: scaled)
-        x = tf.cond(tf.reduce_any(top_p < 1.0), lambda: keep_top_p(x), lambda: x)
-        return _inverse_cdf(tf.nn.softmax(x, axis=-1), u)
-
-    sampled = tf.cond(tf.reduce_any(temperature > 0), sample, lambda: greedy)
-    return tf.where(temperature > 0, sampled, greedy)
-
-
-def draw_uniforms(seed: int, batch: int, steps: int):
-    """The uniform numbers `(B, steps)` a generation with `seed` samples with (TensorFlow's
-    stateless Philox generator, the same in Python and in an exported SavedModel)."""
-    return tf.random.stateless_uniform([batch, steps], seed=tf.stack([seed, 0]), dtype=tf.float32)
-
-
-@dataclasses.dataclass(frozen=True)
-class RowSettings:
-    """Per-row sampling settings of a batch, each `(B,)`: the tensors `prefill` and `decode` take.
-
-    `max_new` counts the tokens a row may generate; `stop_at_eot` ends a row at `<|endoftext|>`.
-    """
-
-    temperature: tf.Tensor
-    top_k: tf.Tensor
-    top_p: tf.Tensor
-    penalty: tf.Tensor
-    max_new: tf.Tensor
-    stop_at_eot: tf.Tensor
-
-    @classmethod
-    def of(cls, configs: Sequence["SamplingConfig"]) -> "RowSettings":
-        """The settings of one row per config."""
-        def column(name, dtype):
-            return tf.constant([getattr(c, name) for c in configs], dtype)
-
-        return cls(column("temperature", tf.float32), column("top_k", tf.int32), column("top_p", tf.float32),
-                   column("repetition_penalty", tf.float32), column("max_new_tokens", tf.int32),
-                   column("stop_at_eot", tf.bool))
-
-    def choose(self, logits, seen, u):
-        return _choose(logits, seen, self.temperature, self.top_k, self.top_p, self.penalty, u)
+__all__ = ["GenerationError", "Generator", "SamplingConfig", "cut_at_stop", "decode_loop", "generate_text",
+           "left_pad"]
 
 
 def prefill(model: GPT2, tokens, positions, key_mask, cache, start, slice_update: bool = True, head=None):
@@ -267,6 +98,7 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
     head = tf.transpose(model.wte) if head is None else head
     limit = steps if limit is None else tf.minimum(limit, steps)
     out = tf.fill([b, steps], -1)
+    shape = logits.shape
 
     def cond(i, logits, cache, seen, done, count, step, out):
         room = prompt_len + step < t
@@ -274,7 +106,7 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
 
     def body(i, logits, cache, seen, done, count, step, out):
         u = tf.gather(uniforms, tf.minimum(count, t - 1), batch_dims=1)
-        nxt = settings.choose(logits, seen, u)
+        nxt = tf.ensure_shape(settings.choose(logits, seen, u), done.shape)
         out = tf.where(tf.equal(tf.range(steps), i)[None, :], tf.where(done, -1, nxt)[:, None], out)
         count = count + tf.cast(tf.logical_not(done), tf.int32)
         done = done | (settings.stop_at_eot & tf.equal(nxt, eot_id)) | (count >= settings.max_new)
@@ -284,7 +116,7 @@ def decode(model: GPT2, logits, cache, seen, done, count, step, prompt_len, posi
         position = tf.gather(positions, tf.fill([b], index), batch_dims=1)
         logits, cache = model.forward(nxt[:, None], position[:, None], key_mask, cache, index, last_only=True,
                                       head=head, slice_update=slice_update)
-        logits = tf.reshape(logits[:, -1], [b, n_vocab])  # (B, V), the static shape the loop keeps
+        logits = tf.ensure_shape(tf.reshape(logits[:, -1], [b, n_vocab]), shape)  # (B, V): the loop's shape
         return i + 1, logits, cache, seen, done, count, step + 1, out
 
     _, logits, cache, seen, done, count, step, out = tf.while_loop(
@@ -364,11 +196,11 @@ class Generator:
             return model_.forward(tokens, positions, key_mask, last_only=True)[0][:, -1]
 
         @tf.function(reduce_retracing=True)
-        def choose(logits, seen, temperature, top_k, top_p, penalty, u):
-            nxt = _choose(logits, seen, temperature, top_k, top_p, penalty, u)
+        def choose_next(logits, seen, temperature, top_k, top_p, penalty, u):
+            nxt = choose(logits, seen, temperature, top_k, top_p, penalty, u)
             return nxt, tf.maximum(seen, tf.one_hot(nxt, model_.config.n_vocab))
 
-        self._loop, self._full, self._choose = loop, full, choose
+        self._loop, self._full, self._choose = loop, full, choose_next
 
     def _fit_prompts(self, prompts: Sequence[Sequence[int]], max_new: int) -> List[List[int]]:
         n_ctx = self.model.config.n_ctx

@@ -34,6 +34,50 @@ def gelu(x):
     return 0.5 * x * (1.0 + ops.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * ops.power(x, 3))))
 
 
+# -- the math of the layers, on weights given as tensors (the Keras layers below and the serving
+# engine's model runner both use these) ------------------------------------------------------------
+
+def affine(x, w, b):
+    """`x @ w + b` over the last axis of `x` `(..., n_in)`, `w: (n_in, n_out)`.
+
+    As a 2-D product over all positions: a 3-D `x` times a 2-D `w` would be a broadcast batch
+    matmul, whose gradient for `w` is one product per batch row summed afterwards (about 10%
+    slower training steps on CPU)."""
+    n_in, n_out = ops.shape(x)[-1], ops.shape(w)[-1]
+    y = ops.matmul(ops.reshape(x, (-1, n_in)), ops.cast(w, x.dtype)) + ops.cast(b, x.dtype)
+    return ops.reshape(y, tuple(ops.shape(x)[:-1]) + (n_out,))
+
+
+def layer_norm(x, g, b, epsilon: float):
+    """Layer normalisation over the last axis, statistics in float32 even for half precision."""
+    dtype = x.dtype
+    x = ops.cast(x, "float32")
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
+    x = (x - mean) * ops.rsqrt(var + epsilon)
+    return ops.cast(x * g + b, dtype)
+
+
+def split_heads(x, n_head: int):
+    """`(B, S, C)` to `(B, H, S, D)`."""
+    b, s, c = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+    return ops.transpose(ops.reshape(x, (b, s, n_head, c // n_head)), (0, 2, 1, 3))
+
+
+def merge_heads(y):
+    """`(B, H, S, D)` to `(B, S, C)`."""
+    b, h, s, d = ops.shape(y)[0], ops.shape(y)[1], ops.shape(y)[2], ops.shape(y)[3]
+    return ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, s, h * d))
+
+
+def attention_weights(q, keys, allowed, dtype):
+    """Softmax attention weights `(B, H, S, T)` of queries `(B, H, S, D)` over keys `(B, H, T, D)`;
+    `allowed` (broadcast to `(B, H, S, T)`) is False for keys a query must not see."""
+    scores = ops.einsum("bhsd,bhtd->bhst", q, keys)  # (B, H, S, T)
+    scores = ops.cast(scores, "float32") / math.sqrt(ops.shape(q)[-1])
+    return ops.cast(ops.softmax(ops.where(allowed, scores, -1e9), axis=-1), dtype)
+
+
 class Conv1D(keras.layers.Layer):
     """OpenAI's `conv1d` with width 1, i.e. an affine map: `x @ w + b`, `w: (n_in, n_out)`."""
 
@@ -51,12 +95,7 @@ class Conv1D(keras.layers.Layer):
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer="zeros")
 
     def call(self, x):
-        # As a 2-D product over all positions: a 3-D `x` times a 2-D `w` would be a broadcast batch
-        # matmul, whose gradient for `w` is one product per batch row summed afterwards (about
-        # 10% slower training steps on CPU).
-        n_in = ops.shape(x)[-1]
-        y = ops.matmul(ops.reshape(x, (-1, n_in)), ops.cast(self.w, x.dtype)) + ops.cast(self.b, x.dtype)
-        return ops.reshape(y, tuple(ops.shape(x)[:-1]) + (self.n_out,))
+        return affine(x, self.w, self.b)
 
 
 class LayerNorm(keras.layers.Layer):
@@ -74,12 +113,7 @@ class LayerNorm(keras.layers.Layer):
         self.b = self.add_weight(name="b", shape=(input_shape[-1],), initializer="zeros")
 
     def call(self, x):
-        dtype = x.dtype
-        x = ops.cast(x, "float32")
-        mean = ops.mean(x, axis=-1, keepdims=True)
-        var = ops.mean(ops.square(x - mean), axis=-1, keepdims=True)
-        x = (x - mean) * ops.rsqrt(var + self.epsilon)
-        return ops.cast(x * self.g + self.b, dtype)
+        return layer_norm(x, self.g, self.b, self.epsilon)
 
 
 class Attention(keras.layers.Layer):
@@ -98,11 +132,6 @@ class Attention(keras.layers.Layer):
         self.c_attn.build(input_shape)
         self.c_proj.build(input_shape)
 
-    def split_heads(self, x):
-        b, t = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (b, t, self.config.n_head, self.config.head_size))  # (B, T, H, D)
-        return ops.transpose(x, (0, 2, 1, 3))  # (B, H, T, D)
-
     def call(self, x, training=False, key_mask=None, cache=None, write_index=0, slice_update=False):
         """Attends each position of `x` `(B, S, C)` to itself and the positions before it.
 
@@ -119,10 +148,9 @@ class Attention(keras.layers.Layer):
         Returns:
             `(y, new_cache)`: `y` is `(B, S, C)`; `new_cache` is None without a cache.
         """
-        b, s = ops.shape(x)[0], ops.shape(x)[1]
+        s = ops.shape(x)[1]
         qkv = self.c_attn(x)  # (B, S, 3C)
-        q, k, v = ops.split(qkv, 3, axis=-1)
-        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)  # (B, H, S, D)
+        q, k, v = (split_heads(t, self.config.n_head) for t in ops.split(qkv, 3, axis=-1))  # (B, H, S, D)
         q_slots = write_index + ops.arange(s)  # (S,)
         if cache is None:
             keys, values, new_cache = k, v, None
@@ -134,18 +162,12 @@ class Attention(keras.layers.Layer):
                                 _write_slots(v_cache, v, write_index, slice_update))
             keys, values, new_cache = k_cache, v_cache, (k_cache, v_cache)
             k_slots = ops.arange(t)
-        scores = ops.einsum("bhsd,bhtd->bhst", q, keys)  # (B, H, S, T)
-        scores = ops.cast(scores, "float32") / math.sqrt(self.config.head_size)
         # A query attends to keys at its own slot or before (causal), and never to padding.
-        allowed = k_slots[None, :] <= q_slots[:, None]  # (S, T)
-        allowed = allowed[None, None]
+        allowed = (k_slots[None, :] <= q_slots[:, None])[None, None]  # (1, 1, S, T)
         if key_mask is not None:
             allowed = ops.logical_and(allowed, key_mask[:, None, None, :])
-        scores = ops.where(allowed, scores, -1e9)
-        weights = ops.cast(ops.softmax(scores, axis=-1), x.dtype)
-        weights = self.attn_dropout(weights, training=training)
-        y = ops.matmul(weights, values)  # (B, H, S, D)
-        y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (b, s, self.config.n_embd))  # (B, S, C)
+        weights = self.attn_dropout(attention_weights(q, keys, allowed, x.dtype), training=training)
+        y = merge_heads(ops.matmul(weights, values))  # (B, S, C)
         return self.resid_dropout(self.c_proj(y), training=training), new_cache
 
 
@@ -289,7 +311,7 @@ class GPT2(keras.Model):
                                transpose_b=True)
         else:
             logits = ops.matmul(ops.reshape(x, (-1, self.config.n_embd)), ops.cast(head, x.dtype))
-        logits = ops.reshape(logits, (ops.shape(x)[0], ops.shape(x)[1], -1))
+        logits = ops.reshape(logits, (ops.shape(x)[0], ops.shape(x)[1], self.config.n_vocab))
         return ops.cast(logits, "float32"), (new_layers if cache is not None else None)
 
     def empty_cache(self, batch_size: int, length: int):

@@ -1,26 +1,28 @@
-"""The serving engine: one thread owns the model, merges concurrent requests into batches and
-streams each row's text back as it is generated.
+"""The serving engine: one thread owns a model and generates for every request with continuous
+batching, streaming each row's text back as it is generated.
 
 HTTP handlers never run model code (see `tfx_gpt2.serving.server`): they `submit` a `Request` and
-await its events. The engine thread takes rows from a bounded queue (up to `max_batch_size`,
-waiting at most `max_wait_ms` for more after the first), pads the batch to a *batch bucket* and
-its cache to a *length bucket*, runs the prompts in chunks of `prefill_tokens` and then decodes
-`chunk_tokens` steps per call. Between calls it hands new text to each request, applies stop
-strings, and drops rows whose request was cancelled. Every row carries its own sampling settings,
-so requests with different settings share a batch.
+await its events. The engine thread repeats one step:
 
-Compiled programs: one prefill and one decode program per (batch bucket, length bucket), all
-compiled by `warm_up()` before the server reports ready, so no request waits for XLA.
+1. take the rows submitted since the last step, and drop those of cancelled requests;
+2. admit waiting rows into free slots (`tfx_gpt2.serving.scheduler`);
+3. run one prompt chunk of the rows still in their prompt (`Runner.prefill`);
+4. run one decode call of every row past its prompt (`Runner.decode`, up to `chunk_tokens` steps,
+   fewer when the call would outlast `call_ms`), hand each row its new text
+   (`tfx_gpt2.serving.detokenizer`: UTF-8 holdback, stop strings) and free the slots of rows that
+   ended.
 
-Text: byte-level BPE can end a token inside a UTF-8 character. Each row decodes its bytes
-incrementally and holds back an incomplete character until the next token completes it (an
-incomplete character at the very end is dropped), so no replacement character appears that the
-model did not generate. Text that could be the start of a stop string is held back too.
+So a request that arrives while others generate joins them at the next decode call, after its
+prefill, and a row that ends leaves its slot to the next one at once. Each row keeps its own
+settings, position and cache slots, so its text does not depend on what it is batched with.
+
+Programs: a bounded set per model shape (`programs_expected`), all compiled by `warm_up()` before
+the server reports ready, and shared by every engine of that shape (a new version of the same
+shape compiles nothing; see `tfx_gpt2.serving.runner`).
 """
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import logging
 import queue
@@ -28,20 +30,17 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from tfx_gpt2.model.generate import SamplingConfig
+from tfx_gpt2.model.sampling import GenerationError, SamplingConfig
+from tfx_gpt2.serving.runner import Layout, Runner
+from tfx_gpt2.serving.scheduler import Live, Scheduler
 
 log = logging.getLogger("tfx_gpt2.serving")
 
-
-# Decode steps per call when no request in the batch streams (see `Request`).
-NON_STREAMING_CHUNK = 64
-# After a batch's first row, the engine waits for more at most max(max_wait_ms, this share of the
-# last batch's time).
-WAIT_SHARE = 0.05
 # The small prefill chunk (see `EngineConfig.prefill_chunks`).
 SMALL_PREFILL = 8
+# Rows of a prefill call at most (more pending prompts go in the next steps' calls).
+PREFILL_ROWS = 4
+SCHEDULING = ("continuous", "static")
 
 
 class QueueFull(RuntimeError):
@@ -57,30 +56,40 @@ class EngineConfig:
     """How the engine batches.
 
     Attributes:
-        max_batch_size: rows generated together at most.
-        max_wait_ms: after the first row arrives, how long to wait for more (or 5% of the last
-            batch's time, when longer): for as many rows as the last batch had (so a lone client never waits, and clients answered together are
-            batched together again).
-        max_queue: rows waiting at most; beyond it `submit` raises `QueueFull` (HTTP 503).
-        chunk_tokens: decode steps per compiled call (between streaming and cancellation checks).
-        prefill_tokens: prompt tokens per prefill call (prompts are left-padded to a multiple).
-        length_buckets: cache sizes (slots for the padded prompt plus new tokens); () picks 64, 256 and
-            the model's context plus one prefill chunk, capped at the latter.
+        max_batch_size: rows generated together at most (slots).
+        max_wait_ms: when a row arrives at an idle engine, how long to wait for as many rows as
+            the last step decoded (clients answered together come back together, and their
+            prompts share a prefill call); a lone client never waits.
+        max_queue: rows waiting for a slot at most; beyond it `submit` raises `QueueFull` (HTTP 503).
+        chunk_tokens: decode steps per call at most (between hand-outs of text, cancellation
+            checks and admissions).
+        call_ms: the aim of a decode call's duration: fewer steps per call when steps are slow, so
+            a request that arrives during a call waits about this long to join.
+        prefill_tokens: prompt tokens per prefill call (the big chunk).
+        length_buckets: cache sizes attention reads; () picks 64, 256 and the model's context plus
+            one prefill chunk (the cache size), capped at the latter, each at least twice the last.
+        scheduling: "continuous" (rows join and leave at every decode call) or "static" (a batch
+            runs until its last row ends; for comparison).
     """
 
     max_batch_size: int = 16
     max_wait_ms: float = 20.0
     max_queue: int = 256
     chunk_tokens: int = 16
+    call_ms: float = 10.0
     prefill_tokens: int = 32
     length_buckets: Tuple[int, ...] = ()
+    scheduling: str = "continuous"
 
     def __post_init__(self):
         for name in ("max_batch_size", "max_queue", "chunk_tokens", "prefill_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)} must be >= 1.")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms = {self.max_wait_ms} must be >= 0.")
+        for name in ("max_wait_ms", "call_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 0.")
+        if self.scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling = {self.scheduling!r} must be one of {SCHEDULING}.")
 
     def batch_buckets(self) -> List[int]:
         """1, 2, 4, ... up to `max_batch_size` (which is always one)."""
@@ -89,20 +98,30 @@ class EngineConfig:
             sizes.append(sizes[-1] * 2)
         return sorted(set(sizes + [self.max_batch_size]))
 
-    def prefill_chunk(self, n_ctx: int) -> int:
-        return max(1, min(self.prefill_tokens, n_ctx // 2))
+    def prefill_rows(self) -> List[int]:
+        """Row buckets of a prefill call: 1, 2, 4, capped at `max_batch_size`."""
+        return [b for b in self.batch_buckets() if b <= PREFILL_ROWS]
 
     def prefill_chunks(self, n_ctx: int) -> Tuple[int, int]:
-        """(big, small): prompts are left-padded to a multiple of the small chunk and run in big
-        chunks, then small ones, so a short prompt costs a small chunk, not a big one."""
-        big = self.prefill_chunk(n_ctx)
+        """(big, small): prompts run in big chunks when longer than a small one."""
+        big = max(1, min(self.prefill_tokens, n_ctx // 2))
         return big, min(big, SMALL_PREFILL)
 
     def cache_buckets(self, n_ctx: int) -> List[int]:
-        """The cache sizes; the largest holds any prompt and continuation that fit the context."""
-        largest = n_ctx + self.prefill_chunk(n_ctx)
-        sizes = self.length_buckets or (64, 256)
-        return sorted({min(s, largest) for s in sizes} | {largest})
+        """The cache lengths attention reads; the largest holds any prompt and continuation that
+        fit the context (plus the padding of a last prompt chunk). A bucket less than half the next
+        is dropped: its steps would save little."""
+        largest = n_ctx + self.prefill_chunks(n_ctx)[0]
+        sizes = sorted({min(s, largest) for s in (self.length_buckets or (64, 256))} | {largest})
+        kept = [largest]
+        for s in reversed(sizes[:-1]):
+            if 2 * s <= kept[0]:
+                kept.insert(0, s)
+        return kept
+
+    def layout(self, n_ctx: int) -> Layout:
+        return Layout(self.max_batch_size, tuple(self.batch_buckets()), tuple(self.prefill_rows()),
+                      tuple(self.cache_buckets(n_ctx)), self.prefill_chunks(n_ctx), self.chunk_tokens)
 
 
 @dataclasses.dataclass
@@ -120,12 +139,10 @@ class Row:
 class Request:
     """Rows submitted together, and where their events go.
 
-    `emit(event)` is called from the engine thread with `("text", row, delta)` and
-    `("done", row, finish_reason)` (see `tfx_gpt2.serving.server` for the asyncio side). Set
-    `cancelled` to stop its rows at the next check. A batch with a `stream` request hands out
-    text after the first token and then every `chunk_tokens`; a batch without one checks every
-    `NON_STREAMING_CHUNK` tokens (fewer calls: stop strings and cancellation are seen later, and
-    text past a stop string is cut).
+    `emit(event)` is called from the engine thread with `("text", row, delta)`,
+    `("done", row, finish_reason)` and `("error", row, message)` (see `tfx_gpt2.serving.server` for
+    the asyncio side). Set `cancelled` to take its rows out at the engine's next step. A `stream`
+    request's first token is handed out alone (a short time to first token).
     """
 
     def __init__(self, rows: Sequence[Row], emit: Callable[[tuple], None], stream: bool = False):
@@ -136,49 +153,14 @@ class Request:
         self.created = time.monotonic()
 
 
-class TextStream:
-    """Turns a row's token bytes into text that is safe to send: whole UTF-8 characters only, and
-    nothing that could still become a stop string."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def push(self, data: bytes) -> Tuple[str, bool]:
-        """(text to send now, whether a stop string was reached)."""
-        self.held += self.decoder.decode(data)
-        cut = min((i for i in (self.held.find(s) for s in self.stops) if i != -1), default=-1)
-        if cut != -1:
-            out, self.held = self.held[:cut], ""
-            return out, True
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
-        out = self.held[:len(self.held) - keep]
-        self.held = self.held[len(out):]
-        return out, False
-
-    def flush(self) -> str:
-        """The text held back, at the end of the row (an incomplete character is dropped)."""
-        out = self.held + self.decoder.decode(b"", final=True)
-        self.held = ""
-        return out
-
-
-@dataclasses.dataclass
-class _Slot:
-    request: Request
-    row: Row
-    stream: TextStream
-
-
 class Engine:
-    """Owns a model and its tokenizer; generates for submitted requests on one thread.
+    """Owns a model's weights and its tokenizer; generates for submitted requests on one thread.
 
     Args:
-        model: a GPT-2 model.
+        model: a GPT-2 model (only its weights and shape are kept).
         tokenizer: its BPE tokenizer.
         config: batching settings.
-        on_batch: called with the size of each batch (for metrics).
+        on_batch: called with the rows of each decode call (for metrics).
 
     Example:
         >>> engine = Engine(model, tokenizer, EngineConfig(max_batch_size=8)); engine.warm_up(); engine.start()
@@ -187,105 +169,61 @@ class Engine:
 
     def __init__(self, model, tokenizer, config: EngineConfig = EngineConfig(),
                  on_batch: Optional[Callable[[int], None]] = None):
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.tokenizer, self.config, self.on_batch = tokenizer, config, on_batch
         self.n_ctx = model.config.n_ctx
-        self.eot_id = tokenizer.eot_id
-        self.on_batch = on_batch
-        self.programs: set = set()
-        self._queue: "queue.Queue[_Slot]" = queue.Queue()
-        self._waiting = 0
+        layout = config.layout(self.n_ctx)
+        self.runner: Optional[Runner] = Runner(model.weights_by_name(), model.config, layout, tokenizer.eot_id)
+        self.scheduler = Scheduler(layout, self.n_ctx, tokenizer,
+                                   static=config.scheduling == "static", call_seconds=config.call_ms / 1000)
+        self._queue: "queue.Queue[Optional[Tuple[Request, Row]]]" = queue.Queue()
+        self._waiting = 0  # rows submitted and not yet in a slot
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._busy = 0
-        self._last_batch = 1
-        self._last_seconds = 0.0
-        self._build_functions()
+        self._company = 1  # rows of the last decode call
 
-    # -- compiled programs --------------------------------------------------------------------
-
-    def _build_functions(self):
-        import tensorflow as tf
-
-        # The output projection, transposed once (each program would otherwise transpose it per call).
-        self._head = tf.Variable(tf.transpose(self.model.wte), trainable=False, name="head")
-        self._functions: Dict[tuple, object] = {}
-        self._concrete: Dict[tuple, object] = {}
-
-    def _function(self, kind: str):
-        """The `tf.function` of `kind`, "prefill" or "decode"."""
-        import tensorflow as tf
-
-        from tfx_gpt2.model.generate import RowSettings, decode, prefill
-
-        fn = self._functions.get(kind)
-        if fn is not None:
-            return fn
-        model, head, eot, steps = self.model, self._head, self.eot_id, max(self.config.chunk_tokens,
-                                                                           NON_STREAMING_CHUNK)
-        if kind == "prefill":
-            def run(tokens, positions, key_mask, cache, start):
-                return prefill(model, tokens, positions, key_mask, cache, start, head=head)
-        else:
-            def run(logits, cache, seen, done, count, step, prompt_len, positions, key_mask, settings, uniforms,
-                    limit):
-                return decode(model, logits, cache, seen, done, count, step, prompt_len, positions, key_mask,
-                              RowSettings(*settings), uniforms, steps, eot, head=head, limit=limit)
-        fn = self._functions[kind] = tf.function(run, jit_compile=True, reduce_retracing=True)
-        return fn
-
-    def _call(self, kind: str, key: tuple, *args):
-        """Runs the compiled program of `kind` for bucket `key` ((batch, length, chunk) for a
-        prefill, (batch, length) for a decode). The concrete function is looked up once
-        per bucket: `tf.function`'s own dispatch costs milliseconds per call."""
-        import tensorflow as tf
-
-        fn = self._concrete.get((kind, key))
-        if fn is None:
-            specs = tf.nest.map_structure(lambda a: tf.TensorSpec(np.shape(a), tf.as_dtype(np.asarray(a).dtype)
-                                                                  if not tf.is_tensor(a) else a.dtype), args)
-            fn = self._concrete[(kind, key)] = self._function(kind).get_concrete_function(*specs)
-            self.programs.add((kind,) + key)
-        return fn(*args)
+    @property
+    def programs(self) -> set:
+        """The programs compiled for this engine's shape (shared with engines of the same shape)."""
+        return self.runner.programs.compiled if self.runner else set()
 
     def warm_up(self) -> float:
         """Compiles every program a request can use; returns the seconds it took."""
         t0 = time.perf_counter()
-        big, small = self.config.prefill_chunks(self.n_ctx)
-        for length in self.config.cache_buckets(self.n_ctx):
-            for batch in self.config.batch_buckets():
-                args = _idle_batch(self.model, batch, length)
-                # A prompt of one small chunk, and one of a big chunk where the cache holds it.
-                for size in sorted({small} | ({big} if big < length else set())):
-                    self._call("prefill", (batch, length, size), np.zeros((batch, size), np.int32),
-                               args["positions"], args["key_mask"], args["cache"], np.int32(0))
-                self._call("decode", (batch, length), *args.values())
+        self.runner.warm_up()
         seconds = time.perf_counter() - t0
-        log.info("compiled %d programs (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
-                 self.config.batch_buckets(), self.config.cache_buckets(self.n_ctx), seconds)
+        layout = self.runner.layout
+        log.info("%d programs ready (batch buckets %s, cache buckets %s) in %.1f s", len(self.programs),
+                 list(layout.batch_buckets), list(layout.cache_buckets), seconds)
         return seconds
 
     # -- the queue ------------------------------------------------------------------------------
 
     def submit(self, request: Request) -> None:
-        """Queues the request's rows; raises `QueueFull` or `EngineStopped` instead of waiting."""
+        """Queues the request's rows; raises `QueueFull`, `EngineStopped` or `GenerationError`
+        (a prompt that leaves no room in the context) instead of waiting."""
         if self._stopping.is_set():
             raise EngineStopped("the server is shutting down")
+        for row in request.rows:
+            if len(row.prompt_ids) >= self.n_ctx:
+                raise GenerationError(f"a prompt of {len(row.prompt_ids)} tokens leaves no room in the model's "
+                                      f"context of {self.n_ctx} tokens; send at most {self.n_ctx - 1}")
         with self._lock:
             if self._waiting + len(request.rows) > self.config.max_queue:
                 raise QueueFull(f"the queue holds {self._waiting} of at most {self.config.max_queue} prompts")
             self._waiting += len(request.rows)
         for row in request.rows:
-            self._queue.put(_Slot(request, row, TextStream(row.config.stop)))
+            self._queue.put((request, row))
 
     @property
     def queue_depth(self) -> int:
+        """Rows waiting for a slot."""
         return self._waiting
 
     @property
     def in_flight(self) -> int:
-        """Rows queued or being generated."""
-        return self._waiting + self._busy
+        """Rows waiting or being generated."""
+        return self._waiting + len(self.scheduler.live)
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._run, name="tfx-gpt2-engine", daemon=True)
@@ -293,7 +231,8 @@ class Engine:
         return self
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
-        """Stops taking requests; with `drain`, finishes the queued and running ones first."""
+        """Stops taking requests; with `drain`, finishes the queued and running ones first. Then
+        releases the weights and caches (the programs stay for engines of the same shape)."""
         self._stopping.set()
         deadline = time.monotonic() + timeout
         while drain and self.in_flight and time.monotonic() < deadline:
@@ -301,207 +240,116 @@ class Engine:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()) + 1)
+            if not self._thread.is_alive():
+                self.runner = None
 
-    def _take_batch(self) -> List[_Slot]:
-        first = self._queue.get()
-        if first is None:
-            return []
-        batch = [first]
-        # Wait (at most max_wait_ms) only for as many rows as the last batch had: a lone client is
-        # not delayed, and clients that were answered together come back together.
-        # The wait grows with the batch time (a big model's batch takes seconds: waiting 5% of it
-        # for a straggler costs less than leaving it for the next batch).
-        expected = min(self.config.max_batch_size, max(self._last_batch, 1))
-        wait = max(self.config.max_wait_ms / 1000, WAIT_SHARE * self._last_seconds)
-        deadline = time.monotonic() + wait
-        while len(batch) < self.config.max_batch_size and (len(batch) < expected or not self._queue.empty()):
-            try:
-                slot = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if slot is None:
-                self._queue.put(None)
-                break
-            batch.append(slot)
-        with self._lock:
-            self._waiting -= len(batch)
-            self._busy = len(batch)
-        self._last_batch = len(batch)
-        return batch
+    # -- the loop -------------------------------------------------------------------------------
 
     def _run(self):
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                return
-            live = [s for s in batch if not s.request.cancelled]
-            for s in batch:
-                if s.request.cancelled:
-                    self._finish(s, "cancelled")
+        while self._take_arrivals():
             try:
-                if live:
-                    started = time.monotonic()
-                    self._generate(live)
-                    self._last_seconds = time.monotonic() - started
-            except Exception as e:  # a bug or an out-of-memory: fail these rows, keep serving
+                self._step()
+            except Exception as e:  # a bug or an out-of-memory: fail the live rows, keep serving
                 log.exception("generation failed")
-                for s in live:
-                    if s.row.finish_reason is None:
-                        s.row.finish_reason = "error"
-                        s.request.emit(("error", s.row, f"generation failed: {e}"))
-            finally:
-                self._busy = 0
+                for live in self.scheduler.live:
+                    self.scheduler.free(live)
+                    self._fail(live.request, live.row, f"generation failed: {e}")
+        for request, row in list(self.scheduler.waiting) + [(s.request, s.row) for s in self.scheduler.live]:
+            self._fail(request, row, "the server stopped before this request finished")
 
-    # -- one batch ------------------------------------------------------------------------------
+    def _take_arrivals(self) -> bool:
+        """Moves submitted rows to the scheduler, blocking while there is nothing to do; False
+        once the engine is stopped."""
+        if self.scheduler.idle:
+            first = self._queue.get()
+            if first is None:
+                return False
+            self.scheduler.add(*first)
+            self._wait_for_company()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            self.scheduler.add(*item)
 
-    def _generate(self, slots: List[_Slot], length: Optional[int] = None) -> None:
-        """Generates for `slots` until every row is done."""
-        import tensorflow as tf
+    def _wait_for_company(self) -> None:
+        """After a first row at an idle engine, waits (at most `max_wait_ms`) for as many rows as
+        the last decode call had: they share the prefill call."""
+        deadline = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(self.scheduler.waiting) < self._company:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            if item is None:
+                self._queue.put(None)
+                return
+            self.scheduler.add(*item)
 
-        cfg, n_real = self.config, len(slots)
-        batch = next(b for b in cfg.batch_buckets() if b >= n_real)
-        if self.on_batch and slots[0].request.rows:
-            self.on_batch(n_real)
-        big, small = cfg.prefill_chunks(self.n_ctx)
-        prompts = [s.row.prompt_ids or [self.eot_id] for s in slots]
-        prompts += [[self.eot_id]] * (batch - n_real)
-        p_len = -(-max(len(p) for p in prompts) // small) * small
-        need = p_len + max(s.row.config.max_new_tokens for s in slots)
-        length = length or next(t for t in cfg.cache_buckets(self.n_ctx) if t >= need)
-        tokens, positions, key_mask = _left_pad(prompts, p_len, length, self.eot_id)
-        positions, key_mask = tf.constant(positions), tf.constant(key_mask)  # converted once, used by every call
-        configs = [s.row.config for s in slots] + [SamplingConfig(max_new_tokens=1, temperature=0.0)] * (batch - n_real)
-        settings, uniforms = _row_settings(configs, length)
-        uniforms, prompt_len = tf.constant(uniforms), tf.constant(p_len, tf.int32)
-        cache = self.model.empty_cache(batch, length)
-        for start, size in _chunks(p_len, big, small):
-            logits, cache = self._call("prefill", (batch, length, size), tokens[:, start:start + size], positions,
-                                       key_mask, cache, np.int32(start))
-        seen = np.zeros((batch, self.model.config.n_vocab), np.float32)
-        for i, p in enumerate(prompts):
-            seen[i, p] = 1.0
-        done = np.arange(batch) >= n_real
-        streaming = any(s.request.stream for s in slots)
-        every = cfg.chunk_tokens if streaming else NON_STREAMING_CHUNK
-        count, step = np.zeros(batch, np.int32), np.int32(0)
-        limit = np.int32(1 if streaming else every)  # a stream's first token alone: a short time to first token
-        while not done.all():
-            before = int(step)
-            out, logits, cache, seen, done_t, count, step = self._call(
-                "decode", (batch, length), logits, cache, seen, done, count, step, prompt_len, positions,
-                key_mask, settings, uniforms, limit)
-            limit = np.int32(every)
-            done = done_t.numpy() | self._hand_out(slots, out.numpy())
-            if int(step) + p_len >= length or int(step) == before:  # the cache is full (or no progress)
-                if int(step) == before and not done.all():
-                    log.error("a decode call made no progress (step %d, done %s); ending the batch", before, done)
-                done[:] = True
-        for s in slots:
-            if s.row.finish_reason is None:
-                self._finish(s, "length")
-
-    def _hand_out(self, slots: List[_Slot], out: np.ndarray) -> np.ndarray:
-        """Sends each row's new text (one event per row and call); returns which rows are now done
-        (stop string, end of text, limit reached, or cancelled)."""
-        done = np.zeros(out.shape[0], bool)
-        now = time.monotonic()
-        for i, s in enumerate(slots):
-            row = s.row
-            if row.finish_reason is None and s.request.cancelled:
-                self._finish(s, "cancelled")
-            if row.finish_reason is None:
-                self._take_tokens(s, [int(t) for t in out[i] if t >= 0], now)
-            done[i] = row.finish_reason is not None
-        return done
-
-    def _take_tokens(self, s: _Slot, tokens: List[int], now: float) -> None:
-        row, text, reason = s.row, "", None
-        for t in tokens:
-            if row.config.stop_at_eot and t == self.eot_id:
-                reason = "stop"
-                break
-            row.first_token_at = row.first_token_at or now
-            row.ids.append(t)
-            piece, stopped = s.stream.push(self.tokenizer.decode_bytes([t]))
-            text += piece
-            if stopped:
-                reason = "stop_string"
-                break
-            if len(row.ids) >= row.config.max_new_tokens:
-                reason = "length"
-                break
-        self._send(s, text)
-        if reason:
-            self._finish(s, "stop" if reason == "stop_string" else reason, flush=reason != "stop_string")
-
-    def _send(self, slot: _Slot, text: str) -> None:
-        if text:
-            slot.row.text += text
-            slot.request.emit(("text", slot.row, text))
-
-    def _finish(self, slot: _Slot, reason: str, flush: bool = True) -> None:
-        if slot.row.finish_reason is not None:
+    def _step(self) -> None:
+        sch = self.scheduler
+        waited, live = sch.cancelled()
+        for request, row in waited:
+            self._done(request, row, "cancelled")
+        for s in live:
+            self._send(s.request, s.row, s.detokenizer.flush())
+            self._done(s.request, s.row, "cancelled")
+        admitted = sch.admit()
+        with self._lock:
+            self._waiting -= len(waited) + len(admitted)
+        prefill = sch.plan_prefill()
+        if prefill is not None:
+            self.runner.prefill(prefill.length, prefill.tokens, prefill.slots, prefill.starts, prefill.lasts)
+            sch.prefilled(prefill)
+        plan = sch.plan_decode()
+        if plan is None:
             return
-        if flush:
-            self._send(slot, slot.stream.flush())
-        slot.row.finish_reason = reason
-        slot.request.emit(("done", slot.row, reason))
+        self._company = len(plan.rows)
+        if self.on_batch is not None:
+            self.on_batch(len(plan.rows))
+        started = time.perf_counter()
+        tokens, _, _, _ = self.runner.decode(plan.length, plan.lengths, plan.count, plan.active, plan.settings,
+                                             plan.uniforms, plan.limit, plan.yield_on_finish)
+        sch.decoded(plan, tokens, time.perf_counter() - started)
+        self._hand_out(plan.rows, tokens)
 
+    def _hand_out(self, rows: List[Live], tokens) -> None:
+        """Sends each row its new text; finishes and frees the rows that ended."""
+        now = time.monotonic()
+        for live in rows:
+            ids = [int(t) for t in tokens[live.slot] if t >= 0]
+            if ids and live.row.first_token_at is None:
+                live.row.first_token_at = now
+            text, reason = live.detokenizer.push(ids)
+            self._send(live.request, live.row, text)
+            if reason is not None:
+                self.scheduler.free(live)
+                self._done(live.request, live.row, reason)
 
-def _chunks(p_len: int, big: int, small: int):
-    """(start, size) of the prefill calls for `p_len` slots: big chunks, then small ones."""
-    cut = p_len - p_len % big
-    return [(i, big) for i in range(0, cut, big)] + [(i, small) for i in range(cut, p_len, small)]
+    def _send(self, request: Request, row: Row, text: str) -> None:
+        if text:
+            row.text += text
+            request.emit(("text", row, text))
 
+    def _done(self, request: Request, row: Row, reason: str) -> None:
+        if row.finish_reason is not None:
+            return
+        row.finish_reason = reason
+        request.emit(("done", row, reason))
 
-def _left_pad(prompts: List[List[int]], p_len: int, length: int, pad_id: int):
-    """Prompts left-padded to `p_len` tokens, and the positions and key mask of `length` slots."""
-    from tfx_gpt2.model.generate import left_pad
-
-    tokens, positions, key_mask = left_pad(prompts, length - p_len, pad_id)
-    extra = p_len - tokens.shape[1]  # more padding on the left, so the prompts fill whole prefill chunks
-    tokens = np.concatenate([np.full((len(prompts), extra), pad_id, np.int32), tokens], axis=1)
-    positions = np.concatenate([np.zeros((len(prompts), extra), np.int32), positions], axis=1)
-    key_mask = np.concatenate([np.zeros((len(prompts), extra), bool), key_mask], axis=1)
-    return tokens, positions, key_mask
-
-
-_RNG = np.random.default_rng()
-
-
-def _row_settings(configs: Sequence[SamplingConfig], length: int):
-    """The per-row settings tuple `decode` takes, and each row's uniforms `(B, length)` (from its
-    own seed, so a seeded row gives the same text whatever it is batched with; a greedy row uses
-    none, and an unseeded one any)."""
-    from tfx_gpt2.model.generate import RowSettings, draw_uniforms
-
-    settings = RowSettings.of(configs)
-    uniforms = np.zeros((len(configs), length), np.float32)
-    for i, c in enumerate(configs):
-        if c.temperature > 0:
-            uniforms[i] = (_RNG.random(length, dtype=np.float32) if c.seed is None else
-                           draw_uniforms(c.seed, 1, length).numpy()[0])
-    return (settings.temperature, settings.top_k, settings.top_p, settings.penalty, settings.max_new,
-            settings.stop_at_eot), uniforms
-
-
-def _idle_batch(model, batch: int, length: int) -> Dict[str, object]:
-    """Arguments of a decode call for a batch of done rows (it compiles, then returns at once)."""
-    import tensorflow as tf
-
-    v = model.config.n_vocab
-    settings, uniforms = _row_settings([SamplingConfig(max_new_tokens=1, temperature=0.0)] * batch, length)
-    return {"logits": np.zeros((batch, v), np.float32), "cache": model.empty_cache(batch, length),
-            "seen": np.zeros((batch, v), np.float32), "done": np.ones(batch, bool), "count": np.zeros(batch, np.int32),
-            "step": np.int32(0), "prompt_len": tf.constant(0, tf.int32),
-            "positions": tf.zeros((batch, length), tf.int32), "key_mask": tf.ones((batch, length), tf.bool),
-            "settings": settings, "uniforms": tf.constant(uniforms), "limit": np.int32(1)}
+    def _fail(self, request: Request, row: Row, message: str) -> None:
+        if row.finish_reason is None:
+            row.finish_reason = "error"
+            request.emit(("error", row, message))
 
 
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
-    """How many programs `warm_up` compiles: per (batch, cache) bucket pair, one decode program and
-    one prefill program per chunk size."""
+    """How many programs `warm_up` compiles: per cache bucket, a decode program per batch bucket
+    and a prefill program per row bucket and chunk size that fits it."""
     big, small = config.prefill_chunks(n_ctx)
-    batches, lengths = len(config.batch_buckets()), config.cache_buckets(n_ctx)
-    prefill = sum(len({small} | ({big} if big < length else set())) for length in lengths)
-    return {"prefill": batches * prefill, "decode": batches * len(lengths)}
+    lengths = config.cache_buckets(n_ctx)
+    chunks = sum(len([c for c in {small, big} if c <= length]) for length in lengths)
+    return {"prefill": len(config.prefill_rows()) * chunks, "decode": len(config.batch_buckets()) * len(lengths)}
