@@ -50,7 +50,7 @@ class Collect:
         self.events, self.finished = [], threading.Event()
         self.on_first_text, self.name, self.order = on_first_text, name, order
         rows = [Row(tokenizer.encode(p), c) for p, c in zip(prompts, configs)]
-        self.request = Request(rows, self.emit)
+        self.request = Request(rows, self.emit, stream=True)
 
     def emit(self, event):  # called on the engine thread
         self.events.append(event)

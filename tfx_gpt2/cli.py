@@ -352,9 +352,9 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--max-queue", type=int, default=256,
                    help="prompts waiting for a slot at most; beyond it requests get 503 with Retry-After (256)")
     s.add_argument("--chunk-tokens", type=int, default=16, help="decode steps per compiled call at most (16)")
-    s.add_argument("--call-ms", type=float, default=10.0,
+    s.add_argument("--call-ms", type=float, default=30.0,
                    help="aim of a decode call's duration: a request arriving meanwhile waits about this long to join "
-                        "the batch (10 ms)")
+                        "the batch (30 ms)")
     s.add_argument("--scheduling", choices=["continuous", "static"], default="continuous",
                    help="continuous: requests join and leave the batch at every decode call (default); static: a "
                         "batch runs until its last prompt ends")

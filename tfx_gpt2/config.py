@@ -20,6 +20,10 @@ from typing import Any, Dict, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
+# The top-k of generated samples by default (training samples, the pusher's samples, MLflow's
+# `params`), as in GPT-2's release; the sampler is `tfx_gpt2.model.sampling`.
+DEFAULT_TOP_K = 40
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""

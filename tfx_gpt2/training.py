@@ -362,11 +362,12 @@ class Sampler:
 
     def __init__(self, model: GPT2, tokenizer, cfg: TrainConfig):
         from tfx_gpt2.model.generate import Generator, SamplingConfig
+        from tfx_gpt2.model.sampling import DEFAULT_TOP_K
 
         self.prompts = list(cfg.sample_prompts)
         self.generator = Generator(model, tokenizer)
         self.sampling = SamplingConfig(max_new_tokens=min(cfg.sample_tokens, model.config.n_ctx - 1),
-                                       temperature=0.8, top_k=40, seed=cfg.seed)
+                                       temperature=0.8, top_k=DEFAULT_TOP_K, seed=cfg.seed)
 
     def __call__(self, step: int) -> List[Dict[str, object]]:
         texts = self.generator.generate(self.prompts, self.sampling)

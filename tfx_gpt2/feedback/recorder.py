@@ -30,6 +30,9 @@ from tfx_gpt2.feedback.store import StoreUnavailable
 log = logging.getLogger("tfx_gpt2.feedback")
 
 BATCH = 256
+# After a first record, the writer waits this long for more: one transaction per batch, not per
+# completion (each commit of the embedded store syncs the disk).
+LINGER_SECONDS = 0.05
 
 
 class Recorder:
@@ -83,9 +86,10 @@ class Recorder:
             batch = [self._buffer.get(timeout=timeout)]
         except queue.Empty:
             return []
+        deadline = time.monotonic() + (0 if self._stop.is_set() else LINGER_SECONDS)
         while len(batch) < BATCH:
             try:
-                batch.append(self._buffer.get_nowait())
+                batch.append(self._buffer.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return batch

@@ -15,17 +15,18 @@ the first of three paths that is exact for it:
 * **candidates** (top-k up to `CANDIDATES`, or a top-p nucleus that the candidates hold): the
   `CANDIDATES` largest logits by a two-stage top-k (the maximum of each block of `BLOCK` ids, the
   blocks of the largest maxima, then the largest entries of those blocks), the cuts on that short
-  sorted list, and the inverse CDF over the kept entries of those blocks. About one pass over the
+  sorted list, and the inverse CDF over it, most probable first. About one pass over the
   vocabulary.
 * **full** (no top-k and no top-p: plain temperature sampling): the inverse CDF over the whole
-  vocabulary in id order, in two levels (block sums, then inside one block). Two passes.
+  vocabulary in id order, in two levels (sums of blocks of `CDF_BLOCK` ids, then inside one
+  block). Two passes.
 * **bisection** (a top-k above `CANDIDATES`, or a nucleus larger than the candidates): the cuts
   found by bisecting over the logits' keys (33 passes), then the two-level inverse CDF.
 
 Each path runs only when some row of the batch needs it. The distribution is the same whichever
 path a row takes (`tests/test_sampling.py` checks the masks exactly and the frequencies against a
 sort-based reference); the token a given `u` picks depends on the path (the candidate path orders
-the kept tokens by block rank, then id; the others by id).
+the kept tokens by probability, the others by id).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-# The top-k that generation samples use by default (training samples, the pusher's samples,
-# MLflow's `params`), as in GPT-2's release.
-DEFAULT_TOP_K = 40
-# Candidates kept by the fast path, and the block width of its first stage.
+from tfx_gpt2.config import DEFAULT_TOP_K  # noqa: F401 -- the samples' default, kept with the configs
+
+# Candidates kept by the fast path, and the block width of its first stage; the block width of
+# the two-level inverse CDF (measured fastest on CPUs).
 CANDIDATES = 64
-BLOCK = 128
+BLOCK = 32
+CDF_BLOCK = 128
 
 
 class GenerationError(ValueError):
@@ -133,16 +135,15 @@ def choose(logits, seen, temperature, top_k, top_p, penalty, u):
 
     Args:
         logits: `(B, V)` float32.
-        seen: `(B, V)` 1.0 where a token is already in the row's sequence (repetition penalty).
+        seen: `(B, V)` 1.0 where a token is already in the row's sequence (repetition penalty), or
+            None when the caller applied the penalty itself (`penalise`).
         temperature, top_k, top_p, penalty: `(B,)` or scalars (see `SamplingConfig`).
         u: `(B,)` uniform numbers in [0, 1), one per row.
     """
     b = tf.shape(logits)[0]
     temperature, top_k, top_p, penalty = (tf.broadcast_to(v, [b]) for v in (temperature, top_k, top_p, penalty))
-    pen = penalty[:, None]
-    logits = tf.cond(tf.reduce_any(penalty != 1.0),
-                     lambda: tf.where(seen > 0, tf.where(logits > 0, logits / pen, logits * pen), logits),
-                     lambda: logits)
+    if seen is not None:
+        logits = tf.cond(tf.reduce_any(penalty != 1.0), lambda: penalise(logits, seen, penalty), lambda: logits)
     sampling = temperature > 0
     greedy = tf.cond(tf.reduce_any(tf.logical_not(sampling)), lambda: argmax(logits), lambda: tf.zeros([b], tf.int32))
 
@@ -152,6 +153,13 @@ def choose(logits, seen, temperature, top_k, top_p, penalty, u):
 
     sampled = tf.cond(tf.reduce_any(sampling), sample, lambda: greedy)
     return tf.where(sampling, sampled, greedy)
+
+
+def penalise(logits, seen, penalty):
+    """The repetition penalty (CTRL style): a seen token's logit divided by the row's penalty
+    `(B,)` when positive, multiplied when negative."""
+    pen = penalty[:, None]
+    return tf.where(seen > 0, tf.where(logits > 0, logits / pen, logits * pen), logits)
 
 
 def argmax(x):
@@ -174,17 +182,19 @@ def _sample(x, top_k, top_p, u):
                                  lambda: out), out)
 
 
-def _blocks(x, block: int = BLOCK):
+def _blocks(x, block: int):
     """`x` `(B, V)` as `(B, ceil(V / block), block)`, padded with -inf."""
     b, vocab = tf.shape(x)[0], x.shape[-1]
     n_blocks = -(-vocab // block)
     padded = tf.pad(x, [[0, 0], [0, n_blocks * block - vocab]], constant_values=float("-inf"))
-    return tf.reshape(padded, [b, n_blocks, block])
+    # Materialised: a gather of blocks that XLA fuses with the padding computes each entry apart
+    # (ten times slower on CPUs than copying whole blocks).
+    return xla.optimization_barrier(tf.reshape(padded, [b, n_blocks, block]))[0]
 
 
 def top_candidates(x, k: int = CANDIDATES, block: int = BLOCK):
-    """`(values (B, k), blocks (B, n, block), block_ids (B, n))`: the k largest entries of each row
-    of `x` `(B, V)`, descending, by a two-stage top-k, and the n blocks of ids that hold them.
+    """`(values, ids)`, each `(B, k)`: the k largest entries of each row of `x` `(B, V)`,
+    descending, by a two-stage top-k.
 
     Every entry of the k largest lies in one of the k blocks with the largest maxima (a block
     whose maximum is below k other blocks' maxima has k larger entries elsewhere), so the second
@@ -192,12 +202,11 @@ def top_candidates(x, k: int = CANDIDATES, block: int = BLOCK):
     blocks = _blocks(x, block)
     b, n_blocks = tf.shape(x)[0], blocks.shape[1]
     if n_blocks <= k:  # a small vocabulary: one stage
-        chosen = tf.broadcast_to(tf.range(n_blocks)[None, :], [b, n_blocks])
-    else:
-        _, chosen = _top_k(tf.reduce_max(blocks, -1), k)  # (B, k) block numbers
-        blocks = tf.gather(blocks, chosen, batch_dims=1)  # (B, k, block)
-    vals, _ = _top_k(tf.reshape(blocks, [b, -1]), min(k, x.shape[-1]))
-    return vals, blocks, chosen
+        return _top_k(x, min(k, x.shape[-1]))
+    _, chosen = _top_k(tf.reduce_max(blocks, -1), k)  # (B, k) block numbers
+    entries = tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [b, k * block])
+    vals, where = _top_k(entries, k)
+    return vals, tf.gather(chosen, where // block, batch_dims=1) * block + where % block
 
 
 def _top_k(x, k: int):
@@ -211,10 +220,10 @@ def _top_k(x, k: int):
 def _candidate_choice(x, top_k, top_p, u):
     """The candidate path: `(ids (B,), exact (B,))`; `exact` is False where a row's cut may reach
     outside the `CANDIDATES` largest logits (its id is then not used)."""
-    vals, blocks, chosen = top_candidates(x, CANDIDATES + 1)
+    vals, ids = top_candidates(x, min(CANDIDATES + 1, x.shape[-1]))
     complete = vals.shape[-1] <= CANDIDATES  # a vocabulary of at most CANDIDATES ids
     outside = tf.fill(tf.shape(vals)[:1], float("-inf")) if complete else vals[:, CANDIDATES]
-    vals = vals[:, :CANDIDATES]
+    vals, ids = vals[:, :CANDIDATES], ids[:, :CANDIDATES]
     k_max = vals.shape[-1]
     has_k = top_k > 0
     kth = tf.gather(vals, tf.clip_by_value(top_k - 1, 0, k_max - 1), batch_dims=1)
@@ -233,16 +242,18 @@ def _candidate_choice(x, top_k, top_p, u):
     # the candidates hold top_p of the probability.
     exact = (has_k & (top_k <= k_max)) | (nucleus_alone & (tf.reduce_sum(probs, -1) >= top_p))
     exact &= cut > outside
-    # The draw, among the entries of the candidate blocks at or above the cut.
-    kept = tf.where(blocks >= cut[:, None, None], blocks, float("-inf"))
-    block, offset = _inverse_cdf_blocks(kept, u)
-    return tf.gather(chosen, block, batch_dims=1) * blocks.shape[-1] + offset, exact
+    # The draw: inverse CDF over the kept candidates, most probable first.
+    keep &= vals >= cut[:, None]
+    cdf = tf.cumsum(tf.where(keep, probs, 0.0), axis=-1)
+    index = tf.reduce_sum(tf.cast(cdf <= u[:, None] * cdf[:, -1:], tf.int32), -1)
+    index = tf.minimum(index, tf.reduce_max(tf.where(keep, tf.range(k_max)[None, :], 0), -1))  # rounding
+    return tf.gather(ids, index, batch_dims=1), exact
 
 
 def _inverse_cdf(x, u):
     """Samples `softmax(x)` `(B, V)` (entries of -inf excluded) by inverse CDF in id order."""
-    block, offset = _inverse_cdf_blocks(_blocks(x), u)
-    return block * BLOCK + offset
+    block, offset = _inverse_cdf_blocks(_blocks(x, CDF_BLOCK), u)
+    return block * CDF_BLOCK + offset
 
 
 def _inverse_cdf_blocks(x, u):

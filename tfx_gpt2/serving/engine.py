@@ -76,7 +76,7 @@ class EngineConfig:
     max_wait_ms: float = 20.0
     max_queue: int = 256
     chunk_tokens: int = 16
-    call_ms: float = 10.0
+    call_ms: float = 30.0
     prefill_tokens: int = 32
     length_buckets: Tuple[int, ...] = ()
     scheduling: str = "continuous"
@@ -139,10 +139,11 @@ class Row:
 class Request:
     """Rows submitted together, and where their events go.
 
-    `emit(event)` is called from the engine thread with `("text", row, delta)`,
-    `("done", row, finish_reason)` and `("error", row, message)` (see `tfx_gpt2.serving.server` for
-    the asyncio side). Set `cancelled` to take its rows out at the engine's next step. A `stream`
-    request's first token is handed out alone (a short time to first token).
+    `emit(event)` is called from the engine thread with `("done", row, finish_reason)` and
+    `("error", row, message)`, and for a `stream` request with `("text", row, delta)` as text is
+    generated (see `tfx_gpt2.serving.server` for the asyncio side); every row's text is in
+    `row.text` when it is done. Set `cancelled` to take its rows out at the engine's next step. A
+    stream's first token is handed out alone (a short time to first token).
     """
 
     def __init__(self, rows: Sequence[Row], emit: Callable[[tuple], None], stream: bool = False):
@@ -330,9 +331,12 @@ class Engine:
                 self._done(live.request, live.row, reason)
 
     def _send(self, request: Request, row: Row, text: str) -> None:
+        """Adds `text` to the row, and sends it to a streaming request (the others read `row.text`
+        when the row is done: one event per row, not one per decode call)."""
         if text:
             row.text += text
-            request.emit(("text", row, text))
+            if request.stream:
+                request.emit(("text", row, text))
 
     def _done(self, request: Request, row: Row, reason: str) -> None:
         if row.finish_reason is not None:

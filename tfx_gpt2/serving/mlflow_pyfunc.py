@@ -15,9 +15,11 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+from tfx_gpt2.config import DEFAULT_TOP_K
+
 MODEL_DIR_ARTIFACT = "model_dir"
 
-DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": 40, "top_p": 1.0,
+DEFAULT_PARAMS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": DEFAULT_TOP_K, "top_p": 1.0,
                   "repetition_penalty": 1.0, "seed": -1}
 
 SIGNATURE = ModelSignature(

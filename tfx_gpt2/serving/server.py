@@ -165,6 +165,9 @@ class Api:
     def finish(self, call: _Call, status: int) -> None:
         """Records a request that reached the engine: metrics and its log line."""
         m, latency = self.metrics, time.monotonic() - call.started
+        # Streams note their first text as it arrives; other requests, the engine's first token.
+        call.first_text = call.first_text or min((r.first_token_at for r in call.rows if r.first_token_at),
+                                                 default=None)
         tokens = sum(len(r.ids) for r in call.rows)
         m.requests.labels(call.route, str(status)).inc()
         m.latency.labels(call.route).observe(latency)
@@ -339,15 +342,30 @@ class Api:
             "id": current.name, "object": "model", "created": int(current.loaded_at), "owned_by": "tfx-gpt2",
             "version": current.version, "source": current.source, "context_length": current.n_ctx}]}
 
-    async def count_other_routes(self, http: HttpRequest, call_next):
-        """Metrics of the GET routes (generation routes record themselves, at their last byte)."""
-        started = time.monotonic()
-        response = await call_next(http)
-        if http.method == "GET":
-            route = http.url.path if http.url.path in GET_ROUTES else "other"
-            self.metrics.requests.labels(route, str(response.status_code)).inc()
-            self.metrics.latency.labels(route).observe(time.monotonic() - started)
-        return response
+    def count_gets(self, app):
+        """ASGI middleware: metrics of the GET routes (generation routes record themselves, at
+        their last byte). Plain ASGI: Starlette's `BaseHTTPMiddleware` would wrap every request,
+        POSTs too, in tasks and streams of its own."""
+        metrics = self.metrics
+
+        async def middleware(scope, receive, send):
+            if scope["type"] != "http" or scope["method"] != "GET":
+                return await app(scope, receive, send)
+            started, status = time.monotonic(), [500]
+
+            async def send_and_note(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_and_note)
+            finally:
+                route = scope["path"] if scope["path"] in GET_ROUTES else "other"
+                metrics.requests.labels(route, str(status[0])).inc()
+                metrics.latency.labels(route).observe(time.monotonic() - started)
+
+        return middleware
 
 
 GET_ROUTES = ("/", "/docs", "/ping", "/health", "/version", "/metrics", "/v1/models", "/openapi.json")
@@ -376,7 +394,7 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
     for path, handler in [("/v1/completions", api.completions), ("/invocations", api.invocations),
                           (SELDON_PATH, api.seldon), ("/v1/feedback", api.feedback)]:
         app.add_api_route(path, handler, methods=["POST"])
-    app.middleware("http")(api.count_other_routes)
+    app.add_middleware(api.count_gets)
     return app
 
 
@@ -444,5 +462,6 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: Eng
     deployment = Deployment(model_uri, engine, config.poll_seconds, on_change=on_change,
                             on_batch=lambda n: metrics.batch_size.observe(n))
     app = create_app(deployment, config, metrics, recorder)
+    # No access log: the request log (one JSON line per request) says more.
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
-                timeout_graceful_shutdown=int(config.request_timeout))
+                timeout_graceful_shutdown=int(config.request_timeout), access_log=False)
