@@ -312,8 +312,9 @@ class Engine:
         if self.on_batch is not None:
             self.on_batch(len(plan.rows))
         started = time.perf_counter()
-        tokens, _, _, _ = self.runner.decode(plan.length, plan.lengths, plan.count, plan.active, plan.settings,
-                                             plan.uniforms, plan.limit, plan.yield_on_finish)
+        tokens, _, _, _ = self.runner.decode(plan.length, plan.tokens, plan.lengths, plan.count, plan.active,
+                                             plan.fresh, plan.settings, plan.uniforms, plan.limit,
+                                             plan.yield_on_finish)
         sch.decoded(plan, tokens, time.perf_counter() - started)
         self._hand_out(plan.rows, tokens)
 

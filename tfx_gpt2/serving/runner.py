@@ -2,9 +2,8 @@
 they update in place.
 
 State (one `Runner` per served model version): per layer a key and a value cache
-`(slots + 1, H, T, D)`, the next-token logits `(slots + 1, V)` and the tokens each row has seen
-`(slots + 1, V)` (for the repetition penalty), all `tf.Variable`s that the XLA programs update in
-place. Slot `s` belongs to one row at a time; a row's tokens sit at cache slots 0, 1, 2, ... of its
+`(slots + 1, H, T, D)`, and the tokens each row has seen `(slots + 1, V)` (for the repetition
+penalty), `tf.Variable`s that the XLA programs update in place. Slot `s` belongs to one row at a time; a row's tokens sit at cache slots 0, 1, 2, ... of its
 slot, so every row has its own position. The last slot is scratch: padding rows write there.
 
 Programs (one `Programs` per model shape and layout, shared by every runner of that shape): the
@@ -13,12 +12,13 @@ champion) runs on the programs already compiled; nothing is compiled, and nothin
 version. Their number is bounded: one prefill program per (rows, chunk, cache length) bucket and
 one decode program per (batch, cache length) bucket.
 
-* `prefill` runs one chunk of prompt tokens for some rows, each at its own start slot, writes
-  their keys and values, and the logits after a row's last real token.
-* `decode` runs up to `steps` decode steps for rows `0 .. batch - 1`: each step samples a token
-  per row (`tfx_gpt2.model.sampling`), feeds it through the model and writes it at the row's own
-  next slot. Rows that are not active (free slots, rows still in prefill) are masked: they emit
-  nothing and write only to the scratch slot. The call returns early when every row is done, or
+* `prefill` runs one chunk of prompt tokens (all but a prompt's last) for some rows, each at its
+  own start slot, and writes their keys and values.
+* `decode` runs up to `steps` decode steps for rows `0 .. batch - 1`: each step feeds a row's next
+  token (its prompt's last, then the token it sampled last) through the model at the row's own
+  next slot and samples the token after it (`tfx_gpt2.model.sampling`). Between calls a row's state
+  is its next token and its length: no logits are kept. Rows that are not active (free slots,
+  rows still in prefill) are masked: they emit nothing and write only to the scratch slot. The call returns early when every row is done, or
   when a row finishes and `yield_on_finish` (so its slot can be given to a waiting request).
 
 Attention reads only the first `length` slots of the cache (a length bucket): every decode step
@@ -86,8 +86,8 @@ def _block(w, i: int, x, config: GPT2Config, attend):
     return x + affine(gelu(h), w[p + "mlp/c_proj/w"], w[p + "mlp/c_proj/b"])
 
 
-def _forward(w, head, config: GPT2Config, tokens, slots, attend):
-    """Logits-ready hidden states `(B, S, C)` (after `ln_f`) of `tokens` `(B, S)` at cache `slots`."""
+def _forward(w, config: GPT2Config, tokens, slots, attend):
+    """Hidden states `(B, S, C)` (after `ln_f`) of `tokens` `(B, S)` at cache `slots`."""
     positions = tf.minimum(slots, config.n_ctx - 1)  # padding slots past the context reuse the last
     x = tf.gather(w["wte"], tokens) + tf.gather(w["wpe"], positions)
     for i in range(config.n_layer):
@@ -117,14 +117,13 @@ def _cache_writer(state, rows, slots, length: int, n_head: int):
 
 def _prefill(names, config: GPT2Config, length: int, weights, head, state, tokens, rows, starts, lasts):
     """One prompt chunk `tokens` `(P, S)` for cache rows `rows` `(P,)`, starting at slots `starts`
-    `(P,)`; `lasts` `(P,)` is the index of each row's last real token in the chunk (the logits
-    after it are written). A row's first chunk (start 0) resets its seen tokens."""
+    `(P,)`; `lasts` `(P,)` is the index of each row's last real token in the chunk. Writes their
+    keys and values, and marks them seen (a row's first chunk, at start 0, clears its marks).
+    Computes no logits: a prompt's last token is fed by the first decode step."""
     w = dict(zip(names, weights))
     chunk = tokens.shape[1]
     slots = starts[:, None] + tf.range(chunk)[None, :]
-    x = _forward(w, head, config, tokens, slots, _cache_writer(state, rows, slots, length, config.n_head))
-    last = tf.gather(x, lasts, batch_dims=1)  # (P, C)
-    state["logits"].scatter_nd_update(rows[:, None], tf.matmul(last, head))
+    _forward(w, config, tokens, slots, _cache_writer(state, rows, slots, length, config.n_head))
     real = tf.range(chunk)[None, :] <= lasts[:, None]  # (P, S)
     seen = tf.where((starts == 0)[:, None], 0.0, tf.gather(state["seen"], rows))
     pairs = tf.stack([tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(tokens)), tokens], -1)
@@ -134,14 +133,17 @@ def _prefill(names, config: GPT2Config, length: int, weights, head, state, token
 
 
 def _decode(names, config: GPT2Config, layout: Layout, eot_id: int, batch: int, length: int, weights, head, state,
-            lengths, count, active, temperature, top_k, top_p, penalty, max_new, stop_at_eot, uniforms, limit,
-            yield_on_finish):
-    """Up to `limit` decode steps for rows `0 .. batch - 1` (see the module docstring).
+            tokens, lengths, count, active, fresh, temperature, top_k, top_p, penalty, max_new, stop_at_eot,
+            uniforms, limit, yield_on_finish):
+    """Up to `limit` decode steps for rows `0 .. batch - 1`: each feeds a row's next token through
+    the model at its own slot, then samples the token after it (see the module docstring).
 
     Args:
-        lengths: `(B,)` tokens in each row's cache (the slot its next token is written at).
+        tokens: `(B,)` the token each row feeds next: its prompt's last, then its last sampled.
+        lengths: `(B,)` tokens in each row's cache (the slot the fed token is written at).
         count: `(B,)` tokens each row has generated.
         active: `(B,)` rows that decode; the others emit nothing.
+        fresh: `(B,)` rows with no prefill (one-token prompts): their seen tokens are cleared.
         temperature ... stop_at_eot: `(B,)` each row's settings (`tfx_gpt2.model.sampling`).
         uniforms: `(B, steps)`: a row's uniform number for its i-th token of this call.
         limit: scalar int32, steps to take at most; yield_on_finish: scalar bool.
@@ -151,29 +153,28 @@ def _decode(names, config: GPT2Config, layout: Layout, eot_id: int, batch: int, 
     """
     w = dict(zip(names, weights))
     rows, scratch = tf.range(batch), layout.cache_size - 1
-    logits0 = state["logits"][:batch]
 
-    def step(i, logits, seen, done, count, lengths, out):
-        nxt = tf.reshape(choose(logits, seen, temperature, top_k, top_p, penalty, uniforms[:, i]), [batch])
+    def step(i, tokens, seen, done, count, lengths, out):
         fed = tf.logical_not(done)
+        seen = tf.tensor_scatter_nd_max(seen, tf.stack([rows, tokens], 1), tf.cast(fed, seen.dtype))
+        slots = tf.where(fed, lengths, scratch)[:, None]  # (B, 1); masked rows write to scratch
+        x = _forward(w, config, tokens[:, None], slots, _cache_writer(state, rows, slots, length, config.n_head))
+        logits = tf.matmul(x[:, 0], head)  # (B, V)
+        nxt = tf.reshape(choose(logits, seen, temperature, top_k, top_p, penalty, uniforms[:, i]), [batch])
         out = tf.where(tf.equal(tf.range(layout.steps), i)[None, :], tf.where(fed, nxt, -1)[:, None], out)
         count += tf.cast(fed, tf.int32)
         done |= fed & ((stop_at_eot & tf.equal(nxt, eot_id)) | (count >= max_new))
-        seen = tf.tensor_scatter_nd_max(seen, tf.stack([rows, nxt], 1), tf.cast(fed, seen.dtype))
-        slots = tf.where(fed, lengths, scratch)[:, None]  # (B, 1); masked rows write to scratch
-        x = _forward(w, head, config, nxt[:, None], slots, _cache_writer(state, rows, slots, length, config.n_head))
-        logits = tf.reshape(tf.matmul(x[:, 0], head), logits.shape)
-        return i + 1, logits, seen, done, count, lengths + tf.cast(fed, tf.int32), out
+        return i + 1, tf.where(fed, nxt, tokens), seen, done, count, lengths + tf.cast(fed, tf.int32), out
 
-    def more(i, logits, seen, done, count, lengths, out):
+    def more(i, tokens, seen, done, count, lengths, out):
         finished = tf.reduce_any(done & active)
         return (i < limit) & tf.logical_not(tf.reduce_all(done)) & tf.logical_not(yield_on_finish & finished)
 
-    start = (tf.constant(0), logits0, state["seen"][:batch], tf.logical_not(active), count, lengths,
+    seen = tf.where(fresh[:, None], 0.0, state["seen"][:batch])
+    start = (tf.constant(0), tokens, seen, tf.logical_not(active), count, lengths,
              tf.fill([batch, layout.steps], -1))
-    i, logits, seen, done, count, _, out = tf.while_loop(more, step, start)
-    state["logits"].scatter_nd_update(rows[:, None], tf.where(active[:, None], logits, logits0))
-    state["seen"].scatter_nd_update(rows[:, None], seen)
+    i, _, seen, done, count, _, out = tf.while_loop(more, step, start)
+    state["seen"].scatter_nd_update(rows[:, None], seen)  # inactive rows' are unchanged
     return out, count, done, i
 
 
@@ -242,7 +243,6 @@ class Runner:
         shape = (rows, c.n_head, layout.cache_size, c.head_size)
         self.state = {"k": [tf.Variable(tf.zeros(shape), trainable=False) for _ in range(c.n_layer)],
                       "v": [tf.Variable(tf.zeros(shape), trainable=False) for _ in range(c.n_layer)],
-                      "logits": tf.Variable(tf.zeros((rows, c.n_vocab)), trainable=False),
                       "seen": tf.Variable(tf.zeros((rows, c.n_vocab)), trainable=False)}
         self._calls: Dict[tuple, tuple] = {}
 
@@ -255,11 +255,11 @@ class Runner:
         """Runs `prefill` on cache rows `rows` (see `_prefill`)."""
         self._call(("prefill", tokens.shape[0], tokens.shape[1], length), (tokens, rows, starts, lasts))
 
-    def decode(self, length: int, lengths, count, active, settings: Sequence[np.ndarray], uniforms, limit: int,
-               yield_on_finish: bool):
+    def decode(self, length: int, tokens, lengths, count, active, fresh, settings: Sequence[np.ndarray], uniforms,
+               limit: int, yield_on_finish: bool):
         """Runs `decode` for rows `0 .. len(lengths) - 1`; returns numpy `(tokens, count, done, steps)`."""
-        out = self._call(("decode", len(lengths), length), (lengths, count, active, *settings, uniforms,
-                                                            np.int32(limit), np.bool_(yield_on_finish)))
+        out = self._call(("decode", len(lengths), length), (tokens, lengths, count, active, fresh, *settings,
+                                                            uniforms, np.int32(limit), np.bool_(yield_on_finish)))
         return tuple(t.numpy() for t in out)
 
     def _call(self, key: tuple, args: tuple):
@@ -297,7 +297,7 @@ class Runner:
                          np.zeros(rows, np.int32))
         else:
             _, batch, length = key
-            zeros = np.zeros(batch, np.int32)
+            zeros, no = np.zeros(batch, np.int32), np.zeros(batch, bool)
             settings = RowSettings.columns([SamplingConfig(temperature=0.0)] * batch)
-            self.decode(length, zeros, zeros, np.zeros(batch, bool), settings,
-                        np.zeros((batch, self.layout.steps), np.float32), 1, False)
+            self.decode(length, zeros, zeros, zeros, no, no, settings, np.zeros((batch, self.layout.steps), np.float32),
+                        1, False)

@@ -37,13 +37,15 @@ class Live:
     prompt: List[int]
     detokenizer: Detokenizer
     uniforms: np.ndarray  # (max_tokens,): the uniform number of each of its tokens
-    prefilled: int = 0  # prompt tokens in the cache
-    length: int = 0  # tokens in the cache (prompt, then generated)
+    length: int = 0  # tokens in the cache: its prompt's first ones, then each fed token
     count: int = 0  # tokens generated
+    next_token: int = 0  # the token its next decode step feeds: its prompt's last, then its last sampled
 
     @property
     def decoding(self) -> bool:
-        return self.prefilled == len(self.prompt)
+        """Past its prefill: every prompt token but the last is in the cache (the first decode
+        step feeds the last)."""
+        return self.count > 0 or self.length == len(self.prompt) - 1
 
 
 @dataclasses.dataclass
@@ -60,9 +62,11 @@ class PrefillPlan:
 class DecodePlan:
     rows: List[Live]  # the decoding rows
     length: int
-    lengths: np.ndarray  # (B,)
+    tokens: np.ndarray  # (B,)
+    lengths: np.ndarray
     count: np.ndarray
     active: np.ndarray
+    fresh: np.ndarray
     settings: Tuple[np.ndarray, ...]
     uniforms: np.ndarray  # (B, steps)
     limit: int
@@ -133,7 +137,8 @@ class Scheduler:
             uniforms = _RNG.random(max_tokens, dtype=np.float32)
         else:  # the numbers a seeded row draws, whatever it is batched with
             uniforms = draw_uniforms(config.seed, 1, max_tokens).numpy()[0]
-        live = Live(slot, request, row, prompt, Detokenizer(self.tokenizer, config, max_tokens), uniforms)
+        live = Live(slot, request, row, prompt, Detokenizer(self.tokenizer, config, max_tokens), uniforms,
+                     next_token=prompt[-1])
         row.ids = live.detokenizer.ids
         self.slots[slot] = live
         return live
@@ -145,26 +150,26 @@ class Scheduler:
     # -- plans ----------------------------------------------------------------------------------
 
     def plan_prefill(self) -> Optional[PrefillPlan]:
-        """The next prompt chunk of up to the largest row bucket of rows still in their prompt."""
+        """The next chunk of the prompts (all but their last token) of up to the largest row
+        bucket of rows still in their prefill."""
         pending = [s for s in self.live if not s.decoding][:self.layout.prefill_rows[-1]]
         if not pending:
             return None
         big, small = self.layout.chunks
-        chunk = big if any(len(s.prompt) - s.prefilled > small for s in pending) else small
+        chunk = big if any(len(s.prompt) - 1 - s.length > small for s in pending) else small
         rows = next(b for b in self.layout.prefill_rows if b >= len(pending))
         tokens = np.full((rows, chunk), self.tokenizer.eot_id, np.int32)
         slots = np.full(rows, self.layout.slots, np.int32)  # padding rows: the scratch slot
         starts, lasts = np.zeros(rows, np.int32), np.zeros(rows, np.int32)
         for i, s in enumerate(pending):
-            part = s.prompt[s.prefilled:s.prefilled + chunk]
-            tokens[i, :len(part)], slots[i], starts[i], lasts[i] = part, s.slot, s.prefilled, len(part) - 1
+            part = s.prompt[s.length:min(s.length + chunk, len(s.prompt) - 1)]
+            tokens[i, :len(part)], slots[i], starts[i], lasts[i] = part, s.slot, s.length, len(part) - 1
         length = self._bucket(int(starts.max()) + chunk)
         return PrefillPlan(pending, length, tokens, slots, starts, lasts)
 
     def prefilled(self, plan: PrefillPlan) -> None:
         for s, last in zip(plan.rows, plan.lasts):
-            s.prefilled += int(last) + 1
-            s.length = s.prefilled
+            s.length += int(last) + 1
 
     def plan_decode(self) -> Optional[DecodePlan]:
         """The next decode call: every decoding row, its settings and uniforms, and how many steps."""
@@ -177,18 +182,19 @@ class Scheduler:
         limit = min(self.layout.steps, length - longest, self._steps_in_budget(batch, length))
         if any(s.request.stream and s.count == 0 for s in rows):
             limit = 1  # a stream's first token alone: a short time to first token
-        lengths, count = np.zeros(batch, np.int32), np.zeros(batch, np.int32)
-        active = np.zeros(batch, bool)
+        tokens, lengths, count = (np.zeros(batch, np.int32) for _ in range(3))
+        active, fresh = np.zeros(batch, bool), np.zeros(batch, bool)
         configs = [SamplingConfig(temperature=0.0)] * batch
         uniforms = np.zeros((batch, self.layout.steps), np.float32)
         for s in rows:
-            lengths[s.slot], count[s.slot], active[s.slot], configs[s.slot] = s.length, s.count, True, s.row.config
+            tokens[s.slot], lengths[s.slot], count[s.slot] = s.next_token, s.length, s.count
+            active[s.slot], fresh[s.slot], configs[s.slot] = True, len(s.prompt) == 1 and s.count == 0, s.row.config
             part = s.uniforms[s.count:s.count + self.layout.steps]
             uniforms[s.slot, :len(part)] = part
         settings = list(RowSettings.columns(configs))
         settings[4] = np.array([s.detokenizer.max_tokens if s else 1 for s in self.slots[:batch]], np.int32)
         # When rows wait for a slot, stop at the first row that ends so they can take it.
-        return DecodePlan(rows, length, lengths, count, active, tuple(settings), uniforms, limit,
+        return DecodePlan(rows, length, tokens, lengths, count, active, fresh, tuple(settings), uniforms, limit,
                           yield_on_finish=bool(self.waiting) and not self.static)
 
     def decoded(self, plan: DecodePlan, tokens: np.ndarray, seconds: float) -> None:
@@ -199,9 +205,11 @@ class Scheduler:
             previous = self.step_seconds.get(key, seconds / steps)
             self.step_seconds[key] = 0.8 * previous + 0.2 * seconds / steps
         for s in plan.rows:
-            emitted = int((tokens[s.slot] >= 0).sum())
-            s.count += emitted
-            s.length += emitted
+            emitted = tokens[s.slot][tokens[s.slot] >= 0]
+            if len(emitted):  # each emitted token followed a fed one
+                s.count += len(emitted)
+                s.length += len(emitted)
+                s.next_token = int(emitted[-1])
 
     def _steps_in_budget(self, batch: int, length: int) -> int:
         seconds = self.step_seconds.get((batch, length))
