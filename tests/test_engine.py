@@ -130,15 +130,14 @@ def test_each_row_keeps_its_own_settings_and_limit(engine, tokenizer):
 
 
 def test_repetition_penalty_sees_the_prompt_and_the_tokens_so_far(engine, model, tokenizer):
-    """Greedy with a penalty, as the Generator computes it, after other rows used the same slots
-    (a slot's marks are cleared for its next row)."""
+    """Greedy with a penalty, as the Generator computes it, twice: the second time in slots whose
+    last rows saw the very tokens these rows choose (a slot's marks are cleared for its next row)."""
     config = SamplingConfig(max_new_tokens=10, temperature=0.0, repetition_penalty=5.0, stop_at_eot=False)
     prompts = ["Hi", "The quick brown fox jumps over", "A"]  # one-token prompts have no prefill
-    run(engine, tokenizer, prompts, [long(10)] * 3)
-    rows = run(engine, tokenizer, prompts, [config] * 3)
     reference = Generator(model, tokenizer)
-    for prompt, row in zip(prompts, rows):
-        assert row.ids == reference.generate_ids([tokenizer.encode(prompt)], config)[0]
+    expected = [reference.generate_ids([tokenizer.encode(p)], config)[0] for p in prompts]
+    for _ in range(2):
+        assert [r.ids for r in run(engine, tokenizer, prompts, [config] * 3)] == expected
 
 
 def test_programs_are_compiled_at_warm_up_and_stay_bounded(engine, tokenizer):
