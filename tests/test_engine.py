@@ -15,7 +15,7 @@ from tfx_gpt2.serving.detokenizer import TextStream
 from tfx_gpt2.serving.engine import Engine, EngineConfig, QueueFull, Request, Row, programs_expected
 
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0.0, stop_at_eot=False)
-CONFIG = EngineConfig(max_batch_size=4, max_wait_ms=50, prefill_tokens=8, chunk_tokens=4)
+CONFIG = EngineConfig(max_batch_size=4, max_wait_ms=50, prefill_tokens=8, chunk_tokens=4, workers=1)
 
 
 def long(n):
@@ -153,12 +153,19 @@ def test_programs_are_compiled_at_warm_up_and_stay_bounded(engine, tokenizer):
 
 def test_a_second_engine_of_the_same_shape_compiles_nothing(engine, model, tokenizer):
     before = set(engine.programs)
-    other = Engine(model, tokenizer, CONFIG)
-    assert other.runner.programs is engine.runner.programs
+    other = Engine(model, tokenizer, EngineConfig(**{**CONFIG.__dict__, "workers": 2}))
+    assert all(w.runner.programs is engine.workers[0].runner.programs for w in other.workers)
     other.warm_up()
     assert other.programs == before
-    other.start().stop()
-    assert other.runner is None  # weights and caches released
+    other.start()
+    try:  # two workers: requests are spread over both, and their text is the same as alone
+        prompts, configs = ["Hello there", "A", "The quick brown fox jumps"], [long(9), long(3), long(12)]
+        alone = [run(engine, tokenizer, [p], [c])[0].ids for p, c in zip(prompts, configs)]
+        assert [r.ids for r in run(other, tokenizer, prompts, configs)] == alone
+        assert all(w.scheduler.step_seconds for w in other.workers)  # both decoded
+    finally:
+        other.stop()
+    assert other.released  # weights and caches released
 
 
 def test_stop_strings_end_a_row_and_are_not_returned(engine, tokenizer):
@@ -185,9 +192,9 @@ def test_a_request_cancelled_mid_batch_leaves_it_and_frees_its_slot(engine, toke
     assert b_row.finish_reason == "length" and len(b_row.ids) == 24
     assert engine.batches[0] == 2 and engine.batches[-1] == 1  # after the cancel, B decodes alone
     deadline = time.monotonic() + 10
-    while engine.scheduler.live and time.monotonic() < deadline:
+    while engine.live and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not engine.scheduler.live
+    assert not engine.live
 
 
 def test_a_full_queue_refuses_instead_of_growing(model, tokenizer):

@@ -63,7 +63,7 @@ def test_rss_stays_flat_over_five_swaps(tmp_path, tokenizer):
             old = deployment.current.engine
             assert deployment.check_alias() and deployment.current.version == str(version)
             generate(deployment, tokenizer)
-            wait_until(lambda: old.runner is None, f"the engine of version {version - 1} was not released")
+            wait_until(lambda: old.released, f"the engine of version {version - 1} was not released")
             del old
             gc.collect()
             rss.append(rss_mb())

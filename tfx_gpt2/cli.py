@@ -191,7 +191,7 @@ def cmd_serve(args) -> int:
     try:
         engine = EngineConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                               max_queue=args.max_queue, chunk_tokens=args.chunk_tokens, call_ms=args.call_ms,
-                              length_buckets=buckets, scheduling=args.scheduling)
+                              length_buckets=buckets, scheduling=args.scheduling, workers=args.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -355,6 +355,9 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--call-ms", type=float, default=30.0,
                    help="aim of a decode call's duration: a request arriving meanwhile waits about this long to join "
                         "the batch (30 ms)")
+    s.add_argument("--workers", type=int, default=0,
+                   help="engine threads, each batching up to --max-batch-size prompts (default 0: one per core for a "
+                        "model narrower than 512, else one)")
     s.add_argument("--scheduling", choices=["continuous", "static"], default="continuous",
                    help="continuous: requests join and leave the batch at every decode call (default); static: a "
                         "batch runs until its last prompt ends")

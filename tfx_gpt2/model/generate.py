@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_gpt2.model.gpt2 import GPT2
-from tfx_gpt2.model.sampling import GenerationError, RowSettings, SamplingConfig, choose, draw_uniforms
+from tfx_gpt2.model.sampling import GenerationError, RowSettings, SamplingConfig, choose, draw_uniforms, without_xla_ops
 from tfx_gpt2.text.bpe import BPETokenizer
 
 __all__ = ["GenerationError", "Generator", "SamplingConfig", "cut_at_stop", "decode_loop", "generate_text",
@@ -197,7 +197,8 @@ class Generator:
 
         @tf.function(reduce_retracing=True)
         def choose_next(logits, seen, temperature, top_k, top_p, penalty, u):
-            nxt = choose(logits, seen, temperature, top_k, top_p, penalty, u)
+            with without_xla_ops():  # traced for TensorFlow's own kernels
+                nxt = choose(logits, seen, temperature, top_k, top_p, penalty, u)
             return nxt, tf.maximum(seen, tf.one_hot(nxt, model_.config.n_vocab))
 
         self._loop, self._full, self._choose = loop, full, choose_next

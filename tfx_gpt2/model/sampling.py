@@ -31,7 +31,9 @@ the kept tokens by probability, the others by id).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -189,7 +191,7 @@ def _blocks(x, block: int):
     padded = tf.pad(x, [[0, 0], [0, n_blocks * block - vocab]], constant_values=float("-inf"))
     # Materialised: a gather of blocks that XLA fuses with the padding computes each entry apart
     # (ten times slower on CPUs than copying whole blocks).
-    return xla.optimization_barrier(tf.reshape(padded, [b, n_blocks, block]))[0]
+    return _barrier(tf.reshape(padded, [b, n_blocks, block]))[0]
 
 
 def top_candidates(x, k: int = CANDIDATES, block: int = BLOCK):
@@ -213,8 +215,28 @@ def _top_k(x, k: int):
     """`tf.math.top_k`, kept by XLA as a partial sort. Without the barrier, XLA's simplifier folds a
     slice of the result (`vals[:, 39]`) into the sort, which then no longer matches its top-k
     pattern and runs as a full sort of every row (40 times slower on CPUs)."""
-    vals, ids = tf.math.top_k(x, k)
-    return tuple(xla.optimization_barrier(vals, ids))
+    return _barrier(*tf.math.top_k(x, k))
+
+
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def without_xla_ops():
+    """Traces the sampler with no XLA-only op (its optimisation barriers), for graphs that run
+    without XLA: the exported SavedModel, which a serving system may run without XLA's kernels."""
+    _plain.on = True
+    try:
+        yield
+    finally:
+        _plain.on = False
+
+
+def _barrier(*tensors):
+    """XLA's optimisation barrier (the tensors are computed once, as they are), when tracing for XLA."""
+    if getattr(_plain, "on", False):
+        return tensors
+    return tuple(xla.optimization_barrier(*tensors))
 
 
 def _candidate_choice(x, top_k, top_p, u):

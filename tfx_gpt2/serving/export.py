@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfx_gpt2.model.generate import decode_loop, draw_uniforms
 from tfx_gpt2.model.gpt2 import GPT2
+from tfx_gpt2.model.sampling import without_xla_ops
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.text.bpe_graph import GraphBPETokenizer
 
@@ -83,8 +84,9 @@ class TextGenerationModule(tf.Module):
         tokens = tf.where(key_mask[:, :p_len], tokens, self.eot_id)
 
         uniforms = draw_uniforms(seed, b, max_new_tokens)
-        generated = decode_loop(self.model, tokens, positions, key_mask, uniforms, temperature, top_k, top_p,
-                                repetition_penalty, self.eot_id, tf.constant(True))
+        with without_xla_ops():  # a serving system may run this graph without XLA
+            generated = decode_loop(self.model, tokens, positions, key_mask, uniforms, temperature, top_k, top_p,
+                                    repetition_penalty, self.eot_id, tf.constant(True))
         before_eot = tf.equal(tf.cumsum(tf.cast(tf.equal(generated, self.eot_id), tf.int32), axis=1), 0)
         new_ids = tf.ragged.boolean_mask(generated, before_eot)
         return {"generated_text": self.bpe.decode(new_ids)}

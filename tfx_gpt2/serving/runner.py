@@ -233,13 +233,25 @@ class Runner:
     """
 
     def __init__(self, weights: Dict[str, object], config: GPT2Config, layout: Layout, eot_id: int):
-        self.config, self.layout = config, layout
+        self.config, self.layout, self.eot_id = config, layout, eot_id
         self.programs = Programs.shared(config, layout, eot_id)
         self.weights = tuple(tf.convert_to_tensor(weights[n], tf.float32) for n in self.programs.names)
         # The output projection, transposed once: XLA on CPU multiplies by a (C, V) matrix several
         # times faster than by `wte` transposed on the fly.
         self.head = tf.transpose(self.weights[0])
-        c, rows = config, layout.slots + 1
+        self._new_state()
+
+    def sibling(self) -> "Runner":
+        """Another runner of the same weights (not copied) with state of its own."""
+        other = object.__new__(Runner)
+        other.config, other.layout, other.eot_id = self.config, self.layout, self.eot_id
+        other.programs, other.weights, other.head = self.programs, self.weights, self.head
+        other._new_state()
+        return other
+
+    def _new_state(self) -> None:
+        c, layout = self.config, self.layout
+        rows = layout.slots + 1
         shape = (rows, c.n_head, layout.cache_size, c.head_size)
         self.state = {"k": [tf.Variable(tf.zeros(shape), trainable=False) for _ in range(c.n_layer)],
                       "v": [tf.Variable(tf.zeros(shape), trainable=False) for _ in range(c.n_layer)],
