@@ -48,7 +48,9 @@ def test_train_benchmark_smoke(capsys):
 def test_serve_benchmark_smoke(capsys):
     import serve
 
-    rows = serve.main(["--clients", "2", "--duration", "2"])
+    rows, mixed = serve.main(["--clients", "2", "--duration", "2", "--mixed-duration", "2"])
     assert [(r["server"], r["clients"]) for r in rows] == [("ours", 2), ("ours SSE", 2), ("mlflow", 2)]
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["tok_s"] > 0 for r in rows)
-    assert "ours / MLflow" in capsys.readouterr().out
+    assert all(mixed[k]["requests"] > 0 and mixed[k]["errors"] == 0 for k in ("continuous", "static"))
+    out = capsys.readouterr().out
+    assert "ours / MLflow" in out and "continuous / static" in out

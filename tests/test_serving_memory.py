@@ -32,6 +32,10 @@ def generate(deployment, tokenizer, n=4):
         assert done.acquire(timeout=60)
 
 
+def old_released(engine):
+    return lambda: engine.released
+
+
 def wait_until(predicate, what, timeout=120):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -63,7 +67,7 @@ def test_rss_stays_flat_over_five_swaps(tmp_path, tokenizer):
             old = deployment.current.engine
             assert deployment.check_alias() and deployment.current.version == str(version)
             generate(deployment, tokenizer)
-            wait_until(lambda: old.released, f"the engine of version {version - 1} was not released")
+            wait_until(old_released(old), f"the engine of version {version - 1} was not released")
             del old
             gc.collect()
             rss.append(rss_mb())

@@ -37,6 +37,8 @@ class SqliteStore:
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = threading.Lock()
+        self._conn: Optional[sqlite3.Connection] = None
+        self._pid = os.getpid()
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("CREATE TABLE IF NOT EXISTS completions (id TEXT PRIMARY KEY, created REAL, version TEXT, "
@@ -50,15 +52,23 @@ class SqliteStore:
 
     @contextlib.contextmanager
     def _db(self):
+        """The connection, one transaction: kept open across calls (a server writes completions
+        all the time; opening the file for each batch cost more than the writes), used by one
+        thread at a time, and opened again after an error or in a forked process."""
         with self._lock:
-            db = sqlite3.connect(self.path, timeout=30)
             try:
-                with db:
-                    yield db
+                if self._conn is None or self._pid != os.getpid():
+                    self._conn, self._pid = sqlite3.connect(self.path, timeout=30, check_same_thread=False), os.getpid()
+                with self._conn:
+                    yield self._conn
             except sqlite3.OperationalError as e:
+                self._drop()
                 raise StoreUnavailable(f"{self.path}: {e}") from None
-            finally:
-                db.close()
+
+    def _drop(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
 
     def put_completions(self, records: Iterable[Dict[str, Any]]) -> None:
         rows = [(r["id"], r["created"], r["version"], json.dumps(r)) for r in records]
@@ -113,7 +123,8 @@ class SqliteStore:
                     "feedback": db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]}
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            self._drop()
 
 
 def _default_client(uri: str):

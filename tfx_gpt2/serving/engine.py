@@ -1,8 +1,8 @@
-"""The serving engine: one thread owns a model and generates for every request with continuous
+"""The serving engine: worker threads own a model and generate for every request with continuous
 batching, streaming each row's text back as it is generated.
 
 HTTP handlers never run model code (see `tfx_gpt2.serving.server`): they `submit` a `Request` and
-await its events. The engine thread repeats one step:
+await its events. A request goes to the least busy worker, and each worker repeats one step:
 
 1. take the rows submitted since the last step, and drop those of cancelled requests;
 2. admit waiting rows into free slots (`tfx_gpt2.serving.scheduler`);
@@ -15,6 +15,7 @@ await its events. The engine thread repeats one step:
 So a request that arrives while others generate joins them at the next decode call, after its
 prefill, and a row that ends leaves its slot to the next one at once. Each row keeps its own
 settings, position and cache slots, so its text does not depend on what it is batched with.
+Workers share the weights and the compiled programs; each has its own slots and caches.
 
 Programs: a bounded set per model shape (`programs_expected`), all compiled by `warm_up()` before
 the server reports ready, and shared by every engine of that shape (a new version of the same

@@ -4,7 +4,7 @@
     tfx_gpt2_request_seconds{route}                 latency, received to last byte
     tfx_gpt2_time_to_first_token_seconds{route}     received to the first generated text
     tfx_gpt2_prompt_tokens_total, tfx_gpt2_generated_tokens_total
-    tfx_gpt2_batch_size                             rows per generation batch
+    tfx_gpt2_batch_size                             rows per decode call
     tfx_gpt2_queue_depth                            prompts waiting for a batch
     tfx_gpt2_compiled_programs                      XLA programs the engine has compiled
     tfx_gpt2_model_info{name, version, source}      1 for the model being served
@@ -31,7 +31,7 @@ class ServerMetrics:
                               ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("tfx_gpt2_prompt_tokens", "Prompt tokens received", registry=r)
         self.generated_tokens = Counter("tfx_gpt2_generated_tokens", "Tokens generated", registry=r)
-        self.batch_size = Histogram("tfx_gpt2_batch_size", "Rows per generation batch", buckets=BATCH_BUCKETS,
+        self.batch_size = Histogram("tfx_gpt2_batch_size", "Rows per decode call", buckets=BATCH_BUCKETS,
                                     registry=r)
         self.queue_depth = Gauge("tfx_gpt2_queue_depth", "Prompts waiting for a batch", registry=r)
         self.compiled = Gauge("tfx_gpt2_compiled_programs", "XLA programs compiled by the engine", registry=r)
