@@ -154,7 +154,7 @@ def choose(logits, seen, temperature, top_k, top_p, penalty, u):
         return _sample(scaled, top_k, top_p, u)
 
     sampled = tf.cond(tf.reduce_any(sampling), sample, lambda: greedy)
-    return tf.where(sampling, sampled, greedy)
+    return tf.ensure_shape(tf.where(sampling, sampled, greedy), logits.shape[:1])
 
 
 def penalise(logits, seen, penalty):
@@ -184,31 +184,27 @@ def _sample(x, top_k, top_p, u):
                                  lambda: out), out)
 
 
-def _blocks(x, block: int):
-    """`x` `(B, V)` as `(B, ceil(V / block), block)`, padded with -inf."""
-    b, vocab = tf.shape(x)[0], x.shape[-1]
-    n_blocks = -(-vocab // block)
-    padded = tf.pad(x, [[0, 0], [0, n_blocks * block - vocab]], constant_values=float("-inf"))
-    # Materialised: a gather of blocks that XLA fuses with the padding computes each entry apart
-    # (ten times slower on CPUs than copying whole blocks).
-    return _barrier(tf.reshape(padded, [b, n_blocks, block]))[0]
-
-
 def top_candidates(x, k: int = CANDIDATES, block: int = BLOCK):
     """`(values, ids)`, each `(B, k)`: the k largest entries of each row of `x` `(B, V)`,
     descending, by a two-stage top-k.
 
-    Every entry of the k largest lies in one of the k blocks with the largest maxima (a block
-    whose maximum is below k other blocks' maxima has k larger entries elsewhere), so the second
-    stage looks at `k * block` entries instead of V."""
-    blocks = _blocks(x, block)
-    b, n_blocks = tf.shape(x)[0], blocks.shape[1]
-    if n_blocks <= k:  # a small vocabulary: one stage
-        return _top_k(x, min(k, x.shape[-1]))
+    Every entry of the k largest lies in one of the k blocks of `block` ids with the largest
+    maxima (a block whose maximum is below k other blocks' maxima has k larger entries elsewhere),
+    or in the last, shorter block, so the second stage looks at about `k * block` entries instead
+    of V."""
+    b, vocab = tf.shape(x)[0], x.shape[-1]
+    n_full = vocab // block
+    if n_full <= k:  # a small vocabulary: one stage
+        return _top_k(x, min(k, vocab))
+    # Sliced (not padded) and materialised: a gather of blocks that XLA fuses with a padding
+    # computes each entry apart (ten times slower on CPUs than copying whole blocks).
+    blocks = _barrier(tf.reshape(x[:, :n_full * block], [b, n_full, block]))[0]
     _, chosen = _top_k(tf.reduce_max(blocks, -1), k)  # (B, k) block numbers
-    entries = tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [b, k * block])
+    entries = tf.concat([tf.reshape(tf.gather(blocks, chosen, batch_dims=1), [b, k * block]),
+                         x[:, n_full * block:]], -1)  # the chosen blocks, then the last, shorter one
     vals, where = _top_k(entries, k)
-    return vals, tf.gather(chosen, where // block, batch_dims=1) * block + where % block
+    in_blocks = tf.gather(chosen, tf.minimum(where // block, k - 1), batch_dims=1) * block + where % block
+    return vals, tf.where(where < k * block, in_blocks, n_full * block + where - k * block)
 
 
 def _top_k(x, k: int):
@@ -272,28 +268,27 @@ def _candidate_choice(x, top_k, top_p, u):
     return tf.gather(ids, index, batch_dims=1), exact
 
 
-def _inverse_cdf(x, u):
-    """Samples `softmax(x)` `(B, V)` (entries of -inf excluded) by inverse CDF in id order."""
-    block, offset = _inverse_cdf_blocks(_blocks(x, CDF_BLOCK), u)
-    return block * CDF_BLOCK + offset
-
-
-def _inverse_cdf_blocks(x, u):
-    """Samples `softmax` of `x` `(B, n, block)` (entries of -inf excluded) by inverse CDF in
-    order: the first entry whose cumulative probability exceeds `u * total`, found in two levels
-    (the block, then the entry inside it), so no cumulative sum runs over the whole vocabulary.
-    Returns `(block (B,), offset (B,))`."""
-    n_blocks, width = x.shape[1], x.shape[2]
-    probs = tf.exp(x - tf.reduce_max(x, [1, 2], keepdims=True))
-    block_cdf = tf.cumsum(tf.reduce_sum(probs, -1), axis=-1)  # (B, n)
+def _inverse_cdf(x, u, block: int = CDF_BLOCK):
+    """Samples `softmax(x)` `(B, V)` (entries of -inf excluded) by inverse CDF in id order: the
+    first id whose cumulative probability exceeds `u * total`, found in two levels (the block of
+    `block` ids, then the id inside it), so no cumulative sum runs over the whole vocabulary. Two
+    reads of `x` (its maximum; exponentials summed by block), and nothing of its size written."""
+    b, vocab = tf.shape(x)[0], x.shape[-1]
+    n_full = vocab // block
+    e = tf.exp(x - tf.reduce_max(x, -1, keepdims=True))
+    sums = [tf.reduce_sum(tf.reshape(e[:, :n_full * block], [b, n_full, block]), -1)]
+    if vocab % block:  # the last, shorter block (slicing, not padding: XLA fuses a slice into the sums)
+        sums.append(tf.reduce_sum(e[:, n_full * block:], -1, keepdims=True))
+    block_cdf = tf.cumsum(tf.concat(sums, -1), axis=-1)  # (B, n)
     target = u * block_cdf[:, -1]
-    chosen = tf.minimum(tf.reduce_sum(tf.cast(block_cdf <= target[:, None], tf.int32), -1), n_blocks - 1)
+    chosen = tf.minimum(tf.reduce_sum(tf.cast(block_cdf <= target[:, None], tf.int32), -1), block_cdf.shape[-1] - 1)
     before = tf.where(chosen > 0, tf.gather(block_cdf, tf.maximum(chosen - 1, 0), batch_dims=1), 0.0)
-    inside = tf.gather(probs, chosen, batch_dims=1)  # (B, block)
+    ids = chosen[:, None] * block + tf.range(block)[None, :]  # (B, block): the chosen block's ids
+    inside = tf.where(ids < vocab, tf.gather(e, tf.minimum(ids, vocab - 1), batch_dims=1), 0.0)
     cdf = tf.cumsum(inside, axis=-1)
     offset = tf.reduce_sum(tf.cast(cdf <= (target - before)[:, None], tf.int32), -1)
-    last_positive = tf.reduce_max(tf.where(inside > 0, tf.range(width)[None, :], 0), -1)  # rounding at the end
-    return chosen, tf.minimum(offset, last_positive)
+    last_positive = tf.reduce_max(tf.where(inside > 0, tf.range(block)[None, :], 0), -1)  # rounding at the end
+    return chosen * block + tf.minimum(offset, last_positive)
 
 
 def _sortable_keys(x):
