@@ -116,12 +116,14 @@ class RowSettings:
     stop_at_eot: tf.Tensor
 
     @classmethod
-    def columns(cls, configs: Sequence[SamplingConfig]) -> Tuple[np.ndarray, ...]:
-        """The settings of one row per config, as numpy columns in field order."""
+    def columns(cls, configs: Sequence[SamplingConfig], max_new=None) -> Tuple[np.ndarray, ...]:
+        """The settings of one row per config, as numpy columns in field order (`max_new`: each
+        row's token limit, when not its config's)."""
+        if max_new is None:
+            max_new = [c.max_new_tokens for c in configs]
         return (np.array([c.temperature for c in configs], np.float32), np.array([c.top_k for c in configs], np.int32),
                 np.array([c.top_p for c in configs], np.float32),
-                np.array([c.repetition_penalty for c in configs], np.float32),
-                np.array([c.max_new_tokens for c in configs], np.int32),
+                np.array([c.repetition_penalty for c in configs], np.float32), np.asarray(max_new, np.int32),
                 np.array([c.stop_at_eot for c in configs], bool))
 
     @classmethod

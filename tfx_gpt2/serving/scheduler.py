@@ -25,6 +25,7 @@ from tfx_gpt2.serving.detokenizer import Detokenizer
 from tfx_gpt2.serving.runner import Layout
 
 _RNG = np.random.default_rng()
+_IDLE = SamplingConfig(temperature=0.0)  # the settings of slots a decode call masks
 
 
 @dataclasses.dataclass
@@ -184,17 +185,17 @@ class Scheduler:
             limit = 1  # a stream's first token alone: a short time to first token
         tokens, lengths, count = (np.zeros(batch, np.int32) for _ in range(3))
         active, fresh = np.zeros(batch, bool), np.zeros(batch, bool)
-        configs = [SamplingConfig(temperature=0.0)] * batch
+        configs, max_tokens = [_IDLE] * batch, np.ones(batch, np.int32)
         uniforms = np.zeros((batch, self.layout.steps), np.float32)
         for s in rows:
             tokens[s.slot], lengths[s.slot], count[s.slot] = s.next_token, s.length, s.count
-            active[s.slot], fresh[s.slot], configs[s.slot] = True, len(s.prompt) == 1 and s.count == 0, s.row.config
+            active[s.slot], fresh[s.slot] = True, len(s.prompt) == 1 and s.count == 0
+            configs[s.slot], max_tokens[s.slot] = s.row.config, s.detokenizer.max_tokens  # within the context
             part = s.uniforms[s.count:s.count + self.layout.steps]
             uniforms[s.slot, :len(part)] = part
-        settings = list(RowSettings.columns(configs))
-        settings[4] = np.array([s.detokenizer.max_tokens if s else 1 for s in self.slots[:batch]], np.int32)
+        settings = RowSettings.columns(configs, max_tokens)
         # When rows wait for a slot, stop at the first row that ends so they can take it.
-        return DecodePlan(rows, length, tokens, lengths, count, active, fresh, tuple(settings), uniforms, limit,
+        return DecodePlan(rows, length, tokens, lengths, count, active, fresh, settings, uniforms, limit,
                           yield_on_finish=bool(self.waiting) and not self.static)
 
     def decoded(self, plan: DecodePlan, tokens: np.ndarray, seconds: float) -> None:
