@@ -54,3 +54,12 @@ def test_serve_benchmark_smoke(capsys):
     assert all(mixed[k]["requests"] > 0 and mixed[k]["errors"] == 0 for k in ("continuous", "static"))
     out = capsys.readouterr().out
     assert "ours / MLflow" in out and "continuous / static" in out
+
+
+def test_sample_benchmark_smoke(capsys):
+    import sample
+
+    rows = sample.main(["--batch-sizes", "2", "--vocab", "300", "--steps", "2", "--repeats", "1"])
+    assert [r["setting"] for r in rows] == [s[0] for s in sample.SETTINGS]
+    assert all(r["ms"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
+    assert "peer: greedy decoding" in capsys.readouterr().out

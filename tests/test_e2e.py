@@ -50,7 +50,7 @@ def all_runs(tmp_path_factory):
     first = run_and_report(settings)
     second = run_and_report(settings)
     short = dataclasses.replace(train_preset("tiny"), max_steps=40, warmup_steps=2, eval_every=40, log_every=4,
-                                checkpoint_every=4)
+                                checkpoint_every=4, checkpoint_every_seconds=0)
     kill_during_training(out)
     worse = run_and_report(settings, training=TrainingSetup(train=short))
     MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(NAME, "champion", "2")
@@ -70,7 +70,7 @@ from tfx_gpt2.pipeline_config import TrainingSetup
 from tfx_gpt2.settings import from_env
 settings = from_env({}, pipeline_name=sys.argv[1], output_dir=sys.argv[2], data_root=sys.argv[3])
 short = dataclasses.replace(train_preset("tiny"), max_steps=40, warmup_steps=2, eval_every=40, log_every=4,
-                            checkpoint_every=4)
+                            checkpoint_every=4, checkpoint_every_seconds=0)
 run_and_report(settings, training=TrainingSetup(train=short))
 """
 
