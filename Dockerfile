@@ -4,7 +4,8 @@
 #
 #   docker run -p 8080:8080 -e MLFLOW_TRACKING_URI=http://mlflow:5000 REGISTRY/tfx-gpt2:0.1.0 \
 #     tfx-gpt2 serve models:/tfx-gpt2@champion --host 0.0.0.0 --port 8080
-#   readiness probe: GET /health (200 once compiled); liveness probe: GET /ping
+#   readiness probe: GET /health or /ping (200 once compiled, 503 before and while draining);
+#   liveness probe: GET /health/live (200 while the process runs)
 #
 #   docker build -t REGISTRY/tfx-gpt2:0.1.0 .                                  # CPU components
 #   docker build --build-arg TF_EXTRA=and-cuda -t REGISTRY/tfx-gpt2:0.1.0-gpu .  # the Trainer, on GPU nodes

@@ -30,7 +30,8 @@ EXTRAS_REQUIRE = {
     "kfp": ["kfp>=2,<3"],
     # transformers: Hugging Face's own GPT-2 (TF), the reference for parity tests and benchmarks.
     # openai: the client of the OpenAI-compatible API in tests; selenium: drives Chromium for the playground.
-    "dev": ["pytest", "pytest-xdist", "ruff", "transformers", "mongomock", "mockupdb", "openai", "selenium"],
+    "dev": ["pytest", "pytest-xdist", "ruff", "transformers", "mongomock", "mockupdb", "openai", "selenium",
+            "tritonclient[http]"],
 }
 
 setup(

@@ -34,7 +34,7 @@ def reference(champion, mlflow_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def our_serve(champion, mlflow_server, tmp_path_factory):
-    server = OurServer(champion, str(tmp_path_factory.mktemp("ourserve")), ["--max-batch-size", "4"],
+    server = OurServer(champion, str(tmp_path_factory.mktemp("ourserve")), ["--max-batch-size", "4", "--body-timeout", "2"],
                        tracking_uri=mlflow_server.uri)
     yield server
     server.stop()
@@ -225,3 +225,149 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_limit(our_serve, path, body, 
     text = e.value.read().decode()
     assert all(w in text for w in words), text
     assert get(our_serve.url + "/ping")[0] == 200
+
+
+# -- hostile bodies ---------------------------------------------------------------------------------
+
+HUGE = "9" * 5001
+HOSTILE_BODIES = {  # route: (a lone surrogate in its text, a 5,001-digit integer in a setting)
+    "/v1/completions": ('{"prompt": "\\ud800"}', '{"prompt": "a", "seed": %s}' % HUGE),
+    "/invocations": ('{"inputs": ["ok", "\\udfff"]}', '{"inputs": ["a"], "params": {"seed": %s}}' % HUGE),
+    "/api/v1.0/predictions": ('{"data": {"ndarray": ["\\ud800"]}}', '{"data": {"ndarray": ["a"]}, "parameters": '
+                                                                        '{"seed": %s}}' % HUGE),
+    "/v1/feedback": ('{"completion_id": "cmpl-\\ud800", "rating": 1}', '{"completion_id": "x", "rating": %s}' % HUGE),
+}
+
+
+def raw_post(port: int, path: str, head: dict, parts=(), timeout: float = 30.0):
+    """(status, body) of a POST written by hand: `head` headers, then each of `parts` (bytes);
+    None when the server closed without an answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+                 *(f"{k}: {v}" for k, v in head.items())]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            for part in parts:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the body was sent: read its answer
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data and _complete(data):
+                    break
+        except ConnectionResetError:
+            pass
+    if not data:
+        return None
+    head_text, _, body = data.partition(b"\r\n\r\n")
+    return int(head_text.split()[1]), body.decode("utf-8", "replace")
+
+
+def _complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")]
+    return bool(length) and len(body) >= length[0]
+
+
+def in_route_format(path: str, body: str) -> str:
+    """The error message of `body`, checked to be in `path`'s error format."""
+    answer = json.loads(body)
+    if path == "/invocations":
+        assert answer["error_code"] == "BAD_REQUEST", answer
+        return answer["message"]
+    if path == "/api/v1.0/predictions":
+        assert answer["status"]["status"] == "FAILURE", answer
+        return answer["status"]["info"]
+    assert answer["error"]["type"] == "invalid_request_error", answer
+    return answer["error"]["message"]
+
+
+@pytest.mark.parametrize("path", list(HOSTILE_BODIES))
+def test_hostile_bodies_get_a_4xx_in_the_routes_format(our_serve, path):
+    """Deep nesting, lone surrogates, huge integers, bodies over the limit (declared, or chunked
+    and cut off), a body that never ends: each a 4xx in the route's error format, never a 500;
+    then the server still answers /ping and a completion."""
+    port, surrogate, huge = our_serve.port, *HOSTILE_BODIES[path]
+
+    def send(body: bytes):
+        return raw_post(port, path, {"Content-Length": len(body)}, [body])
+
+    cases = {
+        "nesting": (send(b"[" * 100_000), 400, "nested"),
+        "surrogate": (send(surrogate.encode()), 400, "lone UTF-16 surrogate"),
+        "integer": (send(huge.encode()), 400, "5001 digits"),
+        "declared": (raw_post(port, path, {"Content-Length": 200_000_000}, [b"{" * 1000]), 413, "limit is 1000000"),
+        # Ten chunks of 100,001 bytes: the tenth takes it over the limit (and is the last sent).
+        "chunked": (raw_post(port, path, {"Transfer-Encoding": "chunked"},
+                             [b"%x\r\n%s\r\n" % (100_001, b" " * 100_001)] * 10), 413, "over the limit"),
+        "slow": (raw_post(port, path, {"Content-Length": 100}, [b'{"prompt"']), 408, "within 2 s"),
+    }
+    for name, (answer, status, words) in cases.items():
+        assert answer is not None and answer[0] == status, (name, answer)
+        message = in_route_format(path, answer[1])
+        assert words in message and "set_int_max_str_digits" not in message, (name, message)
+    assert get(our_serve.url + "/ping")[0] == 200
+    status, body = post_json(our_serve.url + "/v1/completions", {"prompt": "Still", "max_tokens": 2})
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+
+
+def test_half_sent_bodies_are_dropped_and_memory_stays_bounded(our_serve):
+    """40 connections each send half a body and stall: all get 408 after the body timeout (2 s
+    here) while a completion still answers, and five bodies declaring 200 MB each are refused
+    before they are read (the server's memory does not grow by them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = our_serve.proc.pid
+    rss = lambda: int(open(f"/proc/{pid}/status").read().split("VmRSS:")[1].split()[0]) // 1024  # noqa: E731
+    before = rss()
+    with ThreadPoolExecutor(45) as pool:
+        stalled = [pool.submit(raw_post, our_serve.port, "/v1/completions", {"Content-Length": 1000},
+                               [b'{"prompt": "']) for _ in range(40)]
+        big = [pool.submit(raw_post, our_serve.port, "/invocations", {"Content-Length": 200_000_000},
+                           [b"x" * 1000]) for _ in range(5)]
+        status, body = post_json(our_serve.url + "/v1/completions", {"prompt": "Meanwhile", "max_tokens": 2})
+        assert status == 200
+        assert [f.result()[0] for f in big] == [413] * 5
+        assert [f.result()[0] for f in stalled] == [408] * 40
+    assert rss() - before < 100, (before, rss())
+    assert get(our_serve.url + "/ping")[0] == 200
+
+
+def test_open_inference_protocol_through_tritonclient(our_serve, reference):
+    """NVIDIA's `tritonclient[http]` as the client: health, metadata, and `infer` with the prompts
+    as a BYTES tensor (binary and JSON), the settings as parameters; the texts are the pyfunc's."""
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=our_serve.url.split("//")[1])
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(NAME) and client.is_model_ready(NAME, "1")
+    assert not client.is_model_ready("another") and not client.is_model_ready(NAME, "7")
+    assert client.get_server_metadata()["name"] == "tfx-gpt2"
+    meta = client.get_model_metadata(NAME)
+    assert meta["versions"] == ["1"] and [t["datatype"] for t in meta["inputs"] + meta["outputs"]] == ["BYTES"] * 2
+    prompts = ["Hello", "The weather today"]
+
+    def infer(binary, params=GREEDY, model=NAME):
+        tensor = triton.InferInput("text_input", [len(prompts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([p.encode() for p in prompts], dtype=np.object_), binary_data=binary)
+        result = client.infer(model, [tensor], outputs=[triton.InferRequestedOutput("text_output", binary_data=binary)],
+                              parameters=params)
+        return [t.decode() if isinstance(t, bytes) else t for t in result.as_numpy("text_output")]
+
+    expected = reference(prompts, GREEDY)["predictions"]
+    assert infer(binary=True) == expected and infer(binary=False) == expected
+    for params, model, words in [({**GREEDY, "temprature": 1}, NAME, "temprature"),
+                                 ({"max_new_tokens": 100}, NAME, "max_new_tokens = 100"),
+                                 (GREEDY, "another", "not served here")]:
+        with pytest.raises(InferenceServerException) as e:
+            infer(True, params, model)
+        assert words in str(e.value), str(e.value)

@@ -114,8 +114,17 @@ def check_disconnect_cancels(server):
     assert line and '"cancelled"' in line[0], server.read_log()[-2000:]
 
 
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def check_sigterm_drains(server):
-    """SIGTERM while a stream is open: it completes, then the server shuts down."""
+    """SIGTERM while a stream is open: readiness turns 503 (the port still open), liveness stays
+    200, new generations get 503; the stream completes, then the process exits with status 0."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=60)
@@ -124,7 +133,52 @@ def check_sigterm_drains(server):
     response = conn.getresponse()
     first = response.readline()
     os.killpg(server.proc.pid, 15)
+    deadline = time.monotonic() + 30
+    while get(server.url + "/ping")[0] == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ping, health, live = get(server.url + "/ping"), get(server.url + "/health"), get(server.url + "/health/live")
+    refused = complete(server.url)
     rest = response.read().decode()
+    assert ping[0] == 503 and json.loads(ping[1])["status"] == "draining"
+    assert health[0] == 503 and json.loads(health[1])["status"] == "draining"
+    assert live[0] == 200 and json.loads(live[1]) == {"status": "alive", "draining": True}
+    assert refused[0] == 503 and "shutting down" in refused[1] and refused[2]["retry-after"] == "1"
     assert first.startswith(b"data: ") and rest.rstrip().endswith("data: [DONE]")
-    # uvicorn re-raises the SIGTERM once shut down, so the exit status says "terminated" (-15).
-    assert server.proc.wait(60) in (0, -15) and "Application shutdown complete" in server.read_log()
+    assert server.proc.wait(60) == 0 and "Application shutdown complete" in server.read_log()
+
+
+def test_readiness_says_why_until_ready_and_liveness_answers(tmp_path):
+    """With the registry down at start: /ping and /health answer 503, /health naming the error
+    and its cause (and the retry); /health/live answers 200; SIGTERM exits with status 0."""
+    import subprocess
+
+    from mlflow_helpers import BIN, free_port
+
+    port, registry = free_port(), f"http://127.0.0.1:{free_port()}"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([os.path.join(BIN, "tfx-gpt2"), "serve", f"models:/{NAME}@champion", "--port", str(port),
+                             "--no-feedback", "--tracking-uri", registry], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = get(url + "/health")
+                if json.loads(health[1]).get("error"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        body = json.loads(health[1])
+        assert health[0] == 503 and body["status"] == "failed", health
+        assert registry.split("//")[1] in body["error"] and "retrying in" in body["error"], body
+        ping = get(url + "/ping")
+        assert ping[0] == 503 and json.loads(ping[1])["status"] == "failed"
+        assert get(url + "/health/live") == (200, '{"status":"alive","draining":false}')
+        os.killpg(proc.pid, 15)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        log.close()

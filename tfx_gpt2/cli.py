@@ -195,8 +195,12 @@ def cmd_serve(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    config = ServeConfig(request_timeout=args.request_timeout, poll_seconds=args.poll_seconds,
-                         log_prompts=args.log_prompts)
+    try:
+        config = ServeConfig(request_timeout=args.request_timeout, poll_seconds=args.poll_seconds,
+                             log_prompts=args.log_prompts, body_timeout=args.body_timeout)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         recorder = None if args.no_feedback else _recorder(args)
     except Exception as e:  # noqa: BLE001 -- a store that cannot be opened is a start-up error
@@ -363,7 +367,10 @@ def _add_serve_parser(sub) -> None:
                         "batch runs until its last prompt ends")
     s.add_argument("--length-buckets", default="",
                    help="cache sizes to compile, e.g. 128,512 (default: 64, 256 and the model's context + 32)")
-    s.add_argument("--request-timeout", type=float, default=120.0, help="seconds before a request is cancelled")
+    s.add_argument("--request-timeout", type=float, default=120.0,
+                   help="seconds before a request is cancelled; also the longest drain after SIGTERM")
+    s.add_argument("--body-timeout", type=float, default=10.0,
+                   help="seconds a request body may take to arrive in full (then 408)")
     s.add_argument("--poll-seconds", type=float, default=30.0,
                    help="how often to check a models:/NAME@ALIAS alias for a new version (0: never)")
     s.add_argument("--log-prompts", action="store_true", help="put prompts and completions in the request log")

@@ -20,7 +20,7 @@ import time
 from typing import Callable, Optional, Tuple
 
 from tfx_gpt2.registry import ALIAS_URI, VERSION_URI
-from tfx_gpt2.serving.engine import Engine, EngineConfig
+from tfx_gpt2.serving.engine import Engine, EngineConfig, programs_expected
 
 log = logging.getLogger("tfx_gpt2.serving")
 
@@ -100,15 +100,22 @@ def model_dir_of(pinned: str) -> str:
 
 
 def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None,
-         resolved: Optional[Tuple[str, str, str]] = None) -> Served:
-    """Resolves (unless `resolved` is given), loads and compiles `uri`; the engine is started."""
+         resolved: Optional[Tuple[str, str, str]] = None, note: Callable[[str], None] = lambda phase: None) -> Served:
+    """Resolves (unless `resolved` is given), loads and compiles `uri`; the engine is started.
+    `note` is told each phase as it begins."""
     from tfx_gpt2.model.io import load_model_dir
     from tfx_gpt2.text.bpe import BPETokenizer
 
+    if resolved is None:
+        note(f"resolving {uri} in the registry")
     name, version, pinned = resolved or resolve(uri)
+    note(f"downloading {pinned}")
     path = model_dir_of(pinned)
+    note(f"loading version {version} from {path}")
     model, tokenizer = load_model_dir(path), BPETokenizer.from_dir(path)
     engine = Engine(model, tokenizer, engine_config, on_batch=on_batch)
+    note(f"compiling version {version}: {sum(programs_expected(engine_config, model.config.n_ctx).values())} "
+         "programs")
     seconds = engine.warm_up()
     log.info("serving %s version %s (%s): %d programs compiled in %.1f s", name, version, pinned,
              len(engine.programs), seconds)
@@ -151,7 +158,8 @@ class Deployment:
         self.uri, self.engine_config, self.poll_seconds = uri, engine_config, poll_seconds
         self.on_change, self.on_batch = on_change, on_batch
         self.current: Optional[Served] = None
-        self.error: Optional[str] = None
+        self.error: Optional[str] = None  # why the first load failed (it is retried)
+        self.phase = "starting"  # what the first load is doing
         self._stop = threading.Event()
         self._threads = []
 
@@ -165,16 +173,28 @@ class Deployment:
         t.start()
         self._threads.append(t)
 
-    def _load_and_watch(self):
-        try:
-            self._switch(load(self.uri, self.engine_config, self.on_batch))
-        except Exception as e:
-            self.error = str(e)
-            log.error("cannot serve %s: %s", self.uri, e)
-            return
+    def _load_and_watch(self, first_retry: float = 2.0, last_retry: float = 60.0):
+        """Loads the model, retrying with a doubling delay while it fails (a registry that is
+        down at start is not fatal), then watches the alias."""
+        delay = first_retry
+        while True:
+            try:
+                self._switch(load(self.uri, self.engine_config, self.on_batch, note=self._note))
+                self.error = None
+                break
+            except Exception as e:  # noqa: BLE001 -- reported by /health, and retried
+                self.error = f"{e} (retrying in {delay:.0f} s)"
+                log.error("cannot serve %s: %s", self.uri, self.error)
+            if self._stop.wait(delay):
+                return
+            delay = min(2 * delay, last_retry)
         if self.poll_seconds > 0 and ALIAS_URI.match(self.uri):
             while not self._stop.wait(self.poll_seconds):
                 self.check_alias()
+
+    def _note(self, phase: str) -> None:
+        self.phase = phase
+        log.info("%s", phase)
 
     def check_alias(self) -> bool:
         """Switches to the alias's version if it moved; True if it did."""

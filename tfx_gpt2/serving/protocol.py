@@ -35,6 +35,8 @@ MAX_STOP_CHARS = 64
 MAX_TEMPERATURE = 10.0
 MAX_PENALTY = 10.0
 MAX_SEED = 2**31 - 1
+MAX_DEPTH = 16  # levels of nesting in a JSON body
+MAX_INT_DIGITS = 20  # digits of an integer in a JSON body (every limit here has fewer)
 
 
 
@@ -57,12 +59,58 @@ class Job:
 
 
 def read_json(data: bytes) -> Any:
+    """The JSON value of a body, refused (400, 413) when it is too large, not JSON, nested more
+    than `MAX_DEPTH` levels, holds an integer of more than `MAX_INT_DIGITS` digits, or text that is
+    not valid Unicode (a lone UTF-16 surrogate such as "\\ud800")."""
     if len(data) > MAX_BODY_BYTES:
         raise BadRequest(f"the body has {len(data)} bytes; the limit is {MAX_BODY_BYTES}", status=413)
     try:
-        return json.loads(data)
+        body = json.loads(data, parse_int=_small_int)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest(f"the body is nested too deeply to be read; send at most {MAX_DEPTH} levels") from None
     except ValueError as e:
         raise BadRequest(f"the body is not JSON ({e}); send a JSON object") from None
+    _check_values(body)
+    return body
+
+
+def _small_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise BadRequest(f"the body holds an integer of {digits} digits ({text[:12]}...); numbers here have at "
+                         f"most {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _check_values(body: Any) -> None:
+    """Refuses nesting deeper than `MAX_DEPTH` and text with lone surrogates (which JSON's escapes
+    allow but UTF-8 cannot encode), naming where they are."""
+    stack = [(body, 1, "the body")]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"the body is nested more than {MAX_DEPTH} levels deep (at {where}); send a flatter "
+                             "object")
+        if isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"a key of {where}")
+                stack.append((item, depth + 1, key if depth == 1 else f"{where}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        field = where.split(".")[0].split("[")[0]
+        raise BadRequest(f"{where} holds a lone UTF-16 surrogate (U+{ord(text[e.start]):04X}) at character "
+                         f"{e.start}, which is not text; send valid Unicode (pair the surrogates, or drop it)",
+                         None if field.startswith("the body") or field.startswith("a key") else field) from None
 
 
 def _number(body: Dict[str, Any], name: str, default: float, low: float, high: float,

@@ -5,11 +5,14 @@
     GET  /v1/models              the served model, its registry version and context size
     POST /invocations            MLflow's scoring formats ({"inputs": [...], "params": {...}}, ...)
     POST /api/v1.0/predictions   Seldon Core's format
-    GET  /ping                   liveness (200 while the process runs)
-    GET  /health                 readiness: 200 once the model is compiled, 503 before
+    GET  /ping                   readiness, as MLflow's scoring server means it: 200 once the model
+                                 is compiled, 503 before and while draining after SIGTERM
+    GET  /health                 readiness with the reason: loading, the load's error, draining
+    GET  /health/live            liveness: 200 while the process runs
     GET  /metrics                Prometheus metrics (see `tfx_gpt2.serving.metrics`)
     GET  /docs                   the endpoints, from /openapi.json (served locally)
     POST /v1/feedback            a rating (and a corrected text) of a completion, by its id
+    /v2/...                      the Open Inference Protocol (KServe v2; `tfx_gpt2.serving.oip`)
 
 Every completion is recorded (id, prompts, completions, settings, model version, latency, time)
 in the feedback store, without slowing generation (`tfx_gpt2.feedback.recorder`). Its id is the
@@ -18,9 +21,14 @@ OpenAI body's `id`, and the `X-Completion-Id` header of every generation route.
 Handlers parse and check the body (`tfx_gpt2.serving.protocol`), tokenize off the event loop,
 `submit` to the engine and await its events: the event loop never runs model code, so `/ping`
 answers while a batch is generating. A full queue answers 503 with `Retry-After`; a client that
-disconnects, or a request past `--request-timeout`, is cancelled and leaves the batch. One JSON
-log line per request (`tfx_gpt2.serving.requests`); prompts and completions only with
-`--log-prompts`. SIGTERM stops accepting, lets the requests in flight finish, then exits.
+disconnects, or a request past `--request-timeout`, is cancelled and leaves the batch. Bodies are
+bounded in size and time before a handler sees them (`tfx_gpt2.serving.guard`); feedback and the
+store run on a bounded pool of their own, never on a generation's path. One JSON log line per
+request (`tfx_gpt2.serving.requests`); prompts and completions only with `--log-prompts`.
+
+SIGTERM (or Ctrl-C) drains: readiness answers 503 and new generations are refused (503) while the
+port stays open and the requests in flight finish; then the server shuts down and the process
+exits with status 0. A second signal stops at once.
 
 (No `from __future__ import annotations` here: FastAPI reads handler annotations at run time.)
 """
@@ -32,17 +40,20 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import List, Optional
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from tfx_gpt2.serving import protocol
+from tfx_gpt2.serving import oip, protocol
 from tfx_gpt2.serving.deployment import Deployment, Served
 from tfx_gpt2.serving.engine import EngineConfig, EngineStopped, QueueFull, Request, Row
+from tfx_gpt2.serving.guard import BodyGuard
 from tfx_gpt2.serving.metrics import CONTENT_TYPE, ServerMetrics
 
 SELDON_PATH = "/api/v1.0/predictions"
@@ -61,12 +72,23 @@ class ServeConfig:
         poll_seconds: how often to check a `models:/NAME@ALIAS` alias for a new version (0: never).
         log_prompts: put prompt and completion text in the request log.
         retry_after: seconds suggested to clients refused because the queue is full.
+        body_timeout: seconds a request body may take to arrive in full (408 after).
+        side_workers: threads for feedback and the store (`/v1/feedback`).
+        side_queue: feedback requests waiting for those threads at most (503 beyond).
     """
 
     request_timeout: float = 120.0
     poll_seconds: float = 30.0
     log_prompts: bool = False
     retry_after: int = 1
+    body_timeout: float = 10.0
+    side_workers: int = 4
+    side_queue: int = 64
+
+    def __post_init__(self):
+        if not self.body_timeout > 0 or self.side_workers < 1 or self.side_queue < 1:
+            raise ValueError(f"ServeConfig: body_timeout = {self.body_timeout}, side_workers = {self.side_workers} "
+                             f"and side_queue = {self.side_queue} must be positive")
 
 
 class _Refused(Exception):
@@ -99,8 +121,34 @@ class Api:
 
     def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics, recorder=None):
         self.deployment, self.config, self.metrics, self.recorder = deployment, config, metrics, recorder
+        self.draining, self.in_flight = False, 0  # in_flight: POST requests, counted by `BodyGuard`
+        # Long prompts are tokenized here, feedback and the store work there: a store that hangs
+        # fills its own threads, never the tokenizer's.
+        self.tokenizing = ThreadPoolExecutor(2, thread_name_prefix="tfx-gpt2-tokenize")
+        self.side = ThreadPoolExecutor(config.side_workers, thread_name_prefix="tfx-gpt2-feedback-api")
+        self.side_waiting = 0
+
+    def close(self) -> None:
+        self.tokenizing.shutdown(wait=False)
+        self.side.shutdown(wait=False)
+
+    def readiness(self):
+        """(HTTP status, body) of the readiness routes."""
+        if self.draining:
+            return 503, {"status": "draining", "reason": "the server is shutting down (SIGTERM); it finishes the "
+                                                         "requests in flight and takes no new ones"}
+        current = self.deployment.current
+        if current is None:
+            error = self.deployment.error
+            return 503, {"status": "failed" if error else "loading", "error": error,
+                         "reason": error or self.deployment.phase}
+        return 200, {"status": "ready", "model": current.name, "version": current.version,
+                     "compile_seconds": round(current.compile_seconds, 1)}
 
     def served(self) -> Served:
+        if self.draining:
+            raise _Refused(503, "the server is shutting down; send the request to another replica",
+                           headers={"Retry-After": str(self.config.retry_after)})
         if self.deployment.current is None:
             raise _Refused(503, self.deployment.error or "the model is loading; retry when /health answers 200",
                            headers={"Retry-After": str(self.config.retry_after)})
@@ -113,7 +161,8 @@ class Api:
         if sum(len(p) for p in job.prompts) <= INLINE_CHARS:  # less work than handing them to a thread
             ids = [encode(p) for p in job.prompts]
         else:
-            ids = await asyncio.to_thread(lambda: [encode(p) for p in job.prompts])
+            ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing,
+                                                                   lambda: [encode(p) for p in job.prompts])
         protocol.check_fits(job, [len(i) for i in ids], current.n_ctx, field)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         rows = [Row(i, job.config) for i in ids]
@@ -284,6 +333,56 @@ class Api:
             seldon_error, lambda call: {"data": {"names": ["generated_text"], "ndarray": [r.text for r in call.rows]},
                                         "meta": {}}, "max_new_tokens")
 
+    async def infer(self, http: HttpRequest, model_name: str, model_version: Optional[str] = None):
+        """The Open Inference Protocol's inference: a BYTES tensor of prompts in, of texts out."""
+        started, route = time.monotonic(), "/v2/models/infer"
+        try:
+            self.check_v2_model(model_name, model_version)
+            job, answer = oip.parse_infer(await http.body(), http.headers.get(oip.HEADER), self.served().n_vocab)
+            call = await self.start(route, job, started, "max_new_tokens")
+            async for _ in self.events_of(call, http):
+                pass
+        except (protocol.BadRequest, _Refused) as e:
+            return self.refused(route, started, e, oip.error)
+        self.finish(call, 200)
+        body, headers = oip.infer_response(call.served.name, call.served.version, answer["id"],
+                                           [r.text for r in call.rows], answer["binary"])
+        return Response(content=body, headers={**headers, "X-Completion-Id": call.id})
+
+    def check_v2_model(self, name: str, version: Optional[str]) -> Served:
+        current = self.served()
+        if name != current.name or version not in (None, "", current.version):
+            raise _Refused(404, f"model {name!r} version {version!r} is not served here; this server serves "
+                                f"{current.name!r} version {current.version!r} (GET /v2/models/{current.name})")
+        return current
+
+    async def v2_server(self):
+        """The Open Inference Protocol's server metadata."""
+        from importlib.metadata import version
+
+        return {"name": "tfx-gpt2", "version": version("tfx-gpt2"), "extensions": ["binary_tensor_data"]}
+
+    async def v2_live(self):
+        return Response(status_code=200)
+
+    async def v2_ready(self):
+        return Response(status_code=200 if self.readiness()[0] == 200 else 503)
+
+    async def v2_model(self, model_name: str, model_version: Optional[str] = None):
+        """The model's metadata: its input and output tensors."""
+        try:
+            current = self.check_v2_model(model_name, model_version)
+        except _Refused as e:
+            return JSONResponse(oip.error(e.status, str(e)), status_code=e.status, headers=e.headers)
+        return oip.model_metadata(current.name, current.version, current.n_ctx)
+
+    async def v2_model_ready(self, model_name: str, model_version: Optional[str] = None):
+        try:
+            self.check_v2_model(model_name, model_version)
+        except _Refused as e:
+            return Response(status_code=e.status)
+        return Response(status_code=200)
+
     async def feedback(self, http: HttpRequest):
         """A rating of a completion (and a corrected text, a comment), by the completion's id."""
         from tfx_gpt2.feedback.records import FeedbackError
@@ -292,7 +391,7 @@ class Api:
         try:
             if self.recorder is None:
                 raise _Refused(404, "this server does not record feedback; start it without --no-feedback")
-            status, answer = await asyncio.to_thread(self.recorder.feedback, protocol.read_json(await http.body()))
+            status, answer = await self.on_side(self.recorder.feedback, protocol.read_json(await http.body()))
         except (protocol.BadRequest, FeedbackError, _Refused) as e:
             return self.refused(route, started, e, openai_error)
         self.metrics.requests.labels(route, str(status)).inc()
@@ -300,6 +399,17 @@ class Api:
         self.metrics.latency.labels(route).observe(time.monotonic() - started)
         request_log.info(json.dumps({"event": "feedback", "route": route, "status": status, **answer}))
         return JSONResponse(answer, status_code=status)
+
+    async def on_side(self, fn, *args):
+        """Runs `fn(*args)` on the feedback threads; 503 when `side_queue` requests already wait."""
+        if self.side_waiting >= self.config.side_queue:
+            raise _Refused(503, f"{self.side_waiting} feedback requests are waiting for the store; retry in "
+                                f"{self.config.retry_after} s", headers={"Retry-After": str(self.config.retry_after)})
+        self.side_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.side, fn, *args)
+        finally:
+            self.side_waiting -= 1
 
     # -- other routes ---------------------------------------------------------------------------
 
@@ -312,17 +422,22 @@ class Api:
         return HTMLResponse(page("docs.html"))
 
     async def ping(self):
-        """Liveness: 200 while the process runs."""
-        return Response(content="\n", status_code=200, media_type="application/json")
+        """Readiness as MLflow's scoring server answers it: 200 once the model is ready, 503 while
+        it loads, failed to load, or the server drains."""
+        status, body = self.readiness()
+        if status == 200:
+            return Response(content="\n", status_code=200, media_type="application/json")
+        return JSONResponse(body, status_code=status, headers={"Retry-After": str(self.config.retry_after)})
 
     async def health(self):
-        """Readiness: 200 once the model is compiled, 503 while it loads (or failed to)."""
-        current = self.deployment.current
-        if current is None:
-            error = self.deployment.error
-            return JSONResponse({"status": "failed" if error else "loading", "error": error}, status_code=503)
-        return JSONResponse({"status": "ready", "model": current.name, "version": current.version,
-                             "compile_seconds": round(current.compile_seconds, 1)})
+        """Readiness with its reason: 200 once the model is compiled; 503 while it loads (with what
+        it is doing), after a failed load (with the error and its cause) and while draining."""
+        status, body = self.readiness()
+        return JSONResponse(body, status_code=status)
+
+    async def live(self):
+        """Liveness: 200 while the process runs (draining included)."""
+        return JSONResponse({"status": "alive", "draining": self.draining})
 
     async def version(self):
         """MLflow's version (as MLflow's scoring server answers)."""
@@ -374,7 +489,8 @@ class Api:
         return middleware
 
 
-GET_ROUTES = ("/", "/docs", "/ping", "/health", "/version", "/metrics", "/v1/models", "/openapi.json")
+GET_ROUTES = ("/", "/docs", "/ping", "/health", "/health/live", "/version", "/metrics", "/v1/models",
+              "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready")
 
 
 def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metrics: Optional[ServerMetrics] = None,
@@ -391,17 +507,35 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
         await asyncio.to_thread(deployment.stop, True)
         if recorder is not None:
             await asyncio.to_thread(recorder.close)
+        api.close()
 
     app = FastAPI(title="tfx-gpt2", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.api = api
     for path, handler in [("/", api.playground), ("/docs", api.docs), ("/ping", api.ping), ("/health", api.health),
-                          ("/version", api.version), ("/metrics", api.metrics_page), ("/v1/models", api.models)]:
+                          ("/health/live", api.live), ("/version", api.version), ("/metrics", api.metrics_page),
+                          ("/v1/models", api.models)]:
         app.add_api_route(path, handler, methods=["GET"])
     for path, handler in [("/v1/completions", api.completions), ("/invocations", api.invocations),
                           (SELDON_PATH, api.seldon), ("/v1/feedback", api.feedback)]:
         app.add_api_route(path, handler, methods=["POST"])
+    for path, handler in [("/v2", api.v2_server), ("/v2/health/live", api.v2_live), ("/v2/health/ready", api.v2_ready)]:
+        app.add_api_route(path, handler, methods=["GET"])
+    for model in ("/v2/models/{model_name}", "/v2/models/{model_name}/versions/{model_version}"):
+        app.add_api_route(model, api.v2_model, methods=["GET"])
+        app.add_api_route(model + "/ready", api.v2_model_ready, methods=["GET"])
+        app.add_api_route(model + "/infer", api.infer, methods=["POST"])
     app.add_middleware(api.count_gets)
+    app.add_middleware(BodyGuard, max_bytes=protocol.MAX_BODY_BYTES, timeout=config.body_timeout,
+                       error_body=error_body_of, counter=api)
     return app
+
+
+def error_body_of(path: str):
+    """The error format of the route at `path`, as `(status, message) -> body`."""
+    shape = {"/invocations": mlflow_error, SELDON_PATH: seldon_error}.get(path, openai_error)
+    if path.startswith("/v2/"):
+        shape = oip.error
+    return lambda status, message: shape(status, message, None)
 
 
 def completion_body(call: _Call):
@@ -452,11 +586,14 @@ def seldon_error(status: int, message: str, field):
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: EngineConfig = EngineConfig(),
           config: ServeConfig = ServeConfig(), recorder=None) -> None:
-    """Serves `model_uri` until SIGTERM or Ctrl-C; the model loads and compiles in the background.
-    Completions and feedback go to `recorder` (None: not recorded)."""
-    import uvicorn
-
+    """Serves `model_uri` until SIGTERM or Ctrl-C (then drains, see the module docstring); the
+    model loads and compiles in the background. Completions and feedback go to `recorder` (None:
+    not recorded)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A registry that does not answer is reported by /health within seconds (and retried by the
+    # deployment), not after MLflow's default of minutes of retries.
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")):
+        os.environ.setdefault(name, value)
     metrics = ServerMetrics()
 
     def on_change(served: Served):
@@ -469,5 +606,37 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: Eng
                             on_batch=lambda n: metrics.batch_size.observe(n))
     app = create_app(deployment, config, metrics, recorder)
     # No access log: the request log (one JSON line per request) says more.
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
-                timeout_graceful_shutdown=int(config.request_timeout), access_log=False)
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port,
+                                           log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
+                                           timeout_graceful_shutdown=int(config.request_timeout), access_log=False),
+                            app.state.api, drain_seconds=config.request_timeout)
+    server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain: the first SIGTERM or SIGINT turns readiness to 503 and
+    refuses new generations while the port stays open; once no request is in flight (or after
+    `drain_seconds`) the server shuts down, and the process exits with status 0 (uvicorn would
+    raise the signal again, exiting 143). A second signal shuts down at once."""
+
+    def __init__(self, config, api: Api, drain_seconds: float):
+        super().__init__(config)
+        self.api, self.drain_seconds, self.drain_deadline = api, drain_seconds, None
+
+    def handle_exit(self, sig, frame):
+        if self.api.draining:
+            return super().handle_exit(sig, frame)
+        self.api.draining, self.drain_deadline = True, time.monotonic() + self.drain_seconds
+        logging.getLogger("tfx_gpt2.serving").info(
+            "signal %d: draining (%d request(s) in flight); readiness answers 503", sig, self.api.in_flight)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and not self.should_exit and (
+                self.api.in_flight == 0 or time.monotonic() > self.drain_deadline):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets=None):
+        await super().shutdown(sockets)
+        if self.drain_deadline is not None:
+            self._captured_signals.clear()  # drained: exit 0, not with the signal's status

@@ -1,0 +1,86 @@
+"""Feedback and its store never sit on a generation's path: with a MongoDB store that accepts
+connections and never answers (each feedback look-up waits 3 s for it), 50 concurrent feedback
+posts leave the completion latency where it was."""
+
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+from mlflow_helpers import OurServer, post_json, tiny_model_dir
+
+LONG_PROMPT = "a prompt long enough to be tokenized off the event loop " * 6  # over 256 characters
+
+
+def blackhole():
+    """A TCP port that accepts connections and never answers; (port, stop)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    threading.Thread(target=accept, daemon=True).start()
+
+    def close():
+        stop.set()
+        for c in held:
+            c.close()
+        server.close()
+
+    return server.getsockname()[1], close
+
+
+def latencies(url, n):
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, body = post_json(url + "/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 8, "temperature": 0})
+        assert status == 200, body
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def test_a_hanging_store_does_not_slow_completions(tmp_path, monkeypatch):
+    port, close = blackhole()
+    monkeypatch.setenv("HANGING_MONGO_URI", f"mongodb://127.0.0.1:{port}/")
+    model = tiny_model_dir(str(tmp_path / "model"), n_ctx=128)
+    server = OurServer(model, str(tmp_path), ["--mongo-uri-env", "HANGING_MONGO_URI"])
+    answers = []
+    try:
+        latencies(server.url, 5)  # warm
+        idle = latencies(server.url, 30)
+        def post(i):
+            try:
+                answers.append(post_json(server.url + "/v1/feedback", {"completion_id": f"cmpl-elsewhere-{i}",
+                                                                       "rating": 1}))
+            except OSError:  # the server is killed before the last posts are answered
+                pass
+
+        posts = [threading.Thread(target=post, args=(i,), daemon=True) for i in range(50)]
+        for t in posts:
+            t.start()
+        time.sleep(0.5)  # the posts are waiting on the store
+        loaded = latencies(server.url, 30)
+        deadline = time.monotonic() + 10
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(server.proc.pid, 9)  # 50 feedback posts would hold the drain for a minute
+        server.stop()
+        close()
+    p99_idle, p99_loaded = np.percentile(idle, 99), np.percentile(loaded, 99)
+    print(f"completion p99: {p99_idle * 1000:.1f} ms idle, {p99_loaded * 1000:.1f} ms with 50 feedback posts waiting")
+    assert p99_loaded <= 2 * p99_idle, (p99_idle, p99_loaded, loaded)
+    # The first posts waited the store's 3 s each, then got 503 naming the store.
+    status, body = answers[0]
+    assert status == 503 and "cannot be reached" in json.dumps(body), answers[0]
