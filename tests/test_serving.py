@@ -201,7 +201,9 @@ BAD = [  # (path, body, status, words the message must hold)
     ("/v1/completions", {"prompt": "a", "max_tokens": 16}, 400, ["max_tokens = 16", "context of 16"]),
     ("/v1/completions", {"prompt": "word " * 20, "max_tokens": 4}, 400, ["prompt 0 has", "context of 16"]),
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, ["n = 2", "[1, 1]"]),
-    ("/v1/completions", {"prompt": "a", "logprobs": 3}, 400, ["logprobs", "not supported"]),
+    ("/v1/completions", {"prompt": "a", "logprobs": 6}, 400, ["logprobs = 6", "[0, 5]"]),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, ["max_tokens = 0", "echo"]),
+    ("/v1/completions", {"prompt": "a", "echo": "yes"}, 400, ["echo"]),
     ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, ["gpt-4", NAME]),
     ("/v1/completions", {"prompt": "a", "stream": "yes"}, 400, ["stream"]),
     ("/invocations", {"inputs": 123}, 400, ["inputs = 123"]),
@@ -371,3 +373,79 @@ def test_open_inference_protocol_through_tritonclient(our_serve, reference):
         with pytest.raises(InferenceServerException) as e:
             infer(True, params, model)
         assert words in str(e.value), str(e.value)
+
+
+
+# -- logprobs and echo ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keras_model(champion, mlflow_server, tmp_path_factory):
+    """The champion's Keras model, loaded here from the registry."""
+    import mlflow.artifacts
+
+    from tfx_gpt2.model.io import load_model_dir
+    from tfx_gpt2.serving.deployment import model_dir_of
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=champion, tracking_uri=mlflow_server.uri,
+                                                dst_path=str(tmp_path_factory.mktemp("keras")))
+    return load_model_dir(model_dir_of(local))
+
+
+def log_softmax(keras_model, ids):
+    import numpy as np
+
+    logits = np.asarray(keras_model(np.array([ids], "int32")), np.float64)[0]
+    return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+
+
+def check_logprobs(logprobs, ids, expected, first, tokenizer, alternatives):
+    """`logprobs` (OpenAI's object) holds tokens `ids[first:]` with the Keras model's log-softmax."""
+    import numpy as np
+
+    from tfx_gpt2.serving.logprobs import token_text
+
+    assert logprobs.tokens == [token_text(tokenizer, t) for t in ids[first:]]
+    for i, (lp, top) in enumerate(zip(logprobs.token_logprobs, logprobs.top_logprobs), start=first):
+        if i == 0:
+            assert lp is None and top is None
+            continue
+        assert abs(lp - expected[i - 1, ids[i]]) < 1e-4, (i, lp, expected[i - 1, ids[i]])
+        best = np.argsort(-expected[i - 1])[:alternatives]
+        assert len(top) == alternatives
+        for token in best:
+            assert abs(top[token_text(tokenizer, int(token))] - expected[i - 1, token]) < 1e-4
+
+
+def test_logprobs_and_echo_are_the_models_log_softmax(our_serve, client, keras_model, tokenizer):
+    """lm-evaluation-harness's `local-completions` shapes through the `openai` client: a list of
+    prompts, `echo`, `max_tokens` 0 (and 1), `logprobs`, `seed`, `temperature` 0; then generated
+    tokens with logprobs, streamed and not. Every value is the Keras model's own log-softmax."""
+    prompts = ["The for statement", "Hello world, again"]
+    answer = client.completions.create(model=NAME, prompt=prompts, echo=True, max_tokens=0, logprobs=1,
+                                       temperature=0, seed=1234)
+    for prompt, choice in zip(prompts, answer.choices):
+        ids = tokenizer.encode(prompt)
+        assert choice.text == prompt and choice.logprobs.text_offset[0] == 0
+        check_logprobs(choice.logprobs, ids, log_softmax(keras_model, ids), 0, tokenizer, 1)
+        pieces = [len(tokenizer.decode([t])) for t in ids]
+        assert choice.logprobs.text_offset == [sum(pieces[:i]) for i in range(len(ids))]
+    assert answer.usage.completion_tokens == 0
+
+    one = client.completions.create(model=NAME, prompt=prompts[0], echo=True, max_tokens=1, logprobs=5,
+                                    temperature=0, seed=1234)
+    generated = client.completions.create(model=NAME, prompt=prompts[0], max_tokens=5, logprobs=3, temperature=0)
+    ids = tokenizer.encode(prompts[0])
+    full = ids + tokenizer.encode(generated.choices[0].text)
+    expected = log_softmax(keras_model, full)
+    check_logprobs(one.choices[0].logprobs, full[:len(ids) + 1], expected, 0, tokenizer, 5)
+    check_logprobs(generated.choices[0].logprobs, full, expected, len(ids), tokenizer, 3)
+    assert generated.choices[0].logprobs.text_offset[0] == len(prompts[0])
+
+    stream = client.completions.create(model=NAME, prompt=prompts[0], max_tokens=5, logprobs=3, temperature=0,
+                                       stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    assert "".join(c.text for c in chunks) == generated.choices[0].text
+    streamed = [c.logprobs for c in chunks if c.logprobs is not None]
+    assert [t for lp in streamed for t in lp.tokens] == generated.choices[0].logprobs.tokens
+    assert [v for lp in streamed for v in lp.token_logprobs] == generated.choices[0].logprobs.token_logprobs

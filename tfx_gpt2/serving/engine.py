@@ -151,6 +151,14 @@ class Row:
     text: str = ""
     finish_reason: Optional[str] = None
     first_token_at: Optional[float] = None
+    # Scoring (`logprobs`, `echo`): with `scored`, a row that ends is scored (the model's
+    # log-probability of each of its tokens, prompt and generated, and the most likely tokens at
+    # each position) into `scores` = `Runner.score`'s arrays; with `generate` False, the prompt is
+    # only scored. Without `streams_text`, a stream's text is sent when the row is done.
+    scored: bool = False
+    generate: bool = True
+    streams_text: bool = True
+    scores: Optional[tuple] = None
 
 
 class Request:
@@ -320,7 +328,7 @@ class _Worker:
             first = self.queue.get()
             if first is None:
                 return False
-            self.scheduler.add(*first)
+            self._accept(*first)
             self._wait_for_company()
         while True:
             try:
@@ -329,7 +337,15 @@ class _Worker:
                 return True
             if item is None:
                 return False
-            self.scheduler.add(*item)
+            self._accept(*item)
+
+    def _accept(self, request: Request, row: Row) -> None:
+        """Schedules a row; one that is only scored is scored at once."""
+        if row.generate:
+            self.scheduler.add(request, row)
+            return
+        self.engine._admitted(1)
+        self._done(request, row, "cancelled" if request.cancelled else "length")
 
     def _wait_for_company(self) -> None:
         """After a first row at an idle worker, waits (at most `max_wait_ms`) for as many rows as
@@ -343,7 +359,7 @@ class _Worker:
             if item is None:
                 self.queue.put(None)
                 return
-            self.scheduler.add(*item)
+            self._accept(*item)
 
     def _step(self) -> None:
         sch = self.scheduler
@@ -390,12 +406,14 @@ class _Worker:
         when the row is done: one event per row, not one per decode call)."""
         if text:
             row.text += text
-            if request.stream:
+            if request.stream and row.streams_text:
                 request.emit(("text", row, text))
 
     def _done(self, request: Request, row: Row, reason: str) -> None:
         if row.finish_reason is not None:
             return
+        if row.scored and reason not in ("cancelled", "error"):
+            row.scores = self.runner.score((row.prompt_ids + row.ids)[:self.engine.n_ctx])
         row.finish_reason = reason
         self._finished()
         request.emit(("done", row, reason))
@@ -412,9 +430,10 @@ class _Worker:
 
 
 def programs_expected(config: EngineConfig, n_ctx: int) -> Dict[str, int]:
-    """How many programs `warm_up` compiles: per cache bucket, a decode program per batch bucket
-    and a prefill program per row bucket and chunk size that fits it."""
+    """How many programs `warm_up` compiles: per cache bucket, a decode program per batch bucket,
+    a prefill program per row bucket and chunk size that fits it, and a scoring program."""
     big, small = config.prefill_chunks(n_ctx)
     lengths = config.cache_buckets(n_ctx)
     chunks = sum(len([c for c in {small, big} if c <= length]) for length in lengths)
-    return {"prefill": len(config.prefill_rows()) * chunks, "decode": len(config.batch_buckets()) * len(lengths)}
+    return {"prefill": len(config.prefill_rows()) * chunks, "decode": len(config.batch_buckets()) * len(lengths),
+            "score": len(lengths)}

@@ -56,6 +56,13 @@ class Job:
     config: SamplingConfig
     stream: bool = False
     include_usage: bool = False
+    logprobs: Optional[int] = None  # alternatives per token to return with their log-probabilities
+    echo: bool = False  # return the prompt (and, with logprobs, its tokens' log-probabilities) too
+    generate: bool = True  # False: `max_tokens` 0 with `echo`: the prompt is only scored
+
+    @property
+    def scored(self) -> bool:
+        return self.logprobs is not None
 
 
 def read_json(data: bytes) -> Any:
@@ -190,8 +197,9 @@ def sampling(body: Dict[str, Any], max_tokens_name: str, default_max: int, defau
 OPENAI_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
                  "stop", "seed", "n", "stream", "stream_options", "user", "echo", "logprobs", "best_of",
                  "presence_penalty", "frequency_penalty", "logit_bias", "suffix"}
+MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions API allows
 # OpenAI fields accepted only at the value that means "off".
-_OFF = {"echo": (False,), "logprobs": (None,), "best_of": (1,), "presence_penalty": (0, 0.0),
+_OFF = {"best_of": (1,), "presence_penalty": (0, 0.0),
         "frequency_penalty": (0, 0.0), "logit_bias": (None, {}), "suffix": (None, "")}
 
 
@@ -213,8 +221,17 @@ def parse_completion(body: Any, n_vocab: int) -> Job:
     if not isinstance(options, dict):
         raise BadRequest(f"stream_options = {options!r:.100} is not an object", "stream_options")
     _unknown(options, {"include_usage"}, "stream_options")
-    config = sampling(body, "max_tokens", 16, 0, n_vocab)
-    return Job(_prompts(body["prompt"], "prompt"), config, stream, bool(options.get("include_usage")))
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise BadRequest(f"echo = {echo!r:.40} is not true or false", "echo")
+    logprobs = _integer(body, "logprobs", None, 0, MAX_LOGPROBS)
+    generate = _integer(body, "max_tokens", 16, 0, 1_000_000) > 0
+    if not generate and not echo:
+        raise BadRequest("max_tokens = 0 generates nothing; ask for at least 1 token, or set echo (with logprobs) "
+                         "to score the prompt", "max_tokens")
+    config = sampling(body if generate else {**body, "max_tokens": 1}, "max_tokens", 16, 0, n_vocab)
+    return Job(_prompts(body["prompt"], "prompt"), config, stream, bool(options.get("include_usage")), logprobs,
+               echo, generate)
 
 
 # -- MLflow ---------------------------------------------------------------------------------------
@@ -316,7 +333,7 @@ def parse_seldon(body: Any, n_vocab: int) -> Job:
 
 def check_fits(job: Job, prompt_lengths: List[int], n_ctx: int, field: str) -> None:
     """Each prompt plus the tokens asked for must fit the model's context."""
-    new = job.config.max_new_tokens
+    new = job.config.max_new_tokens if job.generate else 0
     if new >= n_ctx:
         raise BadRequest(f"{field} = {new} is beyond the model's context of {n_ctx} tokens; ask for at most "
                          f"{n_ctx - 1}", field)

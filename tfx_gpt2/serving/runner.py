@@ -23,6 +23,11 @@ one decode program per (batch, cache length) bucket.
 
 Attention reads only the first `length` slots of the cache (a length bucket): every decode step
 reads what it attends to, so short rows run in a short bucket.
+
+* `score` runs one whole sequence (no cache) and returns each token's log-probability given the
+  tokens before it, with the `TOP_LOGPROBS` most likely tokens at each position: the model's own
+  log-softmax, for `logprobs` and `echo`. It runs without XLA (TensorFlow's kernels need no
+  compilation, and a scored request is rare beside the decode steps).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import tensorflow as tf
 from tfx_gpt2.config import GPT2Config
 from tfx_gpt2.model.gpt2 import affine, attention_weights, gelu, layer_norm, merge_heads, split_heads
 from tfx_gpt2.model.sampling import choose
+
+TOP_LOGPROBS = 5  # alternatives per position that `score` returns (OpenAI's limit for `logprobs`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +185,22 @@ def _decode(names, config: GPT2Config, layout: Layout, eot_id: int, batch: int, 
     return out, count, done, i
 
 
+def _score(names, config: GPT2Config, length: int, weights, head, state, tokens):
+    """Log-probabilities of `tokens` `(1, length)` (padded after the real ones): `(chosen (length - 1,)`:
+    each token's given those before it, `top_ids, top_logprobs (length - 1, TOP_LOGPROBS))`."""
+    w = dict(zip(names, weights))
+    allowed = (tf.range(length)[None, :] <= tf.range(length)[:, None])[None, None]  # (1, 1, S, T): causal
+
+    def attend(i, q, k, v):
+        return tf.matmul(attention_weights(q, k, allowed, q.dtype), v)
+
+    x = _forward(w, config, tokens, tf.range(length)[None, :], attend)[0]  # (length, C)
+    logprobs = tf.nn.log_softmax(tf.matmul(x[:-1], head))  # (length - 1, V): position i predicts token i + 1
+    chosen = tf.gather(logprobs, tokens[0, 1:], batch_dims=1)
+    top_logprobs, top_ids = tf.math.top_k(logprobs, TOP_LOGPROBS)
+    return chosen, top_ids, top_logprobs
+
+
 class Programs:
     """The compiled programs of one model shape, vocabulary and layout; use `Programs.shared`."""
 
@@ -201,14 +224,17 @@ class Programs:
             return programs
 
     def function(self, key: tuple):
-        """The `tf.function` of `key`: ("prefill", rows, chunk, length) or ("decode", batch, length)."""
+        """The `tf.function` of `key`: ("prefill", rows, chunk, length), ("decode", batch, length)
+        or ("score", length)."""
         fn = self._functions.get(key)
         if fn is None:
             if key[0] == "prefill":
                 body = functools.partial(_prefill, self.names, self.config, key[3])
-            else:
+            elif key[0] == "decode":
                 body = functools.partial(_decode, self.names, self.config, self.layout, self.eot_id, key[1], key[2])
-            fn = self._functions[key] = tf.function(body, jit_compile=True, autograph=False)
+            else:
+                body = functools.partial(_score, self.names, self.config, key[1])
+            fn = self._functions[key] = tf.function(body, jit_compile=key[0] != "score", autograph=False)
         return fn
 
     def keys(self) -> List[tuple]:
@@ -219,6 +245,7 @@ class Programs:
             for rows in self.layout.prefill_rows:
                 keys += [("prefill", rows, c, length) for c in sorted({small, big}) if c <= length]
             keys += [("decode", b, length) for b in self.layout.batch_buckets]
+            keys.append(("score", length))
         return keys
 
 
@@ -274,6 +301,15 @@ class Runner:
                                                             uniforms, np.int32(limit), np.bool_(yield_on_finish)))
         return tuple(t.numpy() for t in out)
 
+    def score(self, tokens: Sequence[int]):
+        """Numpy `(chosen, top_ids, top_logprobs)` of `tokens` (see `_score`), for positions 1 .. n - 1."""
+        n = len(tokens)
+        length = next(b for b in self.layout.cache_buckets if b >= n)
+        padded = np.zeros((1, length), np.int32)
+        padded[0, :n] = tokens
+        out = self._call(("score", length), (padded,))
+        return tuple(t.numpy()[:n - 1] for t in out)
+
     def _call(self, key: tuple, args: tuple):
         """Calls program `key` with this runner's weights and state, then `args`.
 
@@ -302,7 +338,9 @@ class Runner:
         """Runs program `key` on padding rows only (nothing changes)."""
         from tfx_gpt2.model.sampling import RowSettings, SamplingConfig
 
-        if key[0] == "prefill":
+        if key[0] == "score":
+            self.score([0] * key[1])
+        elif key[0] == "prefill":
             _, rows, chunk, length = key
             fill = np.full(rows, self.scratch, np.int32)
             self.prefill(length, np.zeros((rows, chunk), np.int32), fill, np.zeros(rows, np.int32),

@@ -54,6 +54,7 @@ from tfx_gpt2.serving import oip, protocol
 from tfx_gpt2.serving.deployment import Deployment, Served
 from tfx_gpt2.serving.engine import EngineConfig, EngineStopped, QueueFull, Request, Row
 from tfx_gpt2.serving.guard import BodyGuard
+from tfx_gpt2.serving.logprobs import choice_logprobs
 from tfx_gpt2.serving.metrics import CONTENT_TYPE, ServerMetrics
 
 SELDON_PATH = "/api/v1.0/predictions"
@@ -110,6 +111,7 @@ class _Call:
     started: float
     first_text: Optional[float] = None
     id: str = dataclasses.field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
+    job: Optional[protocol.Job] = None
 
 
 def page(name: str) -> str:
@@ -165,7 +167,8 @@ class Api:
                                                                    lambda: [encode(p) for p in job.prompts])
         protocol.check_fits(job, [len(i) for i in ids], current.n_ctx, field)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        rows = [Row(i, job.config) for i in ids]
+        rows = [Row(i, job.config, scored=job.scored, generate=job.generate,
+                    streams_text=not (job.scored or job.echo)) for i in ids]
         req = Request(rows, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev), stream=job.stream)
         try:
             current.engine.submit(req)
@@ -174,7 +177,7 @@ class Api:
                            headers={"Retry-After": str(self.config.retry_after)}) from None
         self.metrics.prompt_tokens.inc(sum(len(i) for i in ids))
         self.metrics.queue_depth.set(current.engine.queue_depth)
-        return _Call(route, current, list(job.prompts), rows, req, events, started)
+        return _Call(route, current, list(job.prompts), rows, req, events, started, job=job)
 
     async def start(self, route: str, job: protocol.Job, started: float, field: str) -> _Call:
         """Tokenizes (off the event loop), checks the context and queues the job's rows."""
@@ -305,6 +308,9 @@ class Api:
             async for index, text in self.events_of(call, http):
                 yield stream_chunk(call, index, text)
             for i, r in enumerate(call.rows):
+                if not r.streams_text:  # echoed or scored: the text (and its logprobs) comes whole
+                    yield sse({"id": call.id, "object": "text_completion", "created": int(time.time()),
+                               "model": call.served.name, "choices": [{**choice(call, i), "finish_reason": None}]})
                 yield stream_chunk(call, i, "", finish_reason(r))
             if job.include_usage:
                 yield sse({"id": call.id, "object": "text_completion", "created": int(time.time()),
@@ -543,10 +549,20 @@ def completion_body(call: _Call):
     completion_tokens = sum(len(r.ids) for r in call.rows)
     return {"id": call.id, "object": "text_completion", "created": int(time.time()), "model": call.served.name,
             "system_fingerprint": f"{call.served.name}/{call.served.version}",
-            "choices": [{"text": r.text, "index": i, "logprobs": None, "finish_reason": finish_reason(r)}
-                        for i, r in enumerate(call.rows)],
+            "choices": [choice(call, i) for i in range(len(call.rows))],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def choice(call: _Call, i: int) -> dict:
+    """Row `i`'s choice: its text (after its prompt with `echo`), and its `logprobs` if asked."""
+    row, job, prompt = call.rows[i], call.job, call.prompts[i]
+    echo = job is not None and job.echo
+    logprobs = None
+    if job is not None and job.scored and row.scores is not None:
+        logprobs = choice_logprobs(call.served.tokenizer, row, job.logprobs, echo, prompt)
+    return {"text": (prompt if echo else "") + row.text, "index": i, "logprobs": logprobs,
+            "finish_reason": finish_reason(row)}
 
 
 def completion_record(call: _Call, line: dict):
