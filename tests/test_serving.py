@@ -204,6 +204,7 @@ BAD = [  # (path, body, status, words the message must hold)
     ("/v1/completions", {"prompt": "a", "logprobs": 6}, 400, ["logprobs = 6", "[0, 5]"]),
     ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, ["max_tokens = 0", "echo"]),
     ("/v1/completions", {"prompt": "a", "echo": "yes"}, 400, ["echo"]),
+    ("/v1/completions", {"prompt": [[1, 2], [50257]]}, 400, ["prompt[1]", "token ids", "50257"]),
     ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, ["gpt-4", NAME]),
     ("/v1/completions", {"prompt": "a", "stream": "yes"}, 400, ["stream"]),
     ("/invocations", {"inputs": 123}, 400, ["inputs = 123"]),
@@ -431,6 +432,10 @@ def test_logprobs_and_echo_are_the_models_log_softmax(our_serve, client, keras_m
         pieces = [len(tokenizer.decode([t])) for t in ids]
         assert choice.logprobs.text_offset == [sum(pieces[:i]) for i in range(len(ids))]
     assert answer.usage.completion_tokens == 0
+    as_ids = client.completions.create(model=NAME, prompt=[tokenizer.encode(p) for p in prompts], echo=True,
+                                       max_tokens=0, logprobs=1, temperature=0, seed=1234)  # tokenized_requests
+    assert [c.logprobs.token_logprobs for c in as_ids.choices] == [c.logprobs.token_logprobs for c in answer.choices]
+    assert [c.text for c in as_ids.choices] == prompts
 
     one = client.completions.create(model=NAME, prompt=prompts[0], echo=True, max_tokens=1, logprobs=5,
                                     temperature=0, seed=1234)

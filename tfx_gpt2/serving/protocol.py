@@ -59,6 +59,7 @@ class Job:
     logprobs: Optional[int] = None  # alternatives per token to return with their log-probabilities
     echo: bool = False  # return the prompt (and, with logprobs, its tokens' log-probabilities) too
     generate: bool = True  # False: `max_tokens` 0 with `echo`: the prompt is only scored
+    prompt_ids: Optional[List[List[int]]] = None  # prompts sent as token ids (then `prompts` is empty)
 
     @property
     def scored(self) -> bool:
@@ -230,8 +231,29 @@ def parse_completion(body: Any, n_vocab: int) -> Job:
         raise BadRequest("max_tokens = 0 generates nothing; ask for at least 1 token, or set echo (with logprobs) "
                          "to score the prompt", "max_tokens")
     config = sampling(body if generate else {**body, "max_tokens": 1}, "max_tokens", 16, 0, n_vocab)
-    return Job(_prompts(body["prompt"], "prompt"), config, stream, bool(options.get("include_usage")), logprobs,
-               echo, generate)
+    ids = _token_prompts(body["prompt"], n_vocab)
+    prompts = [] if ids is not None else _prompts(body["prompt"], "prompt")
+    return Job(prompts, config, stream, bool(options.get("include_usage")), logprobs, echo, generate, ids)
+
+
+def _token_prompts(value: Any, n_vocab: int) -> Optional[List[List[int]]]:
+    """Prompts sent as token ids (a list of ids, or a list of such lists), as OpenAI's API allows;
+    None when the prompts are text."""
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        lists = [value]
+    elif all(isinstance(v, list) for v in value):
+        lists = value
+    else:
+        return None
+    if len(lists) > MAX_PROMPTS:
+        raise BadRequest(f"prompt holds {len(lists)} prompts; the limit is {MAX_PROMPTS} per request", "prompt")
+    for i, ids in enumerate(lists):
+        if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n_vocab for t in ids):
+            raise BadRequest(f"prompt[{i}] is not a non-empty list of token ids in [0, {n_vocab}); send text or "
+                             "token ids of this model's vocabulary", "prompt")
+    return lists
 
 
 # -- MLflow ---------------------------------------------------------------------------------------

@@ -160,7 +160,10 @@ class Api:
 
     async def queue_job(self, current: Served, route: str, job: protocol.Job, started: float, field: str) -> _Call:
         encode = current.tokenizer.encode
-        if sum(len(p) for p in job.prompts) <= INLINE_CHARS:  # less work than handing them to a thread
+        if job.prompt_ids is not None:  # sent as token ids: their text is for echo and the records
+            ids = [list(i) for i in job.prompt_ids]
+            job = dataclasses.replace(job, prompts=[current.tokenizer.decode(i) for i in ids])
+        elif sum(len(p) for p in job.prompts) <= INLINE_CHARS:  # less work than handing them to a thread
             ids = [encode(p) for p in job.prompts]
         else:
             ids = await asyncio.get_running_loop().run_in_executor(self.tokenizing,
