@@ -42,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.11",
     packages=find_packages(include=["tfx_gpt2", "tfx_gpt2.*"]),
-    package_data={"tfx_gpt2.serving": ["static/*.html"]},
+    package_data={"tfx_gpt2.serving": ["static/*.html", "static/*.ico"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["tfx-gpt2=tfx_gpt2.cli:main"]},

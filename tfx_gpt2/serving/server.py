@@ -118,6 +118,9 @@ def page(name: str) -> str:
     return resources.files("tfx_gpt2.serving").joinpath("static", name).read_text(encoding="utf-8")
 
 
+FAVICON = resources.files("tfx_gpt2.serving").joinpath("static", "favicon.ico").read_bytes()
+
+
 class Api:
     """The handlers: each parses, checks, queues and awaits; none runs model code."""
 
@@ -470,7 +473,11 @@ class Api:
             return JSONResponse(openai_error(e.status, str(e), None), status_code=e.status, headers=e.headers)
         return {"object": "list", "data": [{
             "id": current.name, "object": "model", "created": int(current.loaded_at), "owned_by": "tfx-gpt2",
-            "version": current.version, "source": current.source, "context_length": current.n_ctx}]}
+            "version": current.version, "source": current.source, "context_length": current.n_ctx,
+            "feedback_scale": self.recorder.scale if self.recorder is not None else None}]}
+
+    async def favicon(self):
+        return Response(content=FAVICON, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
 
     def count_gets(self, app):
         """ASGI middleware: metrics of the GET routes (generation routes record themselves, at
@@ -498,7 +505,7 @@ class Api:
         return middleware
 
 
-GET_ROUTES = ("/", "/docs", "/ping", "/health", "/health/live", "/version", "/metrics", "/v1/models",
+GET_ROUTES = ("/", "/favicon.ico", "/docs", "/ping", "/health", "/health/live", "/version", "/metrics", "/v1/models",
               "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready")
 
 
@@ -520,7 +527,8 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
 
     app = FastAPI(title="tfx-gpt2", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.api = api
-    for path, handler in [("/", api.playground), ("/docs", api.docs), ("/ping", api.ping), ("/health", api.health),
+    for path, handler in [("/", api.playground), ("/favicon.ico", api.favicon), ("/docs", api.docs),
+                          ("/ping", api.ping), ("/health", api.health),
                           ("/health/live", api.live), ("/version", api.version), ("/metrics", api.metrics_page),
                           ("/v1/models", api.models)]:
         app.add_api_route(path, handler, methods=["GET"])
