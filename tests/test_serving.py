@@ -239,6 +239,10 @@ HOSTILE_BODIES = {  # route: (a lone surrogate in its text, a 5,001-digit intege
     "/api/v1.0/predictions": ('{"data": {"ndarray": ["\\ud800"]}}', '{"data": {"ndarray": ["a"]}, "parameters": '
                                                                         '{"seed": %s}}' % HUGE),
     "/v1/feedback": ('{"completion_id": "cmpl-\\ud800", "rating": 1}', '{"completion_id": "x", "rating": %s}' % HUGE),
+    f"/v2/models/{NAME}/infer": (
+        '{"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["\\ud800"]}]}',
+        '{"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["a"]}], '
+        '"parameters": {"seed": %s}}' % HUGE),
 }
 
 
@@ -288,6 +292,9 @@ def in_route_format(path: str, body: str) -> str:
     if path == "/api/v1.0/predictions":
         assert answer["status"]["status"] == "FAILURE", answer
         return answer["status"]["info"]
+    if path.startswith("/v2/"):
+        assert set(answer) == {"error"}, answer
+        return answer["error"]
     assert answer["error"]["type"] == "invalid_request_error", answer
     return answer["error"]["message"]
 
