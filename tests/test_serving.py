@@ -138,7 +138,7 @@ def test_metrics_count_requests_tokens_batches_and_name_the_model(our_serve, cli
     assert metric(text, "tfx_gpt2_batch_size_count") >= 1
     assert metric(text, "tfx_gpt2_request_seconds_count", route="/v1/completions") >= 1
     assert metric(text, "tfx_gpt2_time_to_first_token_seconds_count", route="/v1/completions") >= 1
-    assert metric(text, "tfx_gpt2_compiled_programs") == 6  # batch buckets 1, 2, 4; one cache size; x2
+    assert metric(text, "tfx_gpt2_compiled_programs") == 7  # batch buckets 1, 2, 4 (decode, prefill); scoring
     assert metric(text, "tfx_gpt2_model_info", name=NAME, version="1") == 1
     assert "tfx_gpt2_queue_depth" in text
 
