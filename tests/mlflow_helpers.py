@@ -35,6 +35,15 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180, data=None,
     raise TimeoutError(f"{url} did not answer in {timeout} s ({last})")
 
 
+def get(url: str) -> tuple:
+    """(status, body text) of a GET; 4xx/5xx are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def post_json(url: str, body) -> tuple:
     """(status, parsed JSON or text) of a JSON POST; 4xx/5xx are returned, not raised."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",

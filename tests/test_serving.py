@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 import pytest
-from mlflow_helpers import OurServer, post_json, register_tiny
+from mlflow_helpers import OurServer, get, post_json, register_tiny
 
 NAME = "serving-test"
 
@@ -104,14 +104,6 @@ def test_models_and_health_name_the_served_version(our_serve, client):
     assert [m.id for m in models] == [NAME] and models[0].version == "1" and models[0].context_length == 16
     status, body = get(our_serve.url + "/health")
     assert status == 200 and json.loads(body)["version"] == "1"
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def metric(text: str, sample: str, **labels) -> float:

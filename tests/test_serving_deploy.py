@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.request
 
-from mlflow_helpers import OurServer, register_tiny
+from mlflow_helpers import OurServer, get, register_tiny
 
 NAME = "deploy-test"
 
@@ -112,14 +112,6 @@ def check_disconnect_cancels(server):
         time.sleep(0.2)
     line = [ln for ln in server.read_log().splitlines() if '"status": 499' in ln]
     assert line and '"cancelled"' in line[0], server.read_log()[-2000:]
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def check_sigterm_drains(server):
