@@ -55,9 +55,13 @@ def all_runs(tmp_path_factory):
     worse = run_and_report(settings, training=TrainingSetup(train=short))
     MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(NAME, "champion", "2")
     rescored = run_and_report(settings)
-    down = dataclasses.replace(settings, mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(Exception) as down_error:
-        run_and_report(down)
+    import socket
+
+    with socket.socket() as held:  # bound, never listening: refuses connections, and no other test can take it
+        held.bind(("127.0.0.1", 0))
+        down = dataclasses.replace(settings, mlflow_tracking_uri=f"http://127.0.0.1:{held.getsockname()[1]}")
+        with pytest.raises(Exception) as down_error:
+            run_and_report(down)
     set_tracking_uri(settings.tracking_uri)  # the tests below read MLflow with the process's URI
     return out, first, second, worse, rescored, down_error.value
 
