@@ -2,8 +2,9 @@
 # pinned stack on Python 3.10, with TFX's Kubeflow V2 entrypoint module available to `python -m`.
 # The same image serves a registered model (docs/serving.md):
 #
-#   docker run -p 8080:8080 -e MLFLOW_TRACKING_URI=http://mlflow:5000 REGISTRY/tfx-gpt2:0.1.0 \
-#     tfx-gpt2 serve models:/tfx-gpt2@champion --host 0.0.0.0 --port 8080
+#   docker run -p 8080:8080 -e MLFLOW_TRACKING_URI=http://mlflow:5000 -e TFX_GPT2_API_KEYS=ID:KEY,... \
+#     REGISTRY/tfx-gpt2:0.1.0 tfx-gpt2 serve models:/tfx-gpt2@champion --host 0.0.0.0 --port 8080 \
+#     --api-keys-env TFX_GPT2_API_KEYS      # beyond loopback: API keys, or --allow-anonymous
 #   readiness probe: GET /health or /ping (200 once compiled, 503 before and while draining);
 #   liveness probe: GET /health/live (200 while the process runs)
 #

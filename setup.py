@@ -45,6 +45,7 @@ setup(
     package_data={"tfx_gpt2.serving": ["static/*.html", "static/*.ico"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["tfx-gpt2=tfx_gpt2.cli:main"]},
+    entry_points={"console_scripts": ["tfx-gpt2=tfx_gpt2.cli:main"],
+                  "airflow.plugins": ["tfx_gpt2=tfx_gpt2.airflow_timetable:TfxGpt2Plugin"]},
     license="MIT",
 )

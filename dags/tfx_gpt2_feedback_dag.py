@@ -5,10 +5,16 @@
                                 rating below a threshold, or the newest version too old
     write_feedback_span         the new feedback, as the next span of the training data
     run_pipeline                triggers the pipeline DAG (`TFX_GPT2_PIPELINE_NAME`, run with
-                                TFX_GPT2_FEEDBACK_LOOP=1) and waits: its failure fails this task
+                                TFX_GPT2_FEEDBACK_LOOP=1) and waits, deferred to the triggerer:
+                                its failure fails this task
 
-The DAG id is `<pipeline name>-feedback`; it runs every `TFX_GPT2_FEEDBACK_SCHEDULE` (default
-every 10 minutes), and a sensor that finds nothing to do ends as skipped. The conditions and the
+The DAG id is `<pipeline name>-feedback`. Like every new DAG it starts **paused** (Airflow's
+`dags_are_paused_at_creation`): unpause it (the toggle) to run it every `TFX_GPT2_FEEDBACK_SCHEDULE`
+(a cron expression, default every 10 minutes), or press play for one run now. It never catches
+up: unpausing starts nothing, play starts one run, and at most one runs at a time. A sensor that
+finds nothing to do ends at once as skipped, with the reason in its log, and so do the tasks
+after it. The pipeline's run fine-tunes the champion (a warm start) unless
+`TFX_GPT2_WARM_START=0`. The conditions and the
 rule: `TFX_GPT2_RETRAIN_*` and `TFX_GPT2_FEEDBACK_*` (`tfx_gpt2.feedback.retrain.ENV`). The store:
 the embedded one under `<TFX_GPT2_OUTPUT_DIR>/feedback` (the server's `--feedback-dir`), or MongoDB
 when `TFX_GPT2_FEEDBACK_MONGO_URI_ENV` names the variable that holds its connection string.
@@ -20,10 +26,12 @@ import logging
 import os
 
 from airflow import DAG
+from airflow.exceptions import AirflowSkipException
 from airflow.operators.python import PythonOperator
 from airflow.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sensors.python import PythonSensor
 
+from tfx_gpt2.airflow_timetable import NextTickTimetable
 from tfx_gpt2.feedback.retrain import loop_config_from_env
 from tfx_gpt2.settings import from_env
 
@@ -40,6 +48,7 @@ def open_feedback_store():
 
 
 def enough_feedback() -> bool:
+    """True when a retrain condition holds; else the task ends as skipped, saying why."""
     from tfx_gpt2.continuous import decide_now
 
     store = open_feedback_store()
@@ -48,7 +57,9 @@ def enough_feedback() -> bool:
     finally:
         store.close()
     log.info("%s", decision.describe())
-    return decision.fire
+    if not decision.fire:
+        raise AirflowSkipException(decision.describe())
+    return True
 
 
 def write_feedback_span():
@@ -69,14 +80,18 @@ def write_feedback_span():
     return m
 
 
+SCHEDULE = os.environ.get("TFX_GPT2_FEEDBACK_SCHEDULE", "*/10 * * * *")
+
 with DAG(f"{settings.pipeline_name}-feedback", start_date=datetime.datetime(2026, 1, 1), catchup=False,
-         schedule=os.environ.get("TFX_GPT2_FEEDBACK_SCHEDULE", "*/10 * * * *") or None, max_active_runs=1,
+         schedule=NextTickTimetable(SCHEDULE, timezone="UTC") if SCHEDULE else None, max_active_runs=1,
          tags=["tfx-gpt2"], doc_md=__doc__) as DAG_:
     sensor = PythonSensor(task_id="enough_feedback", python_callable=enough_feedback, mode="reschedule",
-                          poke_interval=int(os.environ.get("TFX_GPT2_FEEDBACK_POKE_SECONDS", "60")),
-                          timeout=int(os.environ.get("TFX_GPT2_FEEDBACK_SENSOR_TIMEOUT", "540")), soft_fail=True)
+                          poke_interval=60, timeout=60)
     span = PythonOperator(task_id="write_feedback_span", python_callable=write_feedback_span)
+    # Deferred: it waits in Airflow's triggerer, holding no executor slot (with one task at a time,
+    # on sqlite, a task waiting in the slot would keep the pipeline it waits for from running).
     pipeline = TriggerDagRunOperator(task_id="run_pipeline", trigger_dag_id=settings.pipeline_name,
-                                     wait_for_completion=True, poke_interval=30, allowed_states=["success"],
-                                     failed_states=["failed"])
+                                     wait_for_completion=True, deferrable=True,
+                                     poke_interval=int(os.environ.get("TFX_GPT2_FEEDBACK_POKE_SECONDS", "10")),
+                                     allowed_states=["success"], failed_states=["failed"])
     sensor >> span >> pipeline

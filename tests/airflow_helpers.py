@@ -58,19 +58,53 @@ class Airflow:
         with open(self.log_path) as f:
             return f.read()
 
-    def stop(self):
+    def stop(self) -> list:
+        """SIGTERM to `tools/airflow.sh` alone (what `kill PID` does), which stops every process it
+        started; returns the command lines of those that were still running (then killed)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(60)
+                self.proc.wait(90)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
+        left = self.processes()
+        for p in left:
+            p.kill()
+        return [" ".join(p.cmdline()[:3]) for p in left]
 
-    def trigger(self, dag_id) -> dict:
-        """What the web UI's trigger button does: a new manual run of `dag_id`."""
+    def processes(self) -> list:
+        """The processes running with this Airflow's AIRFLOW_HOME."""
+        import psutil
+
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.pid != os.getpid() and p.environ().get("AIRFLOW_HOME") == self.home:
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    def trigger(self, dag_id, unpause: bool = False) -> dict:
+        """What the web UI's trigger button does: a new manual run of `dag_id` (on a paused DAG,
+        the button unpauses it first)."""
+        if unpause:
+            status, dag = self.call("PATCH", f"/api/v1/dags/{dag_id}?update_mask=is_paused", {"is_paused": False})
+            assert status == 200 and dag["is_paused"] is False, dag
         status, run = self.call("POST", f"/api/v1/dags/{dag_id}/dagRuns", {"conf": {}})
         assert status == 200, run
         return run
+
+    def runs(self, dag_id) -> list:
+        return self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns?order_by=execution_date")[1]["dag_runs"]
+
+    def tasks(self, dag_id, run_id) -> dict:
+        return {t["task_id"]: t["state"] for t in self.call(
+            "GET", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances")[1]["task_instances"]}
+
+    def task_log(self, dag_id, run_id, task_id, try_number=1) -> str:
+        return self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+                         accept="text/plain")[1]
 
     def wait_for_run(self, dag_id, run_id, timeout=900):
         """The run's final state, and the scheduler's health as the web UI saw it at each poll."""

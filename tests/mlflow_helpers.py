@@ -44,19 +44,27 @@ def get(url: str) -> tuple:
         return e.code, e.read().decode()
 
 
-def post_json(url: str, body) -> tuple:
-    """(status, parsed JSON or text) of a JSON POST; 4xx/5xx are returned, not raised."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+def post_json(url: str, body, headers=None, answer_headers: bool = False) -> tuple:
+    """(status, parsed JSON or text) of a JSON POST (and the answer's headers, if asked); 4xx/5xx
+    are returned, not raised."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=120) as r:
-            status, raw = r.status, r.read()
+            status, raw, head = r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
+        status, raw, head = e.code, e.read(), e.headers
+    if answer_headers:
+        return (status, _parsed(raw), head)
+    return status, _parsed(raw)
+
+
+def _parsed(raw: bytes):
     try:
-        return status, json.loads(raw)
+        return json.loads(raw)
     except ValueError:
-        return status, raw.decode()
+        return raw.decode()
 
 
 class MlflowServer:
@@ -104,12 +112,12 @@ def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16, n_embd: int = 16, 
 class OurServer:
     """`tfx-gpt2 serve MODEL_URI ARGS` on localhost, ready (its /health answered 200); `.url`, `.log_path`."""
 
-    def __init__(self, model_uri: str, root: str, args=(), tracking_uri: str = ""):
+    def __init__(self, model_uri: str, root: str, args=(), tracking_uri: str = "", env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(root, "serve.log")
         self.log = open(self.log_path, "w")
-        env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
+        env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}), **(env or {})}
         if not any(a in ("--feedback-dir", "--no-feedback") for a in args):
             args = [*args, "--feedback-dir", os.path.join(root, "feedback")]
         self.feedback_dir = os.path.join(root, "feedback")

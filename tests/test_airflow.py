@@ -1,9 +1,11 @@
 """The Airflow DAGs in `dags/` on a real Airflow 2: `tools/airflow.sh` (the README's command) starts
 `airflow standalone` on sqlite with tfx-gpt2's PreloadedExecutor; the pipeline DAG is triggered
 through the REST API the web UI uses, runs once to success with the scheduler healthy throughout,
-registers a model, and the pusher's log ends with where the results are. The DAG file then
-parses without importing TFX, and the feedback DAG's tasks sense new feedback and write it as
-span 1 of the run's training data."""
+registers a model, the pusher's log ends with where the results are and the run's note names the
+version. The DAG file then parses without importing TFX. The feedback DAG, paused at first, runs
+once per press of play: its sensor finds the new feedback, the span is written, the pipeline DAG
+fine-tunes the champion into version 2; with nothing left to do its sensor ends as skipped.
+SIGTERM to `tools/airflow.sh` stops every Airflow process."""
 
 import json
 import os
@@ -20,7 +22,8 @@ from mlflow_helpers import free_port
 BIN = os.path.dirname(sys.executable)
 DAG_ID = "tfx-gpt2-airflow-test"
 TASKS = ["TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
-         "PerplexityEvaluator", "MlflowPusher", "latest_spans"]
+         "PerplexityEvaluator", "MlflowPusher", "latest_spans", "champion_model"]
+FEEDBACK_DAG = DAG_ID + "-feedback"
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,10 @@ def airflow_env(tmp_path_factory):
         # The DAG reads the corpus as span 0 of the continuous-training layout, so that the feedback
         # DAG's test below writes span 1 beside it (docs/continuous-training.md).
         "TFX_GPT2_FEEDBACK_LOOP": "1",
+        "TFX_GPT2_RETRAIN_MIN_NEW_DOCUMENTS": "2",
+        # A yearly tick: the scheduler never starts a run during the test, and an Airflow cron
+        # schedule without catch-up would start one for the last tick on unpausing.
+        "TFX_GPT2_FEEDBACK_SCHEDULE": "0 0 1 1 *",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     # What `tools/airflow.sh` does first (compile the DAG's pipeline), in this process, which has
@@ -82,7 +89,9 @@ def test_a_trigger_through_the_rest_api_runs_the_pipeline_once(airflow_env):
                        accept="text/plain")[1]
     report = log[log.rindex("Registered model:"):]
     assert f"{DAG_ID} version 1" in report and "Open the results:" in report and "TensorBoard:" in report
-    assert f"serve models:/{DAG_ID}@champion" in report
+    assert f"serve models:/{DAG_ID}@champion" in report and "--port 8080" not in report
+    note = airflow.call("GET", f"/api/v1/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}")[1]["note"]
+    assert f"models:/{DAG_ID}/1" in note and versions[0].run_id in note, note
 
 
 def test_the_dag_parses_without_importing_tfx(airflow_env):
@@ -107,7 +116,11 @@ import json, runpy, sys, time
 from tfx_gpt2.feedback.store import SqliteStore
 dag = runpy.run_path(sys.argv[1])
 print(json.dumps({"trigger": dag["pipeline"].trigger_dag_id}))
-print(json.dumps({"before": dag["enough_feedback"]()}))
+from airflow.exceptions import AirflowSkipException
+try:
+    print(json.dumps({"before": dag["enough_feedback"]()}))
+except AirflowSkipException as e:
+    print(json.dumps({"before": "skipped: " + str(e)}))
 store = SqliteStore(sys.argv[2] + "/feedback.db")
 for i in range(3):
     store.put_feedback({"completion_id": f"cmpl-{i}", "index": 0, "rating": 1, "scale": "thumbs", "score": 1.0,
@@ -126,8 +139,58 @@ def test_feedback_dag_senses_feedback_and_writes_the_next_span(airflow_env):
                              str(out / "feedback")], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {k: v for line in result.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
-    assert lines["trigger"] == DAG_ID and lines["before"] is False and lines["after"] is True
+    assert lines["trigger"] == DAG_ID and lines["after"] is True
+    assert lines["before"].startswith("skipped: nothing to do: 0 new training document(s)"), lines["before"]
     manifest = lines["manifest"]
     assert (manifest["span"], manifest["documents"], manifest["feedback_records"]) == (1, 3, 3)
     with open(out / "training-data" / DAG_ID / "span-1" / "feedback.txt") as f:
         assert f.read() == "<|endoftext|>".join(f"Q answer {i}" for i in range(3))
+
+
+def test_the_feedback_dag_runs_once_per_play_and_retrains_from_the_champion(airflow_env):
+    """Under the scheduler: the paused feedback DAG, played once, runs once: sensor, span, the
+    pipeline DAG (version 2, fine-tuned from version 1); played again with nothing new, its sensor
+    is skipped at once with the reason in its log."""
+    airflow, out = airflow_env
+    assert airflow.call("GET", f"/api/v1/dags/{FEEDBACK_DAG}")[1]["is_paused"] is True
+    run = airflow.trigger(FEEDBACK_DAG, unpause=True)  # the earlier test left 3 rated completions in the store
+    state, _ = airflow.wait_for_run(FEEDBACK_DAG, run["dag_run_id"])
+    tasks = airflow.tasks(FEEDBACK_DAG, run["dag_run_id"])
+    assert state == "success" and set(tasks.values()) == {"success"}, (tasks, airflow.read_log()[-3000:])
+    assert "3 new training document(s)" in airflow.task_log(FEEDBACK_DAG, run["dag_run_id"], "enough_feedback")
+    pipeline_runs = airflow.runs(DAG_ID)
+    assert [r["state"] for r in pipeline_runs] == ["success", "success"]
+    client = MlflowClient(tracking_uri="sqlite:///" + str(out / "mlflow" / "mlflow.db"))
+    v2 = client.get_model_version(DAG_ID, "2")
+    assert v2.tags["tfx_gpt2.fine_tuned_from"] == "1" and v2.tags["init_checkpoint"] == f"models:/{DAG_ID}/1"
+    assert v2.tags["tfx_gpt2.feedback.span"] == "1" and json.loads(v2.tags["tfx_gpt2.feedback.keys"]) == {
+        "anonymous": 3}
+    assert f"models:/{DAG_ID}/2" in pipeline_runs[-1]["note"]
+
+    again = airflow.trigger(FEEDBACK_DAG)
+    state, _ = airflow.wait_for_run(FEEDBACK_DAG, again["dag_run_id"])
+    tasks = airflow.tasks(FEEDBACK_DAG, again["dag_run_id"])
+    assert tasks == {"enough_feedback": "skipped", "write_feedback_span": "skipped", "run_pipeline": "skipped"}
+    assert "nothing to do: 0 new training document(s)" in airflow.task_log(FEEDBACK_DAG, again["dag_run_id"],
+                                                                            "enough_feedback")
+    # Two presses of play, two runs: unpausing started none.
+    assert [r["run_type"] for r in airflow.runs(FEEDBACK_DAG)] == ["manual", "manual"]
+    assert len(airflow.runs(DAG_ID)) == 2
+
+
+def test_mlflow_run_link_for_a_tracking_server(mlflow_server):
+    from tfx_gpt2.airflow_dag import mlflow_run_url
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    experiment = client.create_experiment("airflow-link")
+    run = client.create_run(experiment)
+    assert mlflow_run_url(mlflow_server.uri, run.info.run_id) == (
+        f"{mlflow_server.uri}/#/experiments/{experiment}/runs/{run.info.run_id}")
+    assert mlflow_run_url("sqlite:////tmp/x.db", run.info.run_id) is None
+
+
+def test_sigterm_to_the_script_stops_every_airflow_process(airflow_env):
+    """Last: `kill PID` of tools/airflow.sh (not of its process group) leaves nothing running."""
+    airflow, _ = airflow_env
+    assert len(airflow.processes()) >= 3  # scheduler, web server (and its workers), triggerer
+    assert airflow.stop() == []

@@ -53,11 +53,13 @@ def test_feedback_trains_a_second_version_and_the_server_follows_the_gate(loop):
     assert tags["tfx_gpt2.feedback.records"] == str(USERS) and tags["tfx_gpt2.feedback.documents"] == str(USERS)
     assert tags["tfx_gpt2.feedback.watermark"] == str(USERS)  # the embedded store's row numbers
     assert "tfx_gpt2.feedback.span" not in versions["1"].tags and versions["1"].tags["tfx_gpt2.data.spans"] == "0"
-    champion = str(client(out).get_model_version_by_alias(NAME, "champion").version)
-    blessed = tags["blessed"] == "true"
-    assert champion == ("2" if blessed else "1")
-    assert f"the server answers with version {champion} ({'switched to' if blessed else 'kept'} version {champion})" \
-        in printed
+    # Version 2 fine-tunes version 1 (a warm start) on spans 0 and 1: the gate blesses it and the
+    # server switches.
+    assert tags["tfx_gpt2.fine_tuned_from"] == "1" and tags["init_checkpoint"] == f"models:/{NAME}/1"
+    assert "tfx_gpt2.fine_tuned_from" not in versions["1"].tags
+    assert tags["blessed"] == "true", tags["blessing_reason"]
+    assert str(client(out).get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert "the server answers with version 2 (switched to version 2)" in printed
     assert "on the same eval blocks:" in printed
     store = SqliteStore(os.path.join(out, "feedback", "feedback.db"))
     assert store.counts()["feedback"] == USERS and store.counts()["completions"] >= USERS + 1
@@ -76,6 +78,9 @@ def test_lineage_links_data_versions_and_completions(loop):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "trained on spans 0-1" in proc.stdout and f"span 1: {USERS} documents from {USERS} feedback" in proc.stdout
+    assert "fine-tuned from version 1 (warm start)" in proc.stdout
+    per_key = ", ".join(f"user{i} 1" for i in range(USERS))  # one document per simulated user's key
+    assert f"documents per key: {per_key}" in proc.stdout and "records dropped: none" in proc.stdout
     # ML Metadata: the pusher that registered version 2 read the blocks of spans 0 and 1
     from ml_metadata.metadata_store import metadata_store
 
@@ -97,15 +102,18 @@ def test_retrain_below_its_conditions_does_nothing_and_a_failed_one_changes_noth
     store = SqliteStore(os.path.join(out, "feedback", "feedback.db"))
     (_, last), = store.feedback_after(str(USERS - 1))
     store.put_feedback({**last, "completion_id": "cmpl-extra", "created": last["created"] + 1})
-    code, printed = retrain_in_process(out, capsys, "--min-new-documents", "5")
+    # one feedback, from one user's key: the default cap (20% per key) keeps none of it
+    code, printed = retrain_in_process(out, capsys, "--min-new-documents", "1")
+    assert code == 0 and printed.startswith("nothing to do: 0 new training document(s) from 1 feedback record(s)")
+    code, printed = retrain_in_process(out, capsys, "--min-new-documents", "5", "--max-key-share", "1")
     assert code == 0 and printed.startswith("nothing to do: 1 new training document(s) from 1 feedback record(s)")
     before = client(out).get_model_version_by_alias(NAME, "champion").version
     monkeypatch.setenv("TFX_GPT2_BEAM_ARGS", "--direct_running_mode=nope")  # the pipeline fails at its first component
-    code, failed = retrain_in_process(out, capsys, "--min-new-documents", "1")
+    code, failed = retrain_in_process(out, capsys, "--min-new-documents", "1", "--max-key-share", "1")
     assert code == 1 and "retrain FAILED" in failed and "the champion and the servers following it are unchanged" in failed
     monkeypatch.delenv("TFX_GPT2_BEAM_ARGS")
     assert client(out).get_model_version_by_alias(NAME, "champion").version == before
     assert len(client(out).search_model_versions(f"name = '{NAME}'")) == 2
     # the span that failed is written again by the next retrain, with what arrived since
-    code, printed = retrain_in_process(out, capsys, "--min-new-documents", "5")
+    code, printed = retrain_in_process(out, capsys, "--min-new-documents", "5", "--max-key-share", "1")
     assert code == 0 and printed.startswith("nothing to do: 1 new training document(s)")

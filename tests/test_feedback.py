@@ -53,6 +53,31 @@ def test_the_rule_keeps_good_completions_and_corrections():
     assert FeedbackRule(use_corrections=False).document({**base, "score": 0.0, "corrected_text": "good"}) is None
 
 
+def fb(i, key, text, score=1.0):
+    return (str(i), {"prompt": "", "completion": text, "corrected_text": None, "score": score, "key_id": key})
+
+
+def test_the_rule_drops_duplicates_and_caps_each_keys_share():
+    spam = [fb(i, "spammer", f"Buy now {i}!") for i in range(40)]
+    others = [fb(100 + i, f"user{i % 5}", f"A real sentence number {i}.") for i in range(10)]
+    dupes = [fb(200, "user0", "A real sentence number 3."), fb(201, "user1", "a REAL sentence, number 3")]
+    low = [fb(300, "user2", "Rated down.", score=0.0)]
+    anonymous = [fb(400 + i, None, f"From the loopback server {i}.") for i in range(5)]
+    selection = FeedbackRule().select(spam[:20] + others + dupes + low + anonymous + spam[20:])
+    kept = selection.by_key
+    total = sum(kept.values())
+    # 10 from 5 users and 5 anonymous: the spammer may give at most 20% of what is kept
+    assert kept["spammer"] <= 0.2 * total and kept["spammer"] == 3 and total == 18, kept
+    assert kept["anonymous"] == 5 and kept["user0"] == 2
+    assert selection.dropped == {"over the key's share": 37, "duplicate": 1, "near-duplicate": 1,
+                                 "not kept by the rule": 1}
+    assert selection.documents[:3] == ["Buy now 0!", "Buy now 1!", "Buy now 2!"]  # a key's earliest are kept
+    assert len(FeedbackRule(max_key_share=1, dedupe=False).select(spam + dupes + others).documents) == 52
+    assert FeedbackRule().select([fb(1, "only", "one key alone")]).documents == []  # 100% > 20%
+    with pytest.raises(ValueError, match="max_key_share"):
+        FeedbackRule(max_key_share=0)
+
+
 def test_feedback_is_idempotent_and_final(tmp_path):
     recorder = Recorder(SqliteStore(str(tmp_path / "f.db")), str(tmp_path / "spool"))
     recorder.completed(completion(1, prompts=("A", "B")))
@@ -134,6 +159,32 @@ def test_records_spool_while_mongodb_is_down_and_are_replayed_when_it_is_back(tm
     wire.server.stop()
 
 
+def test_feedback_is_final_while_the_store_is_down_and_after_a_restart(tmp_path, monkeypatch):
+    """+1 then -1 on one completion with MongoDB down: the second is refused (409), also by a new
+    server process on the same spool; only the first reaches the store."""
+    wire = Wire()
+    monkeypatch.setenv("FEEDBACK_MONGO", wire.server.uri)
+    recorder = Recorder(MongoStore("FEEDBACK_MONGO"), str(tmp_path / "spool"), retry_seconds=60)
+    recorder.completed(completion(1, prompts=("A", "B")))
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")[0] == 202
+    with pytest.raises(FeedbackError) as info:
+        recorder.feedback({"completion_id": "cmpl-1", "rating": -1}, "alice")
+    assert info.value.status == 409 and info.value.field == "rating"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")[1]["status"] == "already recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1}, "alice")[0] == 202  # its own row
+    recorder.close()
+    again = Recorder(MongoStore("FEEDBACK_MONGO"), str(tmp_path / "spool"), retry_seconds=0.3)
+    again.completed(completion(1, prompts=("A", "B")))
+    with pytest.raises(FeedbackError) as info:
+        again.feedback({"completion_id": "cmpl-1", "rating": -1}, "bob")
+    assert info.value.status == 409
+    wire.down = False
+    wait_for(lambda: len(wire.inserts) == 2 and not again.spool_files())
+    assert sorted((r["index"], r["rating"], r["key_id"]) for r in wire.inserts) == [(0, 1, "alice"), (1, -1, "alice")]
+    again.close()
+    wire.server.stop()
+
+
 def test_a_full_buffer_spills_to_the_spool_without_waiting(tmp_path):
     class Slow(SqliteStore):
         def put_completions(self, records):
@@ -193,6 +244,11 @@ def test_lineage_tags_and_the_trained_watermark():
                 SimpleNamespace(tags=tags)]
     assert trained_feedback(versions) == (1, "16") and trained_feedback(versions[:2]) == (0, "5")
     assert trained_feedback(versions[:1]) == (0, None)
+    counted = lineage_tags([{"span": 1, "documents": 3, "feedback": {
+        **manifest, "by_key": {"alice": 2, "anonymous": 1}, "dropped": {"duplicate": 4}}}, {"span": 2, "documents": 1,
+        "feedback": {**manifest, "span": 2, "by_key": {"bob": 1, "alice": 5}, "dropped": {"over the key's share": 2}}}])
+    assert json.loads(counted["tfx_gpt2.feedback.keys"]) == {"alice": 7, "anonymous": 1, "bob": 1}
+    assert json.loads(counted["tfx_gpt2.feedback.dropped"]) == {"duplicate": 4, "over the key's share": 2}
 
 
 def test_a_replay_cut_short_by_a_dead_process_is_taken_up_again(tmp_path):

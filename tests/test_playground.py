@@ -22,8 +22,8 @@ def server(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def make_browser():
+    """A headless Chromium driven by Selenium (tests/test_serving_access.py uses one too)."""
     # The set-up the README documents: Debian's packages, installed by tools/install-browser.sh.
     subprocess.run([os.path.join(ROOT, "tools", "install-browser.sh")], check=True)
     from selenium import webdriver
@@ -32,7 +32,12 @@ def browser():
     options.binary_location = shutil.which("chromium")
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = make_browser()
     yield driver
     driver.quit()
 

@@ -59,6 +59,8 @@ def test_version_tags_metrics_and_artifacts(mlflow_server, pushes):
     assert {k: version.tags[k] for k in ("pipeline_name", "pipeline_run_id", "data_span", "init_checkpoint")} == {
         "pipeline_name": "p", "pipeline_run_id": "run-b", "data_span": "0", "init_checkpoint": "scratch"}
     run = client.get_run(version.run_id)
+    # MLflow 3's UI opens a model-training experiment on its runs (not its GenAI view)
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.params["model.n_layer"] == "1"
     assert run.data.metrics["eval_perplexity"] == 120.0 and run.data.tags["blessed"] == "false"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "trainer.loss")] == [(1, 9.0), (2, 8.0)]

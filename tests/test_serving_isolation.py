@@ -54,7 +54,8 @@ def test_a_hanging_store_does_not_slow_completions(tmp_path, monkeypatch):
     port, close = blackhole()
     monkeypatch.setenv("HANGING_MONGO_URI", f"mongodb://127.0.0.1:{port}/")
     model = tiny_model_dir(str(tmp_path / "model"), n_ctx=128)
-    server = OurServer(model, str(tmp_path), ["--mongo-uri-env", "HANGING_MONGO_URI"])
+    # All 50 posts reach the store: the rate limit (tests/test_serving_access.py) is raised here.
+    server = OurServer(model, str(tmp_path), ["--mongo-uri-env", "HANGING_MONGO_URI", "--feedback-burst", "100"])
     answers = []
     try:
         latencies(server.url, 5)  # warm

@@ -10,7 +10,9 @@ Here the pipeline is compiled once to TFX's intermediate representation (IR), ca
 `tfx_gpt2`; a parse with an unchanged key only reads that file. Each Airflow task runs one node
 of the IR with TFX's portable launcher (what `LocalDagRunner` does for each node), as pipeline
 run `<Airflow run id>` in ML Metadata. The task that pushes the model ends its log with the
-run's report: the registered version and where to open MLflow, TensorBoard and the model.
+run's report (the registered version and where to open MLflow, TensorBoard and the model), writes
+the version and the MLflow run's link as the DAG run's note (shown on the run in the web UI's grid)
+and returns them as its XCom (`model_uri`, `model_version`, `blessed`, `mlflow_run_url`).
 """
 
 import hashlib
@@ -30,14 +32,15 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def dag_settings(environ=None) -> PipelineSettings:
     """The DAG's settings: `TFX_GPT2_*` (`tfx_gpt2.settings.from_env`); in the continuous-training
-    layout (`TFX_GPT2_FEEDBACK_LOOP=1`) the data are the spans under the output directory."""
+    layout (`TFX_GPT2_FEEDBACK_LOOP=1`) the data are the spans under the output directory, and each
+    run fine-tunes the champion (unless `TFX_GPT2_WARM_START=0`)."""
     from tfx_gpt2.settings import from_env
 
     settings = from_env(environ)
     if settings.feedback_loop:
-        from tfx_gpt2.continuous import span_settings, training_data
+        from tfx_gpt2.continuous import span_settings, training_data, with_loop_defaults
 
-        settings = span_settings(settings, training_data(settings).setup())
+        settings = span_settings(with_loop_defaults(settings, environ), training_data(settings).setup())
     return settings
 
 
@@ -130,8 +133,10 @@ def read_ir(plan_file: str, key: str):
     return plan, json_format.Parse(plan["ir"], pipeline_pb2.Pipeline())
 
 
-def run_node(plan_file: str, node_id: str, key: str, report: bool = False, run_id: Optional[str] = None, **_):
-    """Airflow task: runs node `node_id` of the compiled pipeline as pipeline run `run_id`."""
+def run_node(plan_file: str, node_id: str, key: str, report: bool = False, run_id: Optional[str] = None,
+             dag_run=None, **_):
+    """Airflow task: runs node `node_id` of the compiled pipeline as pipeline run `run_id`; the
+    pushing node's task also notes the results on the DAG run and returns them (its XCom)."""
     from tfx.dsl.compiler import constants
     from tfx.orchestration import metadata
     from tfx.orchestration.local import runner_utils
@@ -147,23 +152,78 @@ def run_node(plan_file: str, node_id: str, key: str, report: bool = False, run_i
         pipeline_node=node, mlmd_connection=metadata.Metadata(connection), pipeline_info=ir.pipeline_info,
         pipeline_runtime_spec=ir.runtime_spec, executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
         custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id)).launch()
-    if report:
-        log.info("%s", run_report(plan, run_id))
-    else:
+    if not report:
         log.info("%s done; the run's results are at the end of the log of the task that pushes the model",
                  node_id)
+        return None
+    summary = run_summary(plan, run_id)
+    log.info("%s", run_report(summary))
+    results = {"model_uri": f"models:/{summary['registered_model_name']}/{summary['model_version']}",
+               "model_version": summary["model_version"], "blessed": bool(summary["blessed"]),
+               "aliases": summary.get("aliases", ""), "mlflow_run_id": summary["mlflow_run_id"],
+               "mlflow_run_url": mlflow_run_url(str(summary["tracking_uri"]), summary["mlflow_run_id"])}
+    if dag_run is not None:
+        note_results(dag_run, results)
+    return results
 
 
-def run_report(plan: dict, run_id: str) -> str:
-    """The local runner's report of run `run_id`, plus how to serve the registered model."""
-    from tfx_gpt2.local import report, summarize
+def run_summary(plan: dict, run_id: str) -> dict:
+    from tfx_gpt2.local import summarize
     from tfx_gpt2.pipeline_config import OutputLayout
 
-    summary = summarize(OutputLayout(plan["output_dir"], plan["pipeline_name"]), run_id)
+    return summarize(OutputLayout(plan["output_dir"], plan["pipeline_name"]), run_id)
+
+
+def run_report(summary: dict) -> str:
+    """The local runner's report of a run, plus how to serve the registered model (on a free port:
+    not 8080, Airflow's own web server's)."""
+    from tfx_gpt2.local import report
+
     serve = [os.path.join(os.path.dirname(sys.executable), "tfx-gpt2"), "serve",
-             f"models:/{summary['registered_model_name']}@champion", "--port", "8080"]
+             f"models:/{summary['registered_model_name']}@champion", "--port", str(free_port())]
     return "\n".join([report(summary), "Serve the champion:",
                       f"  MLFLOW_TRACKING_URI={shlex.quote(str(summary['tracking_uri']))} {shlex.join(serve)}"])
+
+
+def free_port(first: int = 8000, last: int = 8999) -> int:
+    """The first port from `first` that nothing listens on here (and is not Airflow's web server's)."""
+    import socket
+
+    taken = {int(os.environ.get("AIRFLOW__WEBSERVER__WEB_SERVER_PORT", "8080"))}
+    for port in range(first, last + 1):
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last}; pick one for `tfx-gpt2 serve --port`")
+
+
+def mlflow_run_url(tracking_uri: str, run_id: str) -> Optional[str]:
+    """The MLflow UI's page of the run when the tracking URI is a server (None for a local store)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def note_results(dag_run, results: dict) -> None:
+    """Writes the results as the DAG run's note (Markdown, shown on the run in the web UI)."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    state = "blessed" if results["blessed"] else "not blessed"
+    run = (f"[MLflow run {results['mlflow_run_id']}]({results['mlflow_run_url']})" if results["mlflow_run_url"]
+           else f"MLflow run {results['mlflow_run_id']} (local store: see the MlflowPusher log for `mlflow ui`)")
+    note = (f"Registered **{results['model_uri']}** ({state}; aliases: {results['aliases'] or 'none'}). {run}.")
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.dag_id == dag_run.dag_id, DagRun.run_id == dag_run.run_id).one().note = note
+    log.info("DAG run note: %s", note)
 
 
 

@@ -197,7 +197,9 @@ def cmd_serve(args) -> int:
         return 2
     try:
         config = ServeConfig(request_timeout=args.request_timeout, poll_seconds=args.poll_seconds,
-                             log_prompts=args.log_prompts, body_timeout=args.body_timeout)
+                             log_prompts=args.log_prompts, body_timeout=args.body_timeout,
+                             feedback_per_minute=args.feedback_per_minute, feedback_burst=args.feedback_burst)
+        keys = _api_keys(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -206,8 +208,24 @@ def cmd_serve(args) -> int:
     except Exception as e:  # noqa: BLE001 -- a store that cannot be opened is a start-up error
         print(f"error: the feedback store cannot be opened: {e}", file=sys.stderr)
         return 2
-    serve(uri, host=args.host, port=args.port, engine=engine, config=config, recorder=recorder)
+    serve(uri, host=args.host, port=args.port, engine=engine, config=config, recorder=recorder, keys=keys)
     return 0
+
+
+def _api_keys(args):
+    """The server's API keys; refuses a non-loopback address without keys unless --allow-anonymous."""
+    from tfx_gpt2.serving.access import ApiKeys, is_loopback
+
+    keys = ApiKeys.load(args.api_keys_file, args.api_keys_env)
+    if keys.required:
+        print(f"POST routes take {len(keys.entries)} API key(s) (Authorization: Bearer)", file=sys.stderr)
+    elif not is_loopback(args.host):
+        if not args.allow_anonymous:
+            raise ValueError(f"--host {args.host} is reachable from other machines and no API key is set: anyone who "
+                             "reaches the port could write training data. Give keys (--api-keys-file FILE or "
+                             "--api-keys-env VAR), or pass --allow-anonymous to serve without them")
+        print(f"WARNING: serving on {args.host} without API keys (--allow-anonymous)", file=sys.stderr)
+    return keys
 
 
 def _recorder(args):
@@ -254,16 +272,21 @@ def _loop_settings(args):
 
 
 def cmd_retrain(args) -> int:
-    from tfx_gpt2.continuous import retrain
+    import dataclasses
+
+    from tfx_gpt2.continuous import retrain, with_loop_defaults
     from tfx_gpt2.feedback.records import FeedbackRule
     from tfx_gpt2.feedback.retrain import RetrainPolicy
 
     try:
-        settings = _loop_settings(args)
+        settings = with_loop_defaults(_loop_settings(args))
+        if args.no_warm_start:
+            settings = dataclasses.replace(settings, warm_start=False)
         policy = RetrainPolicy(min_new_documents=args.min_new_documents, min_mean_score=args.min_mean_score,
                                score_window=args.score_window, min_scores=args.min_scores,
                                every_hours=args.every_hours)
-        rule = FeedbackRule(min_score=args.min_score, use_corrections=not args.no_corrections)
+        rule = FeedbackRule(min_score=args.min_score, use_corrections=not args.no_corrections,
+                            max_key_share=args.max_key_share)
         store = _store(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -326,6 +349,10 @@ def _add_loop_parsers(sub) -> None:
     r.add_argument("--min-score", type=float, default=0.75,
                    help="the rule: completions scored at least this become training documents (0.75)")
     r.add_argument("--no-corrections", action="store_true", help="the rule: leave corrected texts out")
+    r.add_argument("--max-key-share", type=float, default=0.2,
+                   help="the rule: no API key gives more than this share of a span's documents (0.2; 1: no cap)")
+    r.add_argument("--no-warm-start", action="store_true",
+                   help="train from the start (or --init-checkpoint's) instead of fine-tuning the champion")
     r.add_argument("--force", action="store_true", help="retrain whatever the conditions")
     _add_store_args(r)
     r.set_defaults(func=cmd_retrain)
@@ -378,6 +405,15 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--rating-scale", choices=["thumbs", "stars"], default="thumbs",
                    help="ratings of POST /v1/feedback: thumbs (+1/-1, the default) or stars (1 to 5)")
     s.add_argument("--no-feedback", action="store_true", help="record no completions; /v1/feedback answers 404")
+    s.add_argument("--api-keys-file", default="", metavar="FILE",
+                   help="POST routes require `Authorization: Bearer KEY` with a key of FILE (one per line, ID:KEY or KEY)")
+    s.add_argument("--api-keys-env", default="", metavar="VAR",
+                   help="the same, keys from the environment variable VAR (ID:KEY,ID:KEY)")
+    s.add_argument("--allow-anonymous", action="store_true",
+                   help="serve on a non-loopback --host without API keys (refused otherwise)")
+    s.add_argument("--feedback-per-minute", type=float, default=30.0,
+                   help="feedbacks a key (or an address, when anonymous) may post a minute (30); 429 beyond")
+    s.add_argument("--feedback-burst", type=int, default=10, help="feedbacks a key may post at once (10)")
     s.set_defaults(func=cmd_serve)
 
 

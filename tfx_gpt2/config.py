@@ -298,6 +298,15 @@ def train_preset(name: str, max_steps: int = 0) -> TrainConfig:
     return with_max_steps(cfg, max_steps) if max_steps else cfg
 
 
+def warm_schedule(cfg: TrainConfig, learning_rate: float = 0.0, max_steps: int = 0) -> TrainConfig:
+    """The schedule of a warm start from `cfg`'s: fine-tuning a trained model wants a lower peak
+    (a third of `cfg`'s unless given) and a short warm-up; `max_steps` 0 keeps `cfg`'s steps."""
+    warm = with_max_steps(cfg, max_steps) if max_steps else cfg
+    peak = learning_rate or cfg.learning_rate / 3
+    return dataclasses.replace(warm, learning_rate=peak, min_learning_rate=min(warm.min_learning_rate, peak / 10),
+                               warmup_steps=max(1, warm.max_steps // 20))
+
+
 def with_max_steps(cfg: TrainConfig, max_steps: int) -> TrainConfig:
     """`cfg` shortened or lengthened to `max_steps`, with evaluation and warm-up kept inside it."""
     return dataclasses.replace(cfg, max_steps=max_steps, eval_every=min(cfg.eval_every, max_steps),

@@ -28,6 +28,15 @@ from tfx_gpt2.feedback.spans import (
 from tfx_gpt2.settings import PipelineSettings
 
 
+def with_loop_defaults(settings: PipelineSettings, environ=None) -> PipelineSettings:
+    """The loop's defaults: each retrain fine-tunes the champion (a warm start) unless
+    `TFX_GPT2_WARM_START` says otherwise."""
+    environ = os.environ if environ is None else environ
+    if environ.get("TFX_GPT2_WARM_START", "") == "":
+        return dataclasses.replace(settings, warm_start=True)
+    return settings
+
+
 def training_data(settings: PipelineSettings):
     """Where feedback documents go: beside a text corpus, `<output_dir>/training-data/<pipeline>`
     (`TrainingData`); with a MongoDB corpus, a collection read with it (`MongoTrainingData`)."""

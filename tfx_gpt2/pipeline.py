@@ -19,6 +19,7 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from tfx_gpt2.components.bpe_encoder import BpeEncoder
+from tfx_gpt2.components.champion_model import ChampionModel
 from tfx_gpt2.components.data_validation import TextExampleValidator, TextSchemaGen, text_validation_config
 from tfx_gpt2.components.evaluator import PerplexityEvaluator
 from tfx_gpt2.components.mlflow_pusher import MlflowPusher
@@ -137,26 +138,36 @@ def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConf
         "eval.min_improvement": str(registry.min_improvement),
         "eval.compare_with_champion": str(bool(registry.compare_with_champion)),
         "eval.beat_baseline": str(bool(registry.beat_baseline)),
-        "train.init": training.init_checkpoint or "scratch",
+        "train.init": ("the champion when there is one (warm start), else " if training.warm_start else "")
+                      + (training.init_checkpoint or "scratch"),
+        **(flatten_params("warm_train", json.loads(to_json(training.warm_train_config))) if training.warm_start
+           else {}),
     }
 
 
 def training_components(pipeline_name: str, encoder, training: TrainingSetup, registry: RegistryConfig,
                         model_config: GPT2Config, params: dict) -> list:
-    """[base_model] -> Trainer -> PerplexityEvaluator -> MlflowPusher, on the encoder's blocks;
+    """[base_model] [-> champion_model] -> Trainer -> PerplexityEvaluator -> MlflowPusher, on the encoder's blocks;
     `model_config` is `training.model_config`, resolved once (it may read the checkpoint)."""
     train_config = training.train_config
+    name = registry.registered_model_name or pipeline_name
     components, base_model = [], None
     if training.init_checkpoint:
         source, base_model = _base_model(training.init_checkpoint)
         components.append(source)
+    custom_config = {"model_config": to_json(model_config), "train_config": to_json(train_config)}
+    if training.warm_start:
+        champion = ChampionModel(examples=encoder.outputs["encoded"], initial=base_model,
+                                 tracking_uri=registry.tracking_uri, registered_model_name=name).with_id("champion_model")
+        components.append(champion)
+        base_model = champion.outputs["model"]
+        custom_config["warm_train_config"] = to_json(training.warm_train_config)
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN, examples=encoder.outputs["encoded"], base_model=base_model,
         train_args=tfx.proto.TrainArgs(num_steps=train_config.max_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=train_config.eval_batches),
-        custom_config={"model_config": to_json(model_config), "train_config": to_json(train_config)},
+        custom_config=custom_config,
     )
-    name = registry.registered_model_name or pipeline_name
     evaluator = PerplexityEvaluator(
         model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
         perplexity_threshold=registry.perplexity_threshold, batch_size=train_config.batch_size,

@@ -16,7 +16,7 @@ import os
 import urllib.parse
 from typing import Dict, Optional, Tuple, Union
 
-from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset
+from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset, warm_schedule
 from tfx_gpt2.metrics import check_min_improvement
 from tfx_gpt2.sources.mongo import MongoSource
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR
@@ -116,15 +116,27 @@ class TrainingSetup:
             is fine-tuned. The shape is the checkpoint's: read from a local directory, the preset
             SIZE for 'openai:SIZE'; for a remote directory give `model` (it cannot be read when
             the pipeline is built).
+        warm_start: fine-tune the registered champion when there is one (`ChampionModel`, resolved
+            when the pipeline runs), with `warm_train`'s schedule; without a champion, start from
+            `init_checkpoint` (or from scratch) with `train`'s.
+        warm_train: the warm start's `TrainConfig` or preset name; None: `warm_schedule(train)`.
     """
 
     model: Union[None, str, GPT2Config] = None
     train: Union[str, TrainConfig] = "tiny"
     init_checkpoint: Optional[str] = None
+    warm_start: bool = False
+    warm_train: Union[None, str, TrainConfig] = None
 
     @property
     def train_config(self) -> TrainConfig:
         return train_preset(self.train) if isinstance(self.train, str) else self.train
+
+    @property
+    def warm_train_config(self) -> TrainConfig:
+        if self.warm_train is None:
+            return warm_schedule(self.train_config)
+        return train_preset(self.warm_train) if isinstance(self.warm_train, str) else self.warm_train
 
     @property
     def model_config(self) -> GPT2Config:

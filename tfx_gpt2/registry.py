@@ -173,11 +173,20 @@ def describe_error(error: Exception, tracking_uri: str) -> Optional[RegistryErro
     return None
 
 
+# MLflow 3's UI opens an experiment by its kind: without it, in the GenAI view ("No data
+# available"); as a model-training experiment, on its runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name` (created if missing), marked as model training for the UI."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):  # made by an earlier version, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def version_with_alias(client, registered_model_name: str, alias: str):
@@ -327,8 +336,9 @@ def champion_key(tracking_uri: str, registered_model_name: str, model_key: str) 
     return f"version {version.version} (run {version.run_id})"
 
 
-def download_champion(tracking_uri: str, registered_model_name: str, dst: Optional[str] = None) -> Optional[Champion]:
-    """Downloads the model directory of the version holding `champion`; None when no version does.
+def download_champion(tracking_uri: str, registered_model_name: str, dst: Optional[str] = None,
+                      alias: str = CHAMPION) -> Optional[Champion]:
+    """Downloads the model directory of the version holding `alias` (`champion`); None when no version does.
 
     Raises:
         RegistryError: the server is unreachable or refuses the credentials.
@@ -336,7 +346,7 @@ def download_champion(tracking_uri: str, registered_model_name: str, dst: Option
     import mlflow
     import yaml
 
-    version = champion_version(tracking_uri, registered_model_name)
+    version = version_with_alias(connect(tracking_uri), registered_model_name, alias)
     if version is None:
         return None
     dst = dst or tempfile.mkdtemp(prefix="champion-")

@@ -58,6 +58,10 @@ class PipelineSettings:
         vocab, vocab_size: 'gpt2', a vocabulary directory, or 'train' with a size.
         special_tokens: extra special tokens (comma-separated).
         init_checkpoint: '' trains from scratch; a checkpoint directory or 'openai:124M' fine-tunes.
+        warm_start: fine-tune the registered champion when there is one (on by default for
+            `tfx-gpt2 retrain` and the feedback loop's DAG), with its own schedule:
+        warm_start_learning_rate: its peak learning rate (0: a third of the training preset's);
+        warm_start_steps: its steps (0: the training preset's, or max_steps).
         mlflow_tracking_uri: default `$MLFLOW_TRACKING_URI`, else sqlite under `output_dir`.
         perplexity_threshold, min_improvement, beat_baseline: the evaluator's blessing rule (see
             `RegistryConfig`).
@@ -89,6 +93,9 @@ class PipelineSettings:
     vocab_size: int = 0
     special_tokens: Tuple[str, ...] = ()
     init_checkpoint: str = ""
+    warm_start: bool = False
+    warm_start_learning_rate: float = 0.0
+    warm_start_steps: int = 0
     mlflow_tracking_uri: str = ""
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
@@ -129,10 +136,12 @@ class PipelineSettings:
                           special_tokens=self.special_tokens, control_feature=self.control_field)
 
     def training_setup(self) -> TrainingSetup:
-        from tfx_gpt2.config import train_preset
+        from tfx_gpt2.config import train_preset, warm_schedule
 
-        return TrainingSetup(model=self.model or None, train=train_preset(self.train, self.max_steps),
-                             init_checkpoint=self.init_checkpoint or None)
+        train = train_preset(self.train, self.max_steps)
+        return TrainingSetup(model=self.model or None, train=train, init_checkpoint=self.init_checkpoint or None,
+                             warm_start=self.warm_start,
+                             warm_train=warm_schedule(train, self.warm_start_learning_rate, self.warm_start_steps))
 
     def registry_config(self) -> RegistryConfig:
         return RegistryConfig(tracking_uri=self.tracking_uri, perplexity_threshold=self.perplexity_threshold,

@@ -2,7 +2,8 @@
 # Airflow for the tfx-gpt2 DAGs, from the repository's .venv: `tools/airflow.sh` runs
 # `airflow standalone` (scheduler, web server on http://localhost:8080, triggerer; the admin
 # password is printed and kept in $AIRFLOW_HOME/standalone_admin_password.txt); any other
-# arguments are an airflow command, e.g. `tools/airflow.sh dags list`.
+# arguments are an airflow command, e.g. `tools/airflow.sh dags list`. Ctrl-C, or SIGTERM to this
+# script (`kill PID`), stops every process it started.
 #
 # Defaults, each kept if already set: AIRFLOW_HOME=./airflow_home (sqlite), the DAGs of dags/,
 # TFX_GPT2_OUTPUT_DIR=./tfx_gpt2_airflow, on sqlite tfx-gpt2's PreloadedExecutor (one task at a
@@ -32,4 +33,28 @@ if [[ "$1" == standalone || "$1" == scheduler ]]; then
   # Compile the pipeline DAG's plan now (~20 s), so that the scheduler's first parse only reads it.
   python -m tfx_gpt2.airflow_dag
 fi
-exec airflow "$@"
+case "$1" in
+  standalone|scheduler|webserver|triggerer) ;;
+  *) exec airflow "$@" ;;
+esac
+# A long-running Airflow goes in a process group of its own, which Ctrl-C or SIGTERM to this script
+# stops whole: scheduler, web server and its workers, triggerer (`airflow standalone` alone
+# leaves them running). After 60 s, what is left is killed.
+setsid airflow "$@" &
+group=$!
+stop_airflow() {
+  trap - INT TERM
+  echo "[airflow.sh] stopping Airflow (process group $group)" >&2
+  kill -TERM -- "-$group" 2>/dev/null || true
+  for _ in $(seq 60); do
+    kill -0 -- "-$group" 2>/dev/null || exit 0
+    sleep 1
+  done
+  kill -KILL -- "-$group" 2>/dev/null || true
+  exit 0
+}
+trap stop_airflow INT TERM
+status=0
+wait "$group" || status=$?
+kill -TERM -- "-$group" 2>/dev/null || true   # what the command left behind
+exit "$status"

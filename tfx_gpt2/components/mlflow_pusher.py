@@ -48,7 +48,7 @@ from tfx.utils import path_utils
 
 from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
-from tfx_gpt2.feedback.lineage import lineage_tags
+from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, lineage_tags
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, champion_key, push_model, redact_uri, registry_lock
 from tfx_gpt2.uris import local_copy
@@ -131,6 +131,8 @@ class Executor(base_executor.BaseExecutor):
                 "pipeline_run_id": run_id or "",
                 "data_span": evaluation.get_string_custom_property("data_span") or "",
                 "init_checkpoint": str(train_metrics.get("init", "scratch")),
+                **({FINE_TUNED_FROM_TAG: train_metrics["fine_tuned_from"]} if train_metrics.get("fine_tuned_from")
+                   else {}),
                 "blessed": str(blessed).lower(),
                 "blessing_reason": reason,
                 COMPARED_WITH_TAG: compared,

@@ -8,7 +8,9 @@ Fine-tuning or from scratch is explicit: with a `base_model` input (an OpenAI, H
 tfx-gpt2 checkpoint directory, from an Importer or `OpenAICheckpointDownloader`) the run
 fine-tunes it and says so; its vocabulary and shapes must match the data's (the error names
 both); without one it trains `model_config` from scratch, its embedding sized to the data's
-vocabulary.
+vocabulary. A base from `ChampionModel` (a warm start) is the registered champion, fine-tuned
+with `warm_train_config` (its own schedule) and recorded as "fine-tuned from version N"; without
+a champion it names the pipeline's initial checkpoint, or none (from scratch).
 
 Reads the encoded blocks (BpeEncoder's `encoded` artifact) and writes:
     serving_model_dir (Model artifact, `Format-Serving/`): the model directory of
@@ -28,6 +30,7 @@ import os
 
 import tensorflow as tf
 
+from tfx_gpt2.components.champion_model import read_registered
 from tfx_gpt2.config import GPT2Config, TrainConfig, from_json, to_json
 from tfx_gpt2.model.io import save_model_dir
 from tfx_gpt2.progress import get_logger
@@ -69,6 +72,30 @@ def load_base_model(path: str, tokenizer: BPETokenizer):
     return model
 
 
+def _base_dir(base):
+    if base and not tf.io.gfile.isdir(base) and os.path.basename(base.rstrip("/")) == "Format-Serving":
+        # TFX points at `<uri>/Format-Serving`, where Trainers write; an imported or downloaded
+        # checkpoint is the artifact's directory itself.
+        return os.path.dirname(base.rstrip("/"))
+    return base
+
+
+def warm_start(registered: dict, base: str, train_config: TrainConfig, custom: dict):
+    """(the base to load or None, the TrainConfig, what to record) of a `ChampionModel` base."""
+    if registered.get("version"):
+        if "warm_train_config" not in custom:
+            raise ValueError("the base model is a ChampionModel's but custom_config has no 'warm_train_config'; "
+                             "build the Trainer with create_pipeline(warm_start=True)")
+        logger.info("WARM START: fine-tuning models:/%s/%s (@%s) with the warm-start schedule", registered["name"],
+                    registered["version"], registered["alias"])
+        return base, from_json(TrainConfig, custom["warm_train_config"]), {
+            "init": f"models:/{registered['name']}/{registered['version']}",
+            "fine_tuned_from": str(registered["version"])}
+    logger.info("warm start: no version of %r holds @%s yet; starting from %s", registered["name"],
+                registered["alias"], registered.get("fallback") or "scratch")
+    return _base_dir(registered.get("fallback")), train_config, {}
+
+
 def run_fn(fn_args) -> None:
     """Trains GPT-2 as `fn_args.custom_config` says; see the module docstring."""
     custom = fn_args.custom_config or {}
@@ -84,12 +111,11 @@ def run_fn(fn_args) -> None:
         make_strategy("multi_worker")  # before any TensorFlow op, e.g. loading the base model
     vocab_dir = local_copy(os.path.join(_examples_uri(fn_args.train_files[0]), "vocab"))
     tokenizer = BPETokenizer.from_dir(vocab_dir)
-    base_model = None
-    base = getattr(fn_args, "base_model", None)
-    if base and not tf.io.gfile.isdir(base) and os.path.basename(base.rstrip("/")) == "Format-Serving":
-        # TFX points at `<uri>/Format-Serving`, where Trainers write; an imported or downloaded
-        # checkpoint is the artifact's directory itself.
-        base = os.path.dirname(base.rstrip("/"))
+    base_model, init = None, {}
+    base = _base_dir(getattr(fn_args, "base_model", None))
+    registered = read_registered(base) if base else None
+    if registered is not None:
+        base, train_config, init = warm_start(registered, base, train_config, custom)
     if base:
         base_model = load_base_model(local_copy(base), tokenizer)
         logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
@@ -110,8 +136,8 @@ def run_fn(fn_args) -> None:
     if train_config.distribution == "multi_worker":
         out = worker_dir(out)  # the chief writes the model; the other workers, a folder of their own
     with staged_output(out) as local:
-        save_outputs(model, tokenizer, vocab_dir, local, {**dataclasses.asdict(result), "init": base or "scratch"},
-                     result.samples)
+        save_outputs(model, tokenizer, vocab_dir, local, {**dataclasses.asdict(result), "init": base or "scratch",
+                                                          **init}, result.samples)
 
 
 def save_outputs(model, tokenizer, vocab_dir: str, out: str, metrics: dict, samples: list) -> None:

@@ -11,6 +11,9 @@ Each version registered by the pipeline is tagged with the spans it was trained 
     tfx_gpt2.feedback.documents    the training documents the rule made of them
     tfx_gpt2.feedback.from / .to   their time range (UTC)
     tfx_gpt2.feedback.rule         the rule that made the documents (FeedbackRule, JSON)
+    tfx_gpt2.feedback.keys         documents kept per API key id, over the feedback spans (JSON)
+    tfx_gpt2.feedback.dropped      feedback records that gave no document, per reason (JSON)
+    tfx_gpt2.fine_tuned_from       the registered version the training started from (warm start)
     tfx_gpt2.data.lineage          per span: number, documents, feedback watermarks (JSON)
 
 The same spans are linked to the version in ML Metadata: the Examples artifacts are inputs of the
@@ -26,6 +29,7 @@ from typing import Any, Dict, List, Optional
 PREFIX = "tfx_gpt2."
 FEEDBACK_SPAN_TAG = "tfx_gpt2.feedback.span"
 FEEDBACK_WATERMARK_TAG = "tfx_gpt2.feedback.watermark"
+FINE_TUNED_FROM_TAG = "tfx_gpt2.fine_tuned_from"
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
 
 
@@ -57,6 +61,8 @@ def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
                                             default=None)),
             PREFIX + "feedback.store": last["store"],
             PREFIX + "feedback.rule": json.dumps(last["rule"], sort_keys=True),
+            PREFIX + "feedback.keys": _counts_tag([m.get("by_key") or {} for m in feedback]),
+            PREFIX + "feedback.dropped": _counts_tag([m.get("dropped") or {} for m in feedback]),
         })
     compact = [{"span": s["span"], "documents": s.get("documents"),
                 **({"feedback_after": s["feedback"]["feedback_after"], "feedback_until": s["feedback"]["feedback_until"],
@@ -68,6 +74,20 @@ def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
         text = json.dumps(compact, separators=(",", ":"))
     tags[PREFIX + "data.lineage"] = text
     return tags
+
+
+def _counts_tag(counts: List[Dict[str, int]]) -> str:
+    """Counts summed over spans, as JSON, the largest first (the smallest left out past MLflow's limit)."""
+    total: Dict[str, int] = {}
+    for c in counts:
+        for k, n in c.items():
+            total[k] = total.get(k, 0) + n
+    items = sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = json.dumps(dict(items))
+    while len(text) > MAX_TAG_CHARS:
+        items = items[:-1]
+        text = json.dumps({**dict(items), "...": sum(total.values()) - sum(n for _, n in items)})
+    return text
 
 
 def trained_feedback(versions) -> tuple:

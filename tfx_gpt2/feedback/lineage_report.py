@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from tfx_gpt2.feedback.lineage import PREFIX, utc
+from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, PREFIX, utc
 from tfx_gpt2.feedback.records import FeedbackRule
 
 
@@ -47,7 +47,10 @@ def version_lineage(tracking_uri: str, uri: str) -> str:
     tags = v.tags or {}
     lines = [f"models:/{v.name}/{v.version}  aliases: {','.join(v.aliases) or '-'}  blessed: "
              f"{tags.get('blessed', '?')}  MLflow run: {v.run_id}  registered: {utc(int(v.creation_timestamp) / 1000)}",
-             f"  pipeline run: {tags.get('pipeline_run_id') or '?'}"]
+             f"  pipeline run: {tags.get('pipeline_run_id') or '?'}",
+             "  " + (f"fine-tuned from version {tags[FINE_TUNED_FROM_TAG]} (warm start)"
+                     if tags.get(FINE_TUNED_FROM_TAG) else
+                     f"started from: {tags.get('init_checkpoint') or 'not recorded'}")]
     spans = _spans(tags)
     if not spans:
         lines.append("  trained on: not recorded (a version registered before lineage tags)")
@@ -65,7 +68,16 @@ def version_lineage(tracking_uri: str, uri: str) -> str:
                      f"{tags.get(PREFIX + 'feedback.documents')} training documents, "
                      f"{tags.get(PREFIX + 'feedback.from')} to {tags.get(PREFIX + 'feedback.to')}, from "
                      f"{tags.get(PREFIX + 'feedback.store')}")
+        lines += _counts("documents per key", tags.get(PREFIX + "feedback.keys"))
+        lines += _counts("records dropped", tags.get(PREFIX + "feedback.dropped"))
     return "\n".join(lines)
+
+
+def _counts(title: str, tag: Optional[str]) -> List[str]:
+    counts = json.loads(tag) if tag else {}
+    if not counts:
+        return [f"    {title}: none"]
+    return [f"    {title}: " + ", ".join(f"{k} {n}" for k, n in counts.items())]
 
 
 def _after(a: Optional[str], b: str) -> bool:

@@ -8,7 +8,9 @@ spool once the store answers again: none is lost, and replays are idempotent (up
 Feedback is stored while the request waits (it needs the answer: 404 for an unknown completion,
 409 for a different feedback on the same prompt). A completion still in the buffer is known from
 memory. When the store is down, feedback on a completion known in memory is spooled and answered
-202 ("accepted"); feedback on one the server cannot look up is answered 503.
+202 ("accepted"); feedback on one the server cannot look up is answered 503. Feedback is final
+while the store is down too: a spooled feedback (also one spooled before a restart) answers a
+second one on the same prompt as the store would (409 if it differs, "already recorded" if not).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class Recorder:
         self.spooled = 0
         os.makedirs(spool_dir, exist_ok=True)
         self._recover_claimed()
+        # (completion id, index) -> the feedback waiting in the spool: feedback is final before
+        # the store has it too.
+        self._spooled_feedback: Dict[Tuple[str, int], Dict[str, Any]] = {
+            (r["completion_id"], r["index"]): r for r in self._read_spool("feedback")}
         self._thread = threading.Thread(target=self._run, name="tfx-gpt2-feedback-writer", daemon=True)
         self._thread.start()
 
@@ -123,6 +129,13 @@ class Recorder:
             os.fsync(f.fileno())
         self.spooled += len(records)
 
+    def _read_spool(self, kind: str) -> List[Dict[str, Any]]:
+        records = []
+        for path in glob.glob(os.path.join(self.spool_dir, f"{kind}-*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                records += [json.loads(line) for line in f if line.strip()]
+        return records
+
     def _recover_claimed(self) -> None:
         """Puts back the spool files a replay had claimed when its process died (replays are
         idempotent, so one still running elsewhere at worst writes some records twice)."""
@@ -171,6 +184,8 @@ class Recorder:
             if not stored and differing_field(r, earlier) is not None:
                 log.warning("spooled feedback on %s[%d] differs from the feedback stored first; the first is kept",
                             r["completion_id"], r["index"])
+            with self._lock:
+                self._spooled_feedback.pop((r["completion_id"], r["index"]), None)
 
     # -- feedback ---------------------------------------------------------------------------------
 
@@ -180,8 +195,9 @@ class Recorder:
                 return self._recent[completion_id]
         return self.store.completion(completion_id)
 
-    def feedback(self, body: Any) -> Tuple[int, Dict[str, Any]]:
-        """(HTTP status, answer) for a feedback body: 200 stored (or the same again), 202 spooled."""
+    def feedback(self, body: Any, key_id: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
+        """(HTTP status, answer) for a feedback body sent with the API key `key_id`: 200 stored (or
+        the same again), 202 spooled."""
         feedback = parse_feedback(body, self.scale)
         cid = feedback["completion_id"]
         try:
@@ -192,14 +208,17 @@ class Recorder:
         if completion is None:
             raise FeedbackError(f"completion_id = {cid!r}: no completion with this id was served here",
                                 "completion_id", status=404)
-        record = feedback_record(feedback, completion)
-        try:
-            stored, earlier = self.store.put_feedback(record)
-        except StoreUnavailable as e:
-            self._went_down(e)
-            self._spool("feedback", [record])
-            return 202, {"completion_id": cid, "index": record["index"], "status": "accepted",
-                         "detail": "the feedback store is unreachable; this feedback is kept and stored when it is back"}
+        record = feedback_record(feedback, completion, key_id)
+        with self._lock:
+            earlier = self._spooled_feedback.get((cid, record["index"]))
+        if earlier is None:
+            try:
+                stored, earlier = self.store.put_feedback(record)
+            except StoreUnavailable as e:
+                self._went_down(e)
+                return self._spool_feedback(record)
+        else:
+            stored = False
         if not stored:
             differs = differing_field(record, earlier)
             if differs:
@@ -208,6 +227,20 @@ class Recorder:
             return 200, {"completion_id": cid, "index": record["index"], "status": "already recorded"}
         return 200, {"completion_id": cid, "index": record["index"], "status": "recorded",
                      "score": record["score"]}
+
+    def _spool_feedback(self, record: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        key = (record["completion_id"], record["index"])
+        with self._lock:
+            earlier = self._spooled_feedback.setdefault(key, record)
+        if earlier is not record:  # a concurrent feedback on the same prompt was spooled first
+            differs = differing_field(record, earlier)
+            if differs:
+                raise FeedbackError(f"{key[0]} (index {key[1]}) already has feedback with {differs} = "
+                                    f"{earlier.get(differs)!r}; feedback is final", differs, status=409)
+            return 200, {"completion_id": key[0], "index": key[1], "status": "already recorded"}
+        self._spool("feedback", [record])
+        return 202, {"completion_id": key[0], "index": key[1], "status": "accepted",
+                     "detail": "the feedback store is unreachable; this feedback is kept and stored when it is back"}
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes what is buffered (or spools it) and stops the writer."""

@@ -10,10 +10,12 @@ read one scale. `index` picks the prompt of a request that sent several (default
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 SCALES = {"thumbs": (-1, 1), "stars": (1, 5)}
 MAX_TEXT_CHARS = 100_000
@@ -78,15 +80,16 @@ def parse_feedback(body: Any, scale: str) -> Dict[str, Any]:
             "comment": _text(body, "comment")}
 
 
-def feedback_record(feedback: Dict[str, Any], completion: Dict[str, Any]) -> Dict[str, Any]:
-    """The stored feedback: the checked body, plus the completion's prompt, text and model."""
+def feedback_record(feedback: Dict[str, Any], completion: Dict[str, Any], key_id: Optional[str] = None) -> Dict[str, Any]:
+    """The stored feedback: the checked body, the API key's id (None: anonymous), plus the
+    completion's prompt, text and model."""
     index = feedback["index"]
     if index >= len(completion["prompts"]):
         raise FeedbackError(f"index = {index}: completion {completion['id']} has {len(completion['prompts'])} "
                             "prompt(s)", "index", status=404)
     return {**feedback, "model": completion["model"], "version": completion["version"],
             "prompt": completion["prompts"][index], "completion": completion["completions"][index],
-            "completion_created": completion["created"], "created": time.time()}
+            "completion_created": completion["created"], "created": time.time(), "key_id": key_id}
 
 
 def differing_field(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
@@ -95,6 +98,50 @@ def differing_field(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
         if a.get(name) != b.get(name):
             return name
     return None
+
+
+ANONYMOUS = "anonymous"
+# Why a feedback record gave no training document (the lineage report counts each).
+NOT_KEPT, DUPLICATE, NEAR_DUPLICATE, OVER_SHARE = "not kept by the rule", "duplicate", "near-duplicate", \
+    "over the key's share"
+
+
+def near_form(text: str) -> str:
+    """The text as near-duplicates share it: case, punctuation and spacing left out."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+@dataclasses.dataclass
+class Selection:
+    """The training documents a rule made of feedback records, and why the others gave none.
+
+    Attributes:
+        kept: (watermark, record, document) of each document kept, in arrival order.
+        by_key: documents kept per API key id (`anonymous`: from a server without keys).
+        dropped: records that gave no document, per reason.
+    """
+
+    kept: List[Tuple[str, Dict[str, Any], str]]
+    by_key: Dict[str, int]
+    dropped: Dict[str, int]
+
+    @property
+    def documents(self) -> List[str]:
+        return [d for _, _, d in self.kept]
+
+
+def key_of(record: Dict[str, Any]) -> str:
+    return record.get("key_id") or ANONYMOUS
+
+
+def share_cap(counts: List[int], free: int, share: float) -> int:
+    """The most documents one key may keep so that none holds more than `share` of the kept
+    documents: the largest m with m <= share * (free + sum(min(c, m))), `free` being the
+    anonymous documents, which have no key to count against."""
+    m = max(counts, default=0)
+    while m > 0 and m > share * (free + sum(min(c, m) for c in counts)):
+        m -= 1
+    return m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +153,25 @@ class FeedbackRule:
             (1.0: thumbs up or 5 stars; 0.75: 4 stars too); above 1 keeps none.
         use_corrections: a `corrected_text` becomes `prompt + corrected_text`, whatever the rating.
         min_chars: shorter documents are left out (they teach nothing).
+        dedupe: a document equal to an earlier one, or equal but for case, punctuation and spacing,
+            is dropped.
+        max_key_share: no API key may give more than this share of a span's documents (its
+            latest are dropped); 1 turns it off. Documents from a server without keys
+            (`anonymous`) are not counted against any key.
     """
 
     min_score: float = 0.75
     use_corrections: bool = True
     min_chars: int = 1
+    dedupe: bool = True
+    max_key_share: float = 0.2
 
     def __post_init__(self):
         if not isinstance(self.min_score, (int, float)) or self.min_score < 0:
             raise ValueError(f"FeedbackRule.min_score = {self.min_score!r}; give a score in [0, 1] (or above 1 "
                              "to keep corrections only)")
+        if not isinstance(self.max_key_share, (int, float)) or not 0 < self.max_key_share <= 1:
+            raise ValueError(f"FeedbackRule.max_key_share = {self.max_key_share!r}; give a share in (0, 1] (1: no cap)")
 
     def document(self, record: Dict[str, Any]) -> Optional[str]:
         """The training document a feedback record gives, or None."""
@@ -127,4 +183,34 @@ class FeedbackRule:
         return text if text is not None and len(text) >= self.min_chars else None
 
     def documents(self, records: List[Dict[str, Any]]) -> List[str]:
-        return [d for d in (self.document(r) for r in records) if d is not None]
+        return self.select([("", r) for r in records]).documents
+
+    def select(self, records: List[Tuple[str, Dict[str, Any]]]) -> Selection:
+        """The documents of (watermark, record) pairs, oldest first: the rule, then duplicates
+        dropped, then each key capped at `max_key_share` of what is kept."""
+        dropped: Dict[str, int] = collections.Counter()
+        seen, near, candidates = set(), set(), []
+        for watermark, record in records:
+            document = self.document(record)
+            if document is None:
+                dropped[NOT_KEPT] += 1
+            elif self.dedupe and document in seen:
+                dropped[DUPLICATE] += 1
+            elif self.dedupe and near_form(document) in near:
+                dropped[NEAR_DUPLICATE] += 1
+            else:
+                seen.add(document)
+                near.add(near_form(document))
+                candidates.append((watermark, record, document))
+        counts = collections.Counter(key_of(r) for _, r, _ in candidates)
+        free = counts.pop(ANONYMOUS, 0)
+        cap = share_cap(list(counts.values()), free, self.max_key_share) if self.max_key_share < 1 else None
+        kept, by_key = [], collections.Counter()
+        for watermark, record, document in candidates:
+            key = key_of(record)
+            if cap is not None and key != ANONYMOUS and by_key[key] >= cap:
+                dropped[OVER_SHARE] += 1
+                continue
+            by_key[key] += 1
+            kept.append((watermark, record, document))
+        return Selection(kept, dict(by_key), dict(dropped))

@@ -128,6 +128,8 @@ ENV = {
     "TFX_GPT2_RETRAIN_EVERY_HOURS": ("policy", "every_hours", float),
     "TFX_GPT2_FEEDBACK_MIN_SCORE": ("rule", "min_score", float),
     "TFX_GPT2_FEEDBACK_USE_CORRECTIONS": ("rule", "use_corrections", lambda v: v.lower() in ("1", "true", "yes")),
+    "TFX_GPT2_FEEDBACK_DEDUPE": ("rule", "dedupe", lambda v: v.lower() in ("1", "true", "yes")),
+    "TFX_GPT2_FEEDBACK_MAX_KEY_SHARE": ("rule", "max_key_share", float),
 }
 
 

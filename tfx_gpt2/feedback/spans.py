@@ -16,6 +16,7 @@ run) is written again, with what arrived since, instead of being followed by a s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import json
@@ -25,7 +26,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfx_gpt2.feedback.records import FeedbackRule
+from tfx_gpt2.feedback.records import FeedbackRule, key_of
 from tfx_gpt2.text.bpe import ENDOFTEXT
 
 FEEDBACK_FILE = "feedback.txt"
@@ -129,12 +130,14 @@ def write_span(data: TrainingData, span: int, records: List[Tuple[str, Dict[str,
                after: Optional[str], store: str) -> Dict[str, Any]:
     """Writes span `span` from feedback `records` (watermark, record) after watermark `after`;
     replaces a span of that number that was never trained on. Returns its manifest."""
-    documents = [clean(d) for d in rule.documents([r for _, r in records])]
+    selection = rule.select(records)
+    documents = [clean(d) for d in selection.documents]
     times = [r["created"] for _, r in records]
     manifest = {
         "span": span, "store": store, "rule": dataclasses.asdict(rule),
         "feedback_after": after, "feedback_until": records[-1][0] if records else after,
         "feedback_records": len(records), "documents": len(documents),
+        "by_key": selection.by_key, "dropped": selection.dropped,
         "feedback_from": min(times) if times else None, "feedback_to": max(times) if times else None,
         "versions_rated": sorted({str(r["version"]) for _, r in records}), "written": time.time(),
     }
@@ -188,13 +191,11 @@ class MongoTrainingData:
         coll = client[db][name]
         coll.create_index("feedback_id", unique=True)
         new = 0
-        for watermark, record in records:
-            document = rule.document(record)
-            if document is None:
-                continue
+        for watermark, record, document in rule.select(records).kept:
             result = coll.update_one({"feedback_id": f"{record['completion_id']}:{record['index']}"}, {"$setOnInsert": {
                 self.source.text_field: clean(document), "feedback_watermark": sortable(watermark),
                 "completion_id": record["completion_id"], "index": record["index"], "version": record["version"],
+                "key_id": key_of(record),
                 "score": record["score"], "feedback_created": record["created"], "store": store,
                 "rule": dataclasses.asdict(rule)}}, upsert=True)
             new += int(result.upserted_id is not None)
@@ -212,7 +213,7 @@ def mongo_manifest(coll, span: int, start_after, until) -> Optional[Dict[str, An
     if start_after is not None:
         bounds["$gt"] = start_after
     documents = list(coll.find({"_id": bounds} if bounds else {},
-                               {"feedback_watermark": 1, "feedback_created": 1, "store": 1, "rule": 1}))
+                               {"feedback_watermark": 1, "feedback_created": 1, "store": 1, "rule": 1, "key_id": 1}))
     if not documents:
         return None
     marks = sorted(d["feedback_watermark"] for d in documents)
@@ -221,4 +222,5 @@ def mongo_manifest(coll, span: int, start_after, until) -> Optional[Dict[str, An
     return {"span": span, "store": documents[-1].get("store"), "rule": documents[-1].get("rule"),
             "feedback_after": str(previous["feedback_watermark"]) if previous else None,
             "feedback_until": str(marks[-1]), "feedback_records": len(documents), "documents": len(documents),
-            "feedback_from": min(times), "feedback_to": max(times), "collection": coll.name}
+            "feedback_from": min(times), "feedback_to": max(times), "collection": coll.name,
+            "by_key": dict(collections.Counter(key_of(d) for d in documents))}

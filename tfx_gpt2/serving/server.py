@@ -51,6 +51,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from tfx_gpt2.serving import oip, protocol
+from tfx_gpt2.serving.access import ANONYMOUS, KEY_ID, AccessGuard, ApiKeys, RateLimiter, client_of
 from tfx_gpt2.serving.deployment import Deployment, Served
 from tfx_gpt2.serving.engine import EngineConfig, EngineStopped, QueueFull, Request, Row
 from tfx_gpt2.serving.guard import BodyGuard
@@ -76,6 +77,9 @@ class ServeConfig:
         body_timeout: seconds a request body may take to arrive in full (408 after).
         side_workers: threads for feedback and the store (`/v1/feedback`).
         side_queue: feedback requests waiting for those threads at most (503 beyond).
+        feedback_per_minute: feedbacks a client (an API key, or an address when anonymous) may
+            post a minute on average (429 with Retry-After beyond).
+        feedback_burst: feedbacks a client may post at once.
     """
 
     request_timeout: float = 120.0
@@ -85,11 +89,16 @@ class ServeConfig:
     body_timeout: float = 10.0
     side_workers: int = 4
     side_queue: int = 64
+    feedback_per_minute: float = 30.0
+    feedback_burst: int = 10
 
     def __post_init__(self):
         if not self.body_timeout > 0 or self.side_workers < 1 or self.side_queue < 1:
             raise ValueError(f"ServeConfig: body_timeout = {self.body_timeout}, side_workers = {self.side_workers} "
                              f"and side_queue = {self.side_queue} must be positive")
+        if not self.feedback_per_minute > 0 or self.feedback_burst < 1:
+            raise ValueError(f"ServeConfig: feedback_per_minute = {self.feedback_per_minute} and feedback_burst = "
+                             f"{self.feedback_burst}; give a positive rate and a burst of at least 1")
 
 
 class _Refused(Exception):
@@ -112,6 +121,7 @@ class _Call:
     first_text: Optional[float] = None
     id: str = dataclasses.field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex[:24])
     job: Optional[protocol.Job] = None
+    key_id: str = ANONYMOUS
 
 
 def page(name: str) -> str:
@@ -124,8 +134,11 @@ FAVICON = resources.files("tfx_gpt2.serving").joinpath("static", "favicon.ico").
 class Api:
     """The handlers: each parses, checks, queues and awaits; none runs model code."""
 
-    def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics, recorder=None):
+    def __init__(self, deployment: Deployment, config: ServeConfig, metrics: ServerMetrics, recorder=None,
+                 keys: ApiKeys = ApiKeys()):
         self.deployment, self.config, self.metrics, self.recorder = deployment, config, metrics, recorder
+        self.keys = keys
+        self.feedback_limit = RateLimiter(config.feedback_per_minute, config.feedback_burst)
         self.draining, self.in_flight = False, 0  # in_flight: POST requests, counted by `BodyGuard`
         # Long prompts are tokenized here, feedback and the store work there: a store that hangs
         # fills its own threads, never the tokenizer's.
@@ -185,15 +198,17 @@ class Api:
         self.metrics.queue_depth.set(current.engine.queue_depth)
         return _Call(route, current, list(job.prompts), rows, req, events, started, job=job)
 
-    async def start(self, route: str, job: protocol.Job, started: float, field: str) -> _Call:
+    async def start(self, route: str, job: protocol.Job, started: float, field: str, http: HttpRequest) -> _Call:
         """Tokenizes (off the event loop), checks the context and queues the job's rows."""
         try:
-            return await self.queue_job(self.served(), route, job, started, field)
+            call = await self.queue_job(self.served(), route, job, started, field)
         except EngineStopped:  # the model was just switched: use the new engine
             try:
-                return await self.queue_job(self.served(), route, job, started, field)
+                call = await self.queue_job(self.served(), route, job, started, field)
             except EngineStopped:
                 raise _Refused(503, "the server is shutting down") from None
+        call.key_id = http.scope.get(KEY_ID, ANONYMOUS)
+        return call
 
     async def events_of(self, call: _Call, http: HttpRequest):
         """Yields `(row_index, text)` as text arrives; returns when every row is done.
@@ -247,7 +262,7 @@ class Api:
                 "completion_tokens": tokens,
                 "finish_reasons": [r.finish_reason or ("cancelled" if call.request.cancelled else None)
                                    for r in call.rows],
-                "model": call.served.name, "version": call.served.version}
+                "model": call.served.name, "version": call.served.version, "key_id": call.key_id}
         if self.config.log_prompts:
             line["prompts_text"] = call.prompts
             line["completions"] = [r.text for r in call.rows]
@@ -270,7 +285,7 @@ class Api:
         started = time.monotonic()
         try:
             job = parse(await http.body())
-            call = await self.start(route, job, started, field)
+            call = await self.start(route, job, started, field, http)
             async for _ in self.events_of(call, http):
                 pass
         except (protocol.BadRequest, _Refused) as e:
@@ -287,7 +302,7 @@ class Api:
             body = protocol.read_json(await http.body())
             job = protocol.parse_completion(body, self.served().n_vocab)
             self.check_model_name(body.get("model"))
-            call = await self.start(route, job, started, "max_tokens")
+            call = await self.start(route, job, started, "max_tokens", http)
         except (protocol.BadRequest, _Refused) as e:
             return self.refused(route, started, e, openai_error)
         if job.stream:
@@ -351,7 +366,7 @@ class Api:
         try:
             self.check_v2_model(model_name, model_version)
             job, answer = oip.parse_infer(await http.body(), http.headers.get(oip.HEADER), self.served().n_vocab)
-            call = await self.start(route, job, started, "max_new_tokens")
+            call = await self.start(route, job, started, "max_new_tokens", http)
             async for _ in self.events_of(call, http):
                 pass
         except (protocol.BadRequest, _Refused) as e:
@@ -403,14 +418,27 @@ class Api:
         try:
             if self.recorder is None:
                 raise _Refused(404, "this server does not record feedback; start it without --no-feedback")
-            status, answer = await self.on_side(self.recorder.feedback, protocol.read_json(await http.body()))
+            self.check_feedback_rate(http)
+            status, answer = await self.on_side(self.recorder.feedback, protocol.read_json(await http.body()),
+                                                http.scope.get(KEY_ID, ANONYMOUS))
         except (protocol.BadRequest, FeedbackError, _Refused) as e:
             return self.refused(route, started, e, openai_error)
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.feedback.labels(answer["status"]).inc()
         self.metrics.latency.labels(route).observe(time.monotonic() - started)
-        request_log.info(json.dumps({"event": "feedback", "route": route, "status": status, **answer}))
+        request_log.info(json.dumps({"event": "feedback", "route": route, "status": status,
+                                     "key_id": http.scope.get(KEY_ID, ANONYMOUS), **answer}))
         return JSONResponse(answer, status_code=status)
+
+    def check_feedback_rate(self, http: HttpRequest) -> None:
+        """429 when this client (its key, or its address when anonymous) posted too much feedback."""
+        who = client_of(http.scope)
+        wait = self.feedback_limit.take(who)
+        if wait:
+            retry = RateLimiter.retry_after(wait)
+            raise _Refused(429, f"{who} posted feedback more often than {self.config.feedback_per_minute:g} a minute "
+                                f"(bursts of {self.config.feedback_burst}); retry in {retry} s",
+                           headers={"Retry-After": retry})
 
     async def on_side(self, fn, *args):
         """Runs `fn(*args)` on the feedback threads; 503 when `side_queue` requests already wait."""
@@ -474,7 +502,8 @@ class Api:
         return {"object": "list", "data": [{
             "id": current.name, "object": "model", "created": int(current.loaded_at), "owned_by": "tfx-gpt2",
             "version": current.version, "source": current.source, "context_length": current.n_ctx,
-            "feedback_scale": self.recorder.scale if self.recorder is not None else None}]}
+            "feedback_scale": self.recorder.scale if self.recorder is not None else None,
+            "auth": "bearer" if self.keys.required else None}]}
 
     async def favicon(self):
         return Response(content=FAVICON, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
@@ -510,10 +539,11 @@ GET_ROUTES = ("/", "/favicon.ico", "/docs", "/ping", "/health", "/health/live", 
 
 
 def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metrics: Optional[ServerMetrics] = None,
-               recorder=None):
+               recorder=None, keys: ApiKeys = ApiKeys()):
     """The FastAPI app serving `deployment` (which its lifespan starts, if not yet started, and stops);
-    completions and feedback go to `recorder` (a `tfx_gpt2.feedback.recorder.Recorder`, closed with the app)."""
-    api = Api(deployment, config, metrics or ServerMetrics(), recorder)
+    completions and feedback go to `recorder` (a `tfx_gpt2.feedback.recorder.Recorder`, closed with the app);
+    POST routes take the `keys` (none: anonymous)."""
+    api = Api(deployment, config, metrics or ServerMetrics(), recorder, keys)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -544,6 +574,7 @@ def create_app(deployment: Deployment, config: ServeConfig = ServeConfig(), metr
     app.add_middleware(api.count_gets)
     app.add_middleware(BodyGuard, max_bytes=protocol.MAX_BODY_BYTES, timeout=config.body_timeout,
                        error_body=error_body_of, counter=api)
+    app.add_middleware(AccessGuard, keys=keys, error_body=error_body_of)  # outermost: before the body is read
     return app
 
 
@@ -581,7 +612,7 @@ def completion_record(call: _Call, line: dict):
     config = call.rows[0].config
     return {"id": call.id, "created": time.time(), "route": call.route, "model": call.served.name,
             "version": call.served.version, "prompts": call.prompts, "completions": [r.text for r in call.rows],
-            "settings": dict(vars(config)) if dataclasses.is_dataclass(config) else {},
+            "settings": dict(vars(config)) if dataclasses.is_dataclass(config) else {}, "key_id": call.key_id,
             **{k: line[k] for k in ("latency_ms", "ttft_ms", "finish_reasons", "prompt_tokens", "completion_tokens")}}
 
 
@@ -612,7 +643,7 @@ def seldon_error(status: int, message: str, field):
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: EngineConfig = EngineConfig(),
-          config: ServeConfig = ServeConfig(), recorder=None) -> None:
+          config: ServeConfig = ServeConfig(), recorder=None, keys: ApiKeys = ApiKeys()) -> None:
     """Serves `model_uri` until SIGTERM or Ctrl-C (then drains, see the module docstring); the
     model loads and compiles in the background. Completions and feedback go to `recorder` (None:
     not recorded)."""
@@ -631,7 +662,7 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8080, engine: Eng
 
     deployment = Deployment(model_uri, engine, config.poll_seconds, on_change=on_change,
                             on_batch=lambda n: metrics.batch_size.observe(n))
-    app = create_app(deployment, config, metrics, recorder)
+    app = create_app(deployment, config, metrics, recorder, keys)
     # No access log: the request log (one JSON line per request) says more.
     server = DrainingServer(uvicorn.Config(app, host=host, port=port,
                                            log_level=os.environ.get("TFX_GPT2_LOG_LEVEL", "info"),
