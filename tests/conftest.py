@@ -44,7 +44,8 @@ def mlflow_server(tmp_path_factory):
 # The longest test files first (measured: `pytest --durations`), so that with one worker per core
 # (`make test` runs pytest-xdist with --dist loadfile) no long file starts last.
 LONGEST_FIRST = ["test_e2e.py", "test_continuous.py", "test_airflow.py", "test_kubeflow.py", "test_trainer_features.py",
-                 "test_beam_scaling.py", "test_serving_deploy.py", "test_serving_mlflow.py", "test_playground.py",
+                 "test_beam_scaling.py", "test_serving_deploy.py", "test_serving_isolation.py", "test_serving_access.py",
+                 "test_serving_mlflow.py", "test_playground.py",
                  "test_serving.py", "test_registry.py", "test_benchmarks.py", "test_mongo_example_gen.py",
                  "test_docs.py", "test_engine.py", "test_export.py"]
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tfx_gpt2.config import GPT2Config, model_preset
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
@@ -40,8 +42,34 @@ def test_train_benchmark_smoke(capsys):
 
     (row,) = train.main(["--shapes", "tiny", "--steps", "2", "--tiny-batch", "2", "--rounds", "1", "--warmup", "1"])
     assert row["ours"] > 0 and row["hf"] > 0 and 0 < row["mfu_ours"] < 1
-    assert row["flops_per_token"] == 6 * (row["params"] - 64 * 64) + 12 * 2 * 64 * 64
+    assert row["flops_per_token"] == train.flops_per_token(model_preset("tiny"))
     assert "6 N + 12 L T C" in capsys.readouterr().out
+
+
+def test_the_flops_formula_matches_the_graphs_own_count():
+    """`6 N + 12 L T C` (training FLOPs per token) against TensorFlow's profiler counting the
+    floating-point operations of the model's forward graph, times 3 (forward and backward). A
+    small vocabulary and a long context make the attention term half the total, so that a
+    formula without it (or with it wrong) is off by far more than the tolerance."""
+    import tensorflow as tf
+    import train
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tfx_gpt2.model.gpt2 import GPT2
+
+    cfg = GPT2Config(n_vocab=256, n_ctx=256, n_embd=32, n_layer=2, n_head=2)
+    model = GPT2(cfg)
+    forward = tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec([1, cfg.n_ctx], tf.int32))
+    # the matrix products only: the formula leaves out element-wise work (softmax, norms, GELU)
+    options = {**tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(), "output": "none",
+               "account_type_regexes": ["MatMul", "BatchMatMul.*"]}
+    counted = tf.compat.v1.profiler.profile(graph=convert_variables_to_constants_v2(forward).graph,
+                                            options=options).total_float_ops
+    per_token = 3 * counted / cfg.n_ctx
+    # 1.4% apart here: the formula also counts 6 FLOPs for each bias and norm parameter
+    assert per_token == pytest.approx(train.flops_per_token(cfg), rel=0.02)
+    attention = 12 * cfg.n_layer * cfg.n_ctx * cfg.n_embd
+    assert per_token / (train.flops_per_token(cfg) - attention) > 1.9  # the attention term is half
 
 
 @pytest.mark.slow

@@ -186,17 +186,21 @@ def test_feedback_is_final_while_the_store_is_down_and_after_a_restart(tmp_path,
 
 
 def test_a_full_buffer_spills_to_the_spool_without_waiting(tmp_path):
-    class Slow(SqliteStore):
+    gate = threading.Event()
+
+    class Stuck(SqliteStore):  # a store that answers nothing until the gate opens
         def put_completions(self, records):
-            time.sleep(0.5)
+            gate.wait()
             super().put_completions(records)
 
-    store = Slow(str(tmp_path / "f.db"))
+    store = Stuck(str(tmp_path / "f.db"))
     recorder = Recorder(store, str(tmp_path / "spool"), max_buffer=2)
-    started = time.monotonic()
-    for i in range(50):
-        recorder.completed(completion(i))
-    assert time.monotonic() - started < 0.5  # generation never waits on the store
+    caller = threading.Thread(target=lambda: [recorder.completed(completion(i)) for i in range(50)], daemon=True)
+    caller.start()
+    caller.join(30)
+    # generation never waits on the store: all 50 were taken while the store answered nothing
+    assert not caller.is_alive() and not gate.is_set() and recorder.spool_files()
+    gate.set()
     wait_for(lambda: store.counts()["completions"] == 50 and not recorder.spool_files())
     recorder.close()
 

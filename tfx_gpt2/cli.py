@@ -5,6 +5,9 @@
     tfx-gpt2 encode --vocab gpt2|DIR FILE          token ids of the whole file, space-separated
     tfx-gpt2 decode --vocab gpt2|DIR [FILE]        ids (FILE or stdin) back to text
     tfx-gpt2 train-vocab --size N --out DIR FILES...   a new byte-level BPE vocabulary
+    tfx-gpt2 serve models:/NAME@ALIAS [--api-keys-file FILE] ...   the HTTP server (docs/serving.md)
+    tfx-gpt2 retrain [--min-new-documents N] ...   feedback -> a new span -> the pipeline (docs/continuous-training.md)
+    tfx-gpt2 lineage models:/NAME/VERSION | cmpl-ID   the data behind a version, or a completion's path
 
 `encode` and `train-vocab` run the pipeline's code (`FastEncoder`, `train_vocab`); special
 tokens recorded in a vocabulary directory are kept whole.
