@@ -103,3 +103,32 @@ def test_serve_refuses_credentials_in_the_tracking_uri_and_bad_engine_settings(c
     assert main(["serve", "models:/m@champion", "--max-batch-size", "0"]) == 2
     assert "max_batch_size = 0 must be >= 1" in capsys.readouterr().err
     assert main(["serve"]) == 2 and "give the model to serve" in capsys.readouterr().err
+
+
+LIGHT_COMMANDS = """
+import json, sys
+from tfx_gpt2.cli import main
+out = sys.argv[1]
+codes = [main(["retrain", "--output-dir", out, "--min-new-documents", "5"]),
+         main(["lineage", "cmpl-none", "--output-dir", out])]
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in ("tfx", "tensorflow", "apache_beam", "keras", "airflow")
+                                                 if m in sys.modules)}))
+"""
+
+
+def test_retrain_and_lineage_start_without_tfx_or_beam(tmp_path):
+    """`tfx-gpt2 retrain` with nothing to do and `tfx-gpt2 lineage` read the store and the registry
+    only: neither imports TFX, TensorFlow, Beam or Airflow (seconds, not the tens TFX's import takes)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run([sys.executable, "-c", LIGHT_COMMANDS, str(tmp_path)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"codes": [0, 1], "heavy": []}, result.stderr[-2000:]
+    assert "nothing to do: 0 new training document(s)" in result.stdout
+    assert "no completion 'cmpl-none'" in result.stderr
