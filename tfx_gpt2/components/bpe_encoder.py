@@ -40,7 +40,7 @@ from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
 from tfx_gpt2.components.spans import span_of
-from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST
+from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST, describe_spans
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text import bpe
 from tfx_gpt2.text.encode_beam import EncoderInputError, block_stats_summary, encode_examples
@@ -73,16 +73,6 @@ def span_lineage(examples: list) -> List[dict]:
         lineage.append({"span": span_of(a), "documents": documents, "uri": a.uri,
                         "feedback": json.loads(manifest) if manifest else None})
     return sorted(lineage, key=lambda x: x["span"])
-
-
-def describe_spans(spans) -> str:
-    """The spans as text: `3` for one, `3-7` for a run, `1,4` otherwise."""
-    spans = sorted(set(spans))
-    if len(spans) == 1:
-        return str(spans[0])
-    if spans == list(range(spans[0], spans[-1] + 1)):
-        return f"{spans[0]}-{spans[-1]}"
-    return ",".join(map(str, spans))
 
 
 @tfx.dsl.components.component(use_beam=True)

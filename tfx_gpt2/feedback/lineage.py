@@ -26,6 +26,8 @@ import datetime
 import json
 from typing import Any, Dict, List, Optional
 
+from tfx_gpt2.feedback.spans import describe_spans
+
 PREFIX = "tfx_gpt2."
 FEEDBACK_SPAN_TAG = "tfx_gpt2.feedback.span"
 FEEDBACK_WATERMARK_TAG = "tfx_gpt2.feedback.watermark"
@@ -43,8 +45,6 @@ def lineage_tags(lineage: List[Dict[str, Any]]) -> Dict[str, str]:
     """The version tags of the spans in `lineage` (BpeEncoder's `lineage` property)."""
     if not lineage:
         return {}
-    from tfx_gpt2.components.bpe_encoder import describe_spans
-
     feedback = [s["feedback"] for s in lineage if s.get("feedback")]
     tags = {PREFIX + "data.spans": describe_spans(s["span"] for s in lineage),
             PREFIX + "data.documents": str(sum(s.get("documents") or 0 for s in lineage))}

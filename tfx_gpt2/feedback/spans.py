@@ -110,6 +110,16 @@ def mlmd_span(artifact) -> int:
     return artifact.properties["span"].int_value if "span" in artifact.properties else 0
 
 
+def describe_spans(spans) -> str:
+    """The spans as text: `3` for one, `3-7` for a run, `1,4` otherwise."""
+    spans = sorted(set(spans))
+    if len(spans) == 1:
+        return str(spans[0])
+    if spans == list(range(spans[0], spans[-1] + 1)):
+        return f"{spans[0]}-{spans[-1]}"
+    return ",".join(map(str, spans))
+
+
 def read_manifest(input_base: str, span: int) -> Optional[Dict[str, Any]]:
     """The manifest of `span` under a training-data folder (None for the corpus, or a plain folder)."""
     import tensorflow as tf
