@@ -46,6 +46,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["tfx-gpt2=tfx_gpt2.cli:main"],
-                  "airflow.plugins": ["tfx_gpt2=tfx_gpt2.airflow_timetable:TfxGpt2Plugin"]},
+                  "airflow.plugins": ["tfx_gpt2=tfx_gpt2.orchestration.airflow_timetable:TfxGpt2Plugin"]},
     license="MIT",
 )

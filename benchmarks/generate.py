@@ -89,7 +89,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    from tfx_gpt2.config import model_preset
+    from tfx_gpt2.config.model import model_preset
     from tfx_gpt2.model.checkpoints import load_checkpoint, save_hf_checkpoint
     from tfx_gpt2.model.generate import Generator, SamplingConfig
     from tfx_gpt2.model.gpt2 import GPT2

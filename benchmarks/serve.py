@@ -64,10 +64,10 @@ def register(model: str, root: str, name: str = "bench", n_ctx: int = 0) -> str:
 
     import keras
 
-    from tfx_gpt2.config import model_preset
+    from tfx_gpt2.config.model import model_preset
     from tfx_gpt2.model.gpt2 import GPT2
     from tfx_gpt2.model.io import save_model_dir
-    from tfx_gpt2.registry import push_model
+    from tfx_gpt2.registry.push import push_model
 
     keras.utils.set_random_seed(0)
     shape = model_preset(model)

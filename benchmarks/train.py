@@ -6,7 +6,7 @@
 For each shape, random token blocks are written to disk and both implementations take optimizer
 steps of the same batch (AdamW, gradient clipping, XLA):
 
-    ours   `tfx_gpt2.training.train()` itself (the TFX Trainer's loop: data pipeline, step,
+    ours   `tfx_gpt2.training.loop.train()` itself (the TFX Trainer's loop: data pipeline, step,
            logging), tokens/s of its logging windows after the first `--warmup` steps
            (compilation excluded).
     HF     transformers' `TFGPT2LMHeadModel` (the Hugging Face implementation that runs in this
@@ -76,8 +76,8 @@ def write_blocks(path, n, block_len, vocab, seed=0):
 
 
 def ours(cfg, batch, steps, warmup, tmp):
-    from tfx_gpt2.config import TrainConfig
-    from tfx_gpt2.training import train
+    from tfx_gpt2.config.model import TrainConfig
+    from tfx_gpt2.training.loop import train
 
     if not os.path.exists(os.path.join(tmp, "train")):
         write_blocks(os.path.join(tmp, "train", "b.tfrecord"), batch * 4, cfg.n_ctx + 1, cfg.n_vocab)
@@ -141,7 +141,7 @@ def main(argv=None):
 
     import dataclasses
 
-    from tfx_gpt2.config import model_preset, train_preset
+    from tfx_gpt2.config.model import model_preset, train_preset
 
     peak, peak_source = peak_tflops(args.peak_tflops)
     rows = []

@@ -1,6 +1,6 @@
 """The tfx-gpt2 pipeline as an Airflow DAG: one task per TFX component of `create_pipeline()`.
 
-Configured by environment variables or a JSON file (see `tfx_gpt2/settings.py`): the data
+Configured by environment variables or a JSON file (see `tfx_gpt2/config/settings.py`): the data
 (`TFX_GPT2_DATA_ROOT` or `TFX_GPT2_MONGO_COLLECTIONS`), the model (`TFX_GPT2_MODEL`,
 `TFX_GPT2_TRAIN`, `TFX_GPT2_MAX_STEPS`), MLflow (`MLFLOW_TRACKING_URI`), the schedule
 (`TFX_GPT2_SCHEDULE`, e.g. `@daily`; by default none: each trigger is one run). ML Metadata is a
@@ -10,13 +10,13 @@ With `TFX_GPT2_FEEDBACK_LOOP=1` it reads the corpus plus the feedback spans that
 (`tfx_gpt2_feedback_dag.py`) writes, and is triggered by it.
 
 Parsing this file does not import TFX: the pipeline is compiled once and cached under
-`TFX_GPT2_OUTPUT_DIR/airflow/` (`tfx_gpt2.airflow_dag`); the first parse after a change of the
+`TFX_GPT2_OUTPUT_DIR/airflow/` (`tfx_gpt2.orchestration.airflow_dag`); the first parse after a change of the
 settings or of the code compiles it (about 20 s).
 """
 
 import datetime
 
-from tfx_gpt2.airflow_dag import airflow_dag, dag_settings
+from tfx_gpt2.orchestration.airflow_dag import airflow_dag, dag_settings
 
 settings = dag_settings()
 

@@ -31,9 +31,9 @@ from airflow.operators.python import PythonOperator
 from airflow.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sensors.python import PythonSensor
 
-from tfx_gpt2.airflow_timetable import NextTickTimetable
+from tfx_gpt2.config.settings import from_env
 from tfx_gpt2.feedback.retrain import loop_config_from_env
-from tfx_gpt2.settings import from_env
+from tfx_gpt2.orchestration.airflow_timetable import NextTickTimetable
 
 settings = from_env()
 policy, rule = loop_config_from_env(os.environ)
@@ -49,7 +49,7 @@ def open_feedback_store():
 
 def enough_feedback() -> bool:
     """True when a retrain condition holds; else the task ends as skipped, saying why."""
-    from tfx_gpt2.continuous import decide_now
+    from tfx_gpt2.orchestration.continuous import decide_now
 
     store = open_feedback_store()
     try:
@@ -63,7 +63,7 @@ def enough_feedback() -> bool:
 
 
 def write_feedback_span():
-    from tfx_gpt2.continuous import prepare
+    from tfx_gpt2.orchestration.continuous import prepare
 
     store = open_feedback_store()
     try:

@@ -16,7 +16,7 @@ MLFLOW_TRACKING_URI names a server) use sqlite files under the output directory;
 unchanged inputs reuses every component from the cache.
 
 Settings come from TFX_GPT2_* variables and TFX_GPT2_CONFIG like every runner's
-(tfx_gpt2/settings.py); a flag wins over both. With --mongo-collection the documents come from
+(tfx_gpt2/config/settings.py); a flag wins over both. With --mongo-collection the documents come from
 MongoDB (the connection string is read from the variable --mongo-uri-env, MONGO_URI by default,
 and never stored).
 """
@@ -65,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_from(args: argparse.Namespace):
     """The environment's settings (with this example's local defaults), then the flags."""
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR, from_env
 
-    settings = from_env(pipeline_name="tfx-gpt2-local", output_dir=os.path.join(REPO, "tfx_gpt2_output"))
+    settings = from_env(pipeline_name="tfx-gpt2-local", output_dir=os.path.abspath(DEFAULT_OUTPUT_DIR))
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
     changes = {k: v for k, v in changes.items() if v is not None}
     optional = {"max_steps": args.max_steps, "vocab_size": args.vocab_size,
@@ -83,7 +83,7 @@ def settings_from(args: argparse.Namespace):
 
 
 def main(argv=None):
-    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.orchestration.beam_local import run_and_report
 
     run_and_report(settings_from(parse_args(argv)))
 

@@ -17,7 +17,7 @@ retrain, let the gate decide, and watch the server switch (or stay).
 5. When version 2 is blessed the server switches to it; otherwise it keeps version 1. Both
    perplexities are printed, then the lineage of a completion and of the new version.
 
-Settings come from TFX_GPT2_* variables like every runner's (tfx_gpt2/settings.py).
+Settings come from TFX_GPT2_* variables like every runner's (tfx_gpt2/config/settings.py).
 """
 
 import argparse
@@ -126,16 +126,18 @@ def follow(url, settings, first, second, key):
 
 
 def main(argv=None) -> int:
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR
+
     sys.path.insert(0, REPO)
-    from tfx_gpt2.continuous import retrain, with_loop_defaults
+    from tfx_gpt2.config.settings import from_env
     from tfx_gpt2.feedback.lineage_report import completion_lineage, version_lineage
     from tfx_gpt2.feedback.records import FeedbackRule
     from tfx_gpt2.feedback.retrain import RetrainPolicy
     from tfx_gpt2.feedback.store import open_store
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.orchestration.continuous import retrain, with_loop_defaults
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--output-dir", default=os.path.join(os.path.expanduser("~"), "tfx_gpt2_loop"))
+    p.add_argument("--output-dir", default=os.path.join(DEFAULT_OUTPUT_DIR, "loop-example"))
     p.add_argument("--max-steps", type=int, default=0, help="training steps per run (0: the preset's)")
     p.add_argument("--users", type=int, default=24, help="simulated users, 5 or more (a prompt and a rating each)")
     args = p.parse_args(argv)

@@ -8,7 +8,7 @@
 The model's shape (and so the block length the data is encoded to) is the checkpoint's: read from
 its directory, or OpenAI's SIZE for openai:SIZE. The data is encoded with the checkpoint's
 vocabulary (OpenAI's for OpenAI checkpoints), and the `finetune` training preset (low learning
-rate) applies unless --train says otherwise. Other settings: TFX_GPT2_* (tfx_gpt2/settings.py).
+rate) applies unless --train says otherwise. Other settings: TFX_GPT2_* (tfx_gpt2/config/settings.py).
 """
 
 import argparse
@@ -20,16 +20,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def settings_from(argv=None):
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-name", default="tfx-gpt2-finetune")
     parser.add_argument("--data-root", default=os.path.join(REPO, "data", "pydoc_topics"))
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "tfx_gpt2_output"))
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--init-checkpoint", default="openai:124M", help="a checkpoint directory or openai:SIZE")
     parser.add_argument("--train", default="finetune", help="training preset")
     parser.add_argument("--max-steps", type=int, default=0, help="override the preset's steps")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import from_env
 
     vocab = "gpt2" if args.init_checkpoint.startswith("openai:") else args.init_checkpoint
     return dataclasses.replace(
@@ -38,7 +40,7 @@ def settings_from(argv=None):
 
 
 def main(argv=None):
-    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.orchestration.beam_local import run_and_report
 
     return run_and_report(settings_from(argv))
 

@@ -42,9 +42,11 @@ def load_bundled(collection: str, uri_env: str) -> int:
 
 def settings_from(argv=None):
     """The settings of this template's run (TFX_GPT2_* variables, then the flags), and the flags."""
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-name", default="tfx-gpt2-mongodb")
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "tfx_gpt2_output"))
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--collection", action="append", required=True, help="database.collection (repeatable)")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--filter", default="{}", help="MongoDB query as JSON")
@@ -60,7 +62,7 @@ def settings_from(argv=None):
     if args.uri_env not in os.environ:
         parser.error(f"set {args.uri_env} to the MongoDB connection string (it is read at run time, never stored)")
 
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import from_env
 
     init = "" if args.init_checkpoint == "none" else args.init_checkpoint
     vocab = "gpt2" if not init or init.startswith("openai:") else init
@@ -74,7 +76,7 @@ def settings_from(argv=None):
 
 
 def main(argv=None):
-    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.orchestration.beam_local import run_and_report
 
     settings, args = settings_from(argv)
     if args.load_bundled:

@@ -6,7 +6,7 @@
 VocabTrainer learns a byte-level BPE of --vocab-size tokens on the train split (GPT-2's file
 format), BpeEncoder encodes with it, and the Trainer trains --model from scratch with an
 embedding of that size. On the bundled (English) corpus with the defaults it runs in minutes.
-Other settings: TFX_GPT2_* (tfx_gpt2/settings.py).
+Other settings: TFX_GPT2_* (tfx_gpt2/config/settings.py).
 """
 
 import argparse
@@ -18,10 +18,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def settings_from(argv=None):
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline-name", default="tfx-gpt2-new-language")
     parser.add_argument("--data-root", default=os.path.join(REPO, "data", "pydoc_topics"))
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "tfx_gpt2_output"))
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--special-token", action="append", default=[], help="an extra special token (repeatable)")
     parser.add_argument("--model", default="tiny")
@@ -29,7 +31,7 @@ def settings_from(argv=None):
     parser.add_argument("--max-steps", type=int, default=0, help="override the preset's steps")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import from_env
 
     return dataclasses.replace(
         from_env(), pipeline_name=args.pipeline_name, data_root=args.data_root, output_dir=args.output_dir,
@@ -38,7 +40,7 @@ def settings_from(argv=None):
 
 
 def main(argv=None):
-    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.orchestration.beam_local import run_and_report
 
     return run_and_report(settings_from(argv))
 

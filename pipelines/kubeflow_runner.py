@@ -8,7 +8,7 @@
 writes a PipelineJob JSON; upload its `pipelineSpec` in the Kubeflow Pipelines UI (or submit the
 file to Vertex AI Pipelines). The pipeline is the same `create_pipeline()` as the Beam and Airflow
 runs, configured by the flags, or by `TFX_GPT2_*` variables / `TFX_GPT2_CONFIG` (see
-`tfx_gpt2/settings.py`) for anything without a flag. Every component runs in `--image`; the
+`tfx_gpt2/config/settings.py`) for anything without a flag. Every component runs in `--image`; the
 Trainer runs in `--gpu-image` (if given) and asks for `--trainer-gpus` GPUs of `--gpu-type`,
 with `--trainer-cpu` / `--trainer-memory-gb` limits.
 
@@ -44,7 +44,9 @@ def compile_pipeline(settings, image: str, output: str, gpu_image: str = "", tra
     """Writes the PipelineJob JSON to `output` and returns it (a dict)."""
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner, pipeline_builder
 
-    pipeline = settings.create_pipeline(metadata_connection_config=None)
+    from tfx_gpt2.pipeline import pipeline_from_settings
+
+    pipeline = pipeline_from_settings(settings, metadata_connection_config=None)
     for component in pipeline.components:
         if component.id == "Trainer":
             component.with_platform_config(trainer_resources(trainer_gpus, gpu_type, trainer_cpu, trainer_memory_gb))
@@ -98,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--trainer-memory-gb", type=float, default=32.0, help="Trainer memory limit (GB)")
     args = parser.parse_args(argv)
 
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import from_env
 
     settings = from_env()
     changes = {k: v for k, v in {

@@ -101,7 +101,7 @@ def tiny_model_dir(path: str, seed: int = 0, n_ctx: int = 16, n_embd: int = 16, 
     """A random GPT-2 (1 layer by default) with OpenAI's vocabulary, saved as a tfx-gpt2 model directory."""
     import keras
 
-    from tfx_gpt2.config import GPT2Config
+    from tfx_gpt2.config.model import GPT2Config
     from tfx_gpt2.model.gpt2 import GPT2
     from tfx_gpt2.model.io import save_model_dir
 
@@ -145,7 +145,7 @@ class OurServer:
 def register_tiny(tracking_uri: str, path: str, name: str, key: str = "serve-1", seed: int = 0, **shape) -> str:
     """Registers a tiny random model (see `tiny_model_dir`) as a blessed version of `name`; its
     `models:/NAME@champion` URI."""
-    from tfx_gpt2.registry import push_model
+    from tfx_gpt2.registry.push import push_model
 
     model_dir = tiny_model_dir(path, seed=seed, **shape)
     push_model(tracking_uri=tracking_uri, experiment_name=name, registered_model_name=name, model_dir=model_dir,

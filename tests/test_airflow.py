@@ -50,7 +50,7 @@ def airflow_env(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     # What `tools/airflow.sh` does first (compile the DAG's pipeline), in this process, which has
     # imported TFX already; the script then finds the plan up to date.
-    from tfx_gpt2.airflow_dag import dag_settings, load_plan
+    from tfx_gpt2.orchestration.airflow_dag import dag_settings, load_plan
 
     load_plan(dag_settings(env))
     airflow = Airflow(home, env)
@@ -180,7 +180,7 @@ def test_the_feedback_dag_runs_once_per_play_and_retrains_from_the_champion(airf
 
 
 def test_mlflow_run_link_for_a_tracking_server(mlflow_server):
-    from tfx_gpt2.airflow_dag import mlflow_run_url
+    from tfx_gpt2.orchestration.airflow_dag import mlflow_run_url
 
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     experiment = client.create_experiment("airflow-link")

@@ -1,4 +1,4 @@
-"""The Beam argument sets of `tfx_gpt2.beam_runners`: each parses with Beam's own options and
+"""The Beam argument sets of `tfx_gpt2.orchestration.beam_args`: each parses with Beam's own options and
 names a runner Beam can build; Dataflow's pass Beam's Dataflow validation; bad values are
 refused with the field and the fix. The portable set runs the data components here through a
 real job service (`tests/test_beam_scaling.py`, `job_endpoint=embed`)."""
@@ -18,7 +18,14 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 from apache_beam.runners.runner import create_runner
 
-from tfx_gpt2.beam_runners import BeamArgsError, dataflow_args, direct_args, flink_args, portable_args, spark_args
+from tfx_gpt2.orchestration.beam_args import (
+    BeamArgsError,
+    dataflow_args,
+    direct_args,
+    flink_args,
+    portable_args,
+    spark_args,
+)
 
 IMAGE = "registry.example/tfx-gpt2:1"
 
@@ -81,9 +88,9 @@ def test_bad_values_are_refused_with_the_field(make, field):
 
 
 def test_command_line_prints_one_line_of_arguments():
-    result = subprocess.run([sys.executable, "-m", "tfx_gpt2.beam_runners", "spark", "--master",
+    result = subprocess.run([sys.executable, "-m", "tfx_gpt2.orchestration.beam_args", "spark", "--master",
                              "spark://spark-master:7077", "--image", IMAGE], capture_output=True, text=True, check=True)
     assert result.stdout.split() == list(spark_args("spark://spark-master:7077", IMAGE))
-    bad = subprocess.run([sys.executable, "-m", "tfx_gpt2.beam_runners", "dataflow", "--project", "p"],
+    bad = subprocess.run([sys.executable, "-m", "tfx_gpt2.orchestration.beam_args", "dataflow", "--project", "p"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--region is required" in bad.stderr

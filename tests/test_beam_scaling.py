@@ -1,7 +1,7 @@
 """The data components on Beam's DirectRunner in multi-process mode: both cores do work, and the
 output is the same as with one process (the same documents in each split, the same token counts).
 The same holds through Beam's portable runner and a real job service (`job_endpoint=embed`, the
-SDK in this process): the path Flink and Spark take (`tfx_gpt2.beam_runners`)."""
+SDK in this process): the path Flink and Spark take (`tfx_gpt2.orchestration.beam_args`)."""
 
 import collections
 import os
@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
 
-from tfx_gpt2.beam_runners import portable_args
-from tfx_gpt2.local import metadata_config, run_local
+from tfx_gpt2.orchestration.beam_args import portable_args
+from tfx_gpt2.orchestration.beam_local import run_local
+from tfx_gpt2.orchestration.mlmd_runs import metadata_config
 from tfx_gpt2.pipeline import DataConfig, TextFolder, create_data_pipeline
 
 MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]

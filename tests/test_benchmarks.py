@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfx_gpt2.config import GPT2Config, model_preset
+from tfx_gpt2.config.model import GPT2Config, model_preset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 

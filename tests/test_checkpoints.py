@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from reference_models import hf_reference_logits, write_hf_checkpoint, write_openai_checkpoint
 
-from tfx_gpt2.model.checkpoints import (
-    OPENAI_FILES,
-    CheckpointError,
-    detect_format,
-    download_openai_checkpoint,
-    load_checkpoint,
-    save_hf_checkpoint,
-)
+from tfx_gpt2.config.checkpoint_shape import CheckpointError, detect_format
+from tfx_gpt2.model.checkpoints import OPENAI_FILES, download_openai_checkpoint, load_checkpoint, save_hf_checkpoint
 
 TOKENS = np.array([[15496, 995, 11, 428, 318, 257, 1332, 13], [464, 2068, 7586, 21831, 18045, 625, 262, 16931]])
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tfx_gpt2.config import (
+from tfx_gpt2.config.model import (
     MODEL_PRESETS,
     ConfigError,
     GPT2Config,

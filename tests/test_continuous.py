@@ -84,7 +84,7 @@ def test_lineage_links_data_versions_and_completions(loop):
     # ML Metadata: the pusher that registered version 2 read the blocks of spans 0 and 1
     from ml_metadata.metadata_store import metadata_store
 
-    from tfx_gpt2.local import metadata_config
+    from tfx_gpt2.orchestration.mlmd_runs import metadata_config
 
     mlmd = metadata_store.MetadataStore(metadata_config(os.path.join(out, "metadata", f"{NAME}.db")))
     pushed = [a for a in mlmd.get_artifacts_by_type("PushedModel")

@@ -7,9 +7,9 @@ import os
 import pytest
 from ml_metadata.metadata_store import metadata_store
 
-from tfx_gpt2 import local
+from tfx_gpt2.config.settings import DEFAULT_BEAM_ARGS
+from tfx_gpt2.orchestration import beam_local, mlmd_runs, run_report
 from tfx_gpt2.pipeline import DataConfig, TextFolder, create_data_pipeline
-from tfx_gpt2.settings import DEFAULT_BEAM_ARGS
 from tfx_gpt2.text.blocks import read_blocks
 
 
@@ -26,38 +26,38 @@ def run(tmp_path_factory, corpus_text):
                         max_chars=4000)
     pipeline = create_data_pipeline(
         "dv", str(root / "pipeline"), config, block_len=65,
-        metadata_connection_config=local.metadata_config(str(root / "mlmd.sqlite")),
+        metadata_connection_config=mlmd_runs.metadata_config(str(root / "mlmd.sqlite")),
         beam_pipeline_args=list(DEFAULT_BEAM_ARGS),
     )
-    local.run_local(pipeline)
-    store = metadata_store.MetadataStore(local.metadata_config(str(root / "mlmd.sqlite")))
+    beam_local.run_local(pipeline)
+    store = metadata_store.MetadataStore(mlmd_runs.metadata_config(str(root / "mlmd.sqlite")))
     return store, store.get_context_by_type_and_name("pipeline", "dv").id
 
 
 def test_rejected_and_counted(run):
     store, ctx = run
-    summary = local.data_summary(store, ctx)
+    summary = run_report.data_summary(store, ctx)
     assert summary["documents"] == 40 + 6 + 1 and summary["empty_documents"] == 2
     assert summary["rejected"] == {"invalid_utf8": 1}
 
 
 def test_anomalies_name_empty_long_and_badly_decoded_documents(run):
     store, ctx = run
-    anomalies = local.data_summary(store, ctx)["anomalies"]
+    anomalies = run_report.data_summary(store, ctx)["anomalies"]
     found = " | ".join(line for lines in anomalies.values() for line in lines)
     assert "documents shorter than 1 characters" in found
     assert "documents longer than 4000 characters" in found
     assert "U+FFFD replacement characters" in found
-    lines = local._data_lines(local.data_summary(store, ctx))
+    lines = run_report._data_lines(run_report.data_summary(store, ctx))
     assert any(line.startswith("Data anomalies:") and "found" in line for line in lines)
 
 
 def test_the_encoder_uses_the_trained_vocabulary(run):
     store, ctx = run
     vocab = [a for a in store.get_artifacts_by_context(ctx) if a.type == "tfx_gpt2.Vocabulary"]
-    assert len(vocab) == 1 and local._props(vocab[0])["vocab_size"] == 600
+    assert len(vocab) == 1 and mlmd_runs.artifact_props(vocab[0])["vocab_size"] == 600
     assert sorted(os.listdir(vocab[0].uri)) == ["encoder.json", "special_tokens.json", "vocab.bpe"]
-    encoded = local.data_summary(store, ctx)
+    encoded = run_report.data_summary(store, ctx)
     assert encoded["vocab_size"] == 600
     enc = max((a for a in store.get_artifacts_by_context(ctx) if "block_len" in a.custom_properties), key=lambda a: a.id)
     blocks = list(read_blocks([os.path.join(enc.uri, "Split-train", "*")]))

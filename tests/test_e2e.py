@@ -29,11 +29,13 @@ from conftest import CORPUS_DIR
 from mlflow_helpers import free_port, post_json, wait_http
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tfx_gpt2.config import train_preset
-from tfx_gpt2.local import metadata_config, run_and_report, ui_commands
-from tfx_gpt2.pipeline_config import OutputLayout, TrainingSetup
-from tfx_gpt2.registry import set_tracking_uri
-from tfx_gpt2.settings import from_env
+from tfx_gpt2.config.model import train_preset
+from tfx_gpt2.config.pipeline import OutputLayout, TrainingSetup
+from tfx_gpt2.config.settings import from_env
+from tfx_gpt2.orchestration.beam_local import run_and_report
+from tfx_gpt2.orchestration.mlmd_runs import metadata_config
+from tfx_gpt2.orchestration.run_report import ui_commands
+from tfx_gpt2.registry.client import set_tracking_uri
 
 NAME = "e2e-tiny"
 COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
@@ -68,10 +70,10 @@ def all_runs(tmp_path_factory):
 
 KILLED_RUN = """
 import dataclasses, sys
-from tfx_gpt2.config import train_preset
-from tfx_gpt2.local import run_and_report
-from tfx_gpt2.pipeline_config import TrainingSetup
-from tfx_gpt2.settings import from_env
+from tfx_gpt2.config.model import train_preset
+from tfx_gpt2.orchestration.beam_local import run_and_report
+from tfx_gpt2.config.pipeline import TrainingSetup
+from tfx_gpt2.config.settings import from_env
 settings = from_env({}, pipeline_name=sys.argv[1], output_dir=sys.argv[2], data_root=sys.argv[3])
 short = dataclasses.replace(train_preset("tiny"), max_steps=40, warmup_steps=2, eval_every=40, log_every=4,
                             checkpoint_every=4, checkpoint_every_seconds=0)
@@ -133,7 +135,7 @@ def test_a_tracking_server_that_is_down_fails_the_run_and_changes_nothing(all_ru
     from ml_metadata.metadata_store import metadata_store
     from mlflow.tracking import MlflowClient
 
-    from tfx_gpt2.local import execution_states
+    from tfx_gpt2.orchestration.mlmd_runs import execution_states
 
     out, first, _, worse, rescored, error = all_runs
     assert "did not answer" in str(error) and "mlflow server" in str(error)
@@ -256,7 +258,7 @@ def test_printed_ui_commands_serve_the_results(runs):
 
 def test_each_run_reads_back_its_own_results(all_runs):
     """Read after later runs registered other versions, a run's summary is still its own."""
-    from tfx_gpt2.local import summarize
+    from tfx_gpt2.orchestration.run_report import summarize
 
     out, first, second, worse, rescored, _ = all_runs
     assert len({first["run_id"], second["run_id"], worse["run_id"], rescored["run_id"]}) == 4

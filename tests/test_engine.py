@@ -8,7 +8,7 @@ import time
 import keras
 import pytest
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.generate import Generator, SamplingConfig
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.serving.detokenizer import TextStream

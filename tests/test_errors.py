@@ -11,7 +11,7 @@ import pytest
 from mlflow_helpers import tiny_model_dir
 from test_pipeline import build
 
-from tfx_gpt2.config import ConfigError
+from tfx_gpt2.config.model import ConfigError
 
 
 def test_a_data_folder_that_does_not_exist_is_named(tmp_path):

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_helpers import tiny_model_dir
 from test_registry import aliases, push
 
-from tfx_gpt2.registry import CHALLENGER, CHAMPION
+from tfx_gpt2.registry.client import CHALLENGER, CHAMPION
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,7 +58,7 @@ def start_push(server, model_dir, key, name, stall_in="_log_files"):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {TESTS!r})
-        import tfx_gpt2.registry as registry
+        import tfx_gpt2.registry.push as registry
         from test_registry import push
 
         def stall(*args, **kwargs):
@@ -109,7 +109,7 @@ def test_killed_pushes_leave_no_run_running(mlflow_server, models):
 
 LOCKED = textwrap.dedent("""
     import sys, time
-    from tfx_gpt2.registry import registry_lock
+    from tfx_gpt2.registry.locks import registry_lock
     with registry_lock(sys.argv[1], sys.argv[2]):
         start = time.time()
         time.sleep(1.5)
@@ -135,7 +135,7 @@ def test_a_champion_that_moved_after_the_evaluation_is_compared_at_push_time(mlf
     from tfx.types import standard_artifacts
 
     from tfx_gpt2.components.mlflow_pusher import current_blessing
-    from tfx_gpt2.registry import NO_CHAMPION
+    from tfx_gpt2.registry.champion import NO_CHAMPION
 
     name = "faults-moved"
     examples = standard_artifacts.Examples()
@@ -177,7 +177,7 @@ def test_runs_whose_process_died_have_their_executions_cancelled(tmp_path):
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2 as pb
 
-    from tfx_gpt2.local import cancel_dead_executions, metadata_config, run_lock
+    from tfx_gpt2.orchestration.mlmd_runs import cancel_dead_executions, metadata_config, run_lock
 
     config = metadata_config(str(tmp_path / "metadata.db"))
     store = metadata_store.MetadataStore(config)
@@ -205,8 +205,8 @@ def test_checkpoints_follow_the_clock_as_well_as_the_step_count(tmp_path, monkey
     import tensorflow as tf
     from test_training import CFG, write_blocks
 
-    import tfx_gpt2.training as training
-    from tfx_gpt2.config import TrainConfig
+    import tfx_gpt2.training.loop as training
+    from tfx_gpt2.config.model import TrainConfig
 
     write_blocks(str(tmp_path / "train" / "b.gz"), [[(s + i) % 64 for i in range(9)] for s in range(64)])
     write_blocks(str(tmp_path / "eval" / "b.gz"), [[(s + i) % 64 for i in range(9)] for s in range(8)])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from reference_models import hf_reference_model, write_hf_checkpoint
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.checkpoints import load_checkpoint
 from tfx_gpt2.model.generate import GenerationError, Generator, SamplingConfig, cut_at_stop
 from tfx_gpt2.model.gpt2 import GPT2

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from tfx_gpt2.metrics import perplexity, unigram_perplexity
+from tfx_gpt2.training.perplexity import perplexity, unigram_perplexity
 
 
 def test_unigram_perplexity_exact():
@@ -28,7 +28,7 @@ def test_perplexity_overflow():
 
 
 def test_blessing_decision():
-    from tfx_gpt2.metrics import blessing_decision
+    from tfx_gpt2.registry.blessing import blessing_decision
 
     assert blessing_decision(50.0, 100.0)[0]  # the first model: the threshold alone
     blessed, reason = blessing_decision(150.0, 100.0, champion_perplexity=200.0)

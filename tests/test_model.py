@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.checkpoint_shape import CheckpointError
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2, weight_name
-from tfx_gpt2.model.io import CheckpointError, assign_weights, load_model_dir, save_model_dir
+from tfx_gpt2.model.io import assign_weights, load_model_dir, save_model_dir
 
 SMALL = GPT2Config(n_vocab=100, n_ctx=16, n_embd=32, n_layer=2, n_head=4)
 

@@ -12,9 +12,9 @@ from bson import ObjectId
 from ml_metadata.metadata_store import metadata_store
 from mongo_helpers import SharedClient
 
-from tfx_gpt2 import local
+from tfx_gpt2.config.settings import DEFAULT_BEAM_ARGS
+from tfx_gpt2.orchestration import beam_local, mlmd_runs
 from tfx_gpt2.pipeline import DataConfig, create_data_pipeline
-from tfx_gpt2.settings import DEFAULT_BEAM_ARGS
 from tfx_gpt2.sources import mongo
 
 PASSWORD = "s3cretPW-do-not-store"
@@ -50,25 +50,25 @@ def data_pipeline(root, source):
                         control_feature="kind", special_tokens=("<|news|>",))
     return create_data_pipeline(
         "mongo-test", os.path.join(root, "pipeline"), config, block_len=65,
-        metadata_connection_config=local.metadata_config(os.path.join(root, "mlmd.sqlite")),
+        metadata_connection_config=mlmd_runs.metadata_config(os.path.join(root, "mlmd.sqlite")),
         beam_pipeline_args=list(DEFAULT_BEAM_ARGS),
     )
 
 
 def _store(root):
-    return metadata_store.MetadataStore(local.metadata_config(os.path.join(root, "mlmd.sqlite")))
+    return metadata_store.MetadataStore(mlmd_runs.metadata_config(os.path.join(root, "mlmd.sqlite")))
 
 
 def _latest(store, type_name, key):
     arts = [a for a in store.get_artifacts_by_type(type_name) if key in a.custom_properties]
-    return local._props(max(arts, key=lambda a: a.id))
+    return mlmd_runs.artifact_props(max(arts, key=lambda a: a.id))
 
 
 def test_full_cached_then_incremental_spans(db, tmp_path, capfd):
     root = str(tmp_path)
     source = mongo.MongoSource(collections=("news.articles",), text_field="body", filter='{"lang": "en"}',
                                metadata_fields=("kind",), uri_env="NEWS_MONGO_URI", incremental=True)
-    local.run_local(data_pipeline(root, source))
+    beam_local.run_local(data_pipeline(root, source))
     store = _store(root)
     gen = _latest(store, "Examples", "mongo_watermarks")
     assert gen["span"] == 0 and gen["documents"] == 41 and gen["empty_documents"] == 1
@@ -80,12 +80,12 @@ def test_full_cached_then_incremental_spans(db, tmp_path, capfd):
     first_tokens = sum(enc[f"{s}_tokens"] for s in ("train", "eval", "test"))
 
     # Unchanged database: the driver resolves the same inputs, so ExampleGen is a cache hit.
-    local.run_local(data_pipeline(root, source))
-    assert local.execution_states(_store(root), "mongo-test")["MongoExampleGen"] == "CACHED"
+    beam_local.run_local(data_pipeline(root, source))
+    assert mlmd_runs.execution_states(_store(root), "mongo-test")["MongoExampleGen"] == "CACHED"
 
     # New documents: span 1 holds only them; the encoder reads both spans.
     _insert(db, 1000, 6)
-    local.run_local(data_pipeline(root, source))
+    beam_local.run_local(data_pipeline(root, source))
     store = _store(root)
     gen = _latest(store, "Examples", "mongo_watermarks")
     assert gen["span"] == 1 and gen["documents"] == 6
@@ -110,7 +110,7 @@ def test_no_matching_document_is_a_clear_error(db, tmp_path):
     source = mongo.MongoSource(collections=("news.articles",), text_field="body", filter='{"lang": "de"}',
                                uri_env="NEWS_MONGO_URI")
     with pytest.raises(Exception, match="yielded no document.*check the source, its filter and the text field"):
-        local.run_local(data_pipeline(str(tmp_path), source))
+        beam_local.run_local(data_pipeline(str(tmp_path), source))
 
 
 def feedback_records(store, first, n):
@@ -141,10 +141,10 @@ def test_feedback_documents_are_a_new_span_of_the_mongodb_source(db, tmp_path):
     feedback_records(store, 0, 3)
     assert target.write(client, store.feedback_after(None), FeedbackRule(), "s") == 3
     assert target.write(client, store.feedback_after(None), FeedbackRule(), "s") == 0  # idempotent
-    local.run_local(data_pipeline(root, source))
+    beam_local.run_local(data_pipeline(root, source))
     feedback_records(store, 3, 2)
     assert target.write(client, store.feedback_after("3"), FeedbackRule(), "s") == 2
-    local.run_local(data_pipeline(root, source))
+    beam_local.run_local(data_pipeline(root, source))
     enc = _latest(_store(root), "Examples", "block_len")
     lineage = json.loads(enc["lineage"])
     assert [s["span"] for s in lineage] == [0, 1]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, from_json
+from tfx_gpt2.config.model import ConfigError, GPT2Config, TrainConfig, from_json
 from tfx_gpt2.pipeline import DataConfig, RegistryConfig, TextFolder, TrainingSetup, create_pipeline
 
 DATA_FIELDS = {"vocab", "vocab_size", "special_tokens", "control_feature", "split_ratios", "max_spans", "min_chars",
@@ -52,7 +52,7 @@ def test_credentials_in_tracking_uri_are_refused():
 
 
 def test_redacted_uris_drop_user_password_and_query():
-    from tfx_gpt2.registry import redact_uri
+    from tfx_gpt2.registry.client import redact_uri
 
     assert redact_uri("https://alice:pw@mlflow:5000/a?token=t") == "https://mlflow:5000/a"
     assert redact_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"

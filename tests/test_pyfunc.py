@@ -3,10 +3,11 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.model.io import save_model_dir
-from tfx_gpt2.serving.mlflow_pyfunc import MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
+from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT
+from tfx_gpt2.registry.pyfunc import SIGNATURE, GPT2PyFunc
 
 
 @pytest.fixture(scope="module")

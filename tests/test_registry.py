@@ -10,7 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_helpers import MlflowServer, free_port, tiny_model_dir
 
-from tfx_gpt2.registry import CHALLENGER, CHAMPION, RegistryError, download_champion, push_model
+from tfx_gpt2.registry.champion import download_champion
+from tfx_gpt2.registry.client import CHALLENGER, CHAMPION, RegistryError
+from tfx_gpt2.registry.push import push_model
 
 NAME = "registry-test"
 HISTORY = [{"step": 1, "loss": 9.0, "learning_rate": 1e-3}, {"step": 2, "loss": 8.0, "learning_rate": 5e-4}]
@@ -147,7 +149,7 @@ def test_refused_credentials_are_a_clear_error(auth_server, models, monkeypatch)
 
 
 def test_champion_key_follows_the_alias_and_a_champion_keeps_its_own_key(mlflow_server, models):
-    from tfx_gpt2.registry import COMPARED_WITH_TAG, NO_CHAMPION, champion_key
+    from tfx_gpt2.registry.champion import COMPARED_WITH_TAG, NO_CHAMPION, champion_key
 
     name = "champion-key-test"
     assert champion_key(mlflow_server.uri, name, "m0") == NO_CHAMPION

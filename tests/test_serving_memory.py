@@ -8,7 +8,7 @@ import time
 
 from mlflow_helpers import register_tiny
 
-from tfx_gpt2.config import model_preset
+from tfx_gpt2.config.model import model_preset
 from tfx_gpt2.model.sampling import SamplingConfig
 from tfx_gpt2.serving.deployment import Deployment
 from tfx_gpt2.serving.engine import EngineConfig, Request, Row

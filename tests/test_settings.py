@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from tfx_gpt2.settings import PipelineSettings, SettingsError, from_env
+from tfx_gpt2.config.settings import PipelineSettings, SettingsError, from_env
+from tfx_gpt2.pipeline import pipeline_from_settings
 
 
 def test_defaults_env_and_file(tmp_path):
@@ -47,7 +48,7 @@ def test_beam_example_honours_mlflow_tracking_uri_and_its_flag(monkeypatch, tmp_
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     settings = example.settings_from(example.parse_args(["--output-dir", str(tmp_path)]))
     assert settings.tracking_uri == "http://127.0.0.1:5999" and settings.pipeline_name == "tfx-gpt2-local"
-    pusher = _by_id(settings.create_pipeline())["MlflowPusher"]
+    pusher = _by_id(pipeline_from_settings(settings))["MlflowPusher"]
     assert pusher.exec_properties["tracking_uri"] == "http://127.0.0.1:5999"
     settings = example.settings_from(example.parse_args(["--mlflow-tracking-uri", "http://mlflow:5000",
                                                          "--max-steps", "7", "--no-cache"]))
@@ -63,7 +64,7 @@ def test_every_runner_builds_the_same_pipeline_from_the_same_settings(monkeypatc
     example = _load_example("beam-local-example")
     from_example = example.settings_from(example.parse_args(["--pipeline-name", "tfx-gpt2"]))
     assert from_example == from_env()  # the DAG's and the Kubeflow runner's settings
-    trainer = _by_id(from_example.create_pipeline())["Trainer"]
+    trainer = _by_id(pipeline_from_settings(from_example))["Trainer"]
     assert json.loads(json.loads(trainer.exec_properties["custom_config"])["train_config"])["max_steps"] == 9
 
 
@@ -71,7 +72,7 @@ def test_every_runner_builds_the_same_pipeline_from_the_same_settings(monkeypatc
 def test_finetune_template_reads_the_shape_of_the_checkpoint(tmp_path, fmt):
     from mlflow_helpers import tiny_model_dir
 
-    from tfx_gpt2.config import GPT2Config, from_json
+    from tfx_gpt2.config.model import GPT2Config, from_json
 
     checkpoint = tiny_model_dir(str(tmp_path / "base"), n_ctx=24, n_embd=48, n_layer=3, n_head=4)
     if fmt == "hf":
@@ -83,7 +84,7 @@ def test_finetune_template_reads_the_shape_of_the_checkpoint(tmp_path, fmt):
         checkpoint = hf
     template = _load_example("template_finetune_local_text")
     settings = template.settings_from(["--output-dir", str(tmp_path / "out"), "--init-checkpoint", checkpoint])
-    by_id = _by_id(settings.create_pipeline())
+    by_id = _by_id(pipeline_from_settings(settings))
     assert by_id["BpeEncoder"].exec_properties["block_len"] == 25  # the checkpoint's n_ctx + 1, not tiny's 65
     custom = json.loads(by_id["Trainer"].exec_properties["custom_config"])
     assert from_json(GPT2Config, custom["model_config"]).n_layer == 3
@@ -93,8 +94,8 @@ def test_finetune_template_reads_the_shape_of_the_checkpoint(tmp_path, fmt):
 def test_a_model_that_contradicts_the_checkpoint_is_refused(tmp_path):
     from mlflow_helpers import tiny_model_dir
 
-    from tfx_gpt2.config import ConfigError
-    from tfx_gpt2.pipeline_config import TrainingSetup
+    from tfx_gpt2.config.model import ConfigError
+    from tfx_gpt2.config.pipeline import TrainingSetup
 
     checkpoint = tiny_model_dir(str(tmp_path / "base"), n_ctx=24, n_embd=48, n_layer=3, n_head=4)
     with pytest.raises(ConfigError, match=r"does not match the checkpoint .* \(n_ctx 24, n_embd 48, n_layer 3\)"):
@@ -107,7 +108,7 @@ def test_a_model_that_contradicts_the_checkpoint_is_refused(tmp_path):
 def test_connecting_to_mlflow_leaves_the_settings_of_the_next_run_alone(monkeypatch, tmp_path):
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; a second pipeline built in the same
     # process (a notebook, the templates' tests) would then log to the first one's store.
-    from tfx_gpt2.registry import set_tracking_uri
+    from tfx_gpt2.registry.client import set_tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     set_tracking_uri(f"sqlite:///{tmp_path}/first.db")

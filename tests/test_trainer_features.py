@@ -16,9 +16,9 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_training import CFG, counting_data  # noqa: F401 -- the fixture
 
-from tfx_gpt2.config import ConfigError, TrainConfig
+from tfx_gpt2.config.model import ConfigError, TrainConfig
 from tfx_gpt2.model.gpt2 import GPT2
-from tfx_gpt2.training import count_blocks, train
+from tfx_gpt2.training.loop import count_blocks, train
 
 BASE = TrainConfig(batch_size=8, max_steps=6, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
                    eval_every=3, eval_batches=1, log_every=1, shuffle_buffer=32)

@@ -11,10 +11,10 @@ import tensorflow as tf
 from reference_models import write_hf_checkpoint
 
 from tfx_gpt2.components import trainer
-from tfx_gpt2.config import GPT2Config, TrainConfig, to_json
+from tfx_gpt2.config.model import GPT2Config, TrainConfig, to_json
 from tfx_gpt2.text import bpe
 from tfx_gpt2.text.blocks import block_to_example
-from tfx_gpt2.training import TrainingError
+from tfx_gpt2.training.loop import TrainingError
 
 
 def encoded(root, n_ctx, special_tokens=()):

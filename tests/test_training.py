@@ -6,11 +6,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tfx_gpt2.config import GPT2Config, TrainConfig
-from tfx_gpt2.evaluation import _EVAL_FUNCTIONS, evaluate
+from tfx_gpt2.config.model import GPT2Config, TrainConfig
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.text.blocks import block_dataset, block_to_example, read_blocks, target_counts
-from tfx_gpt2.training import TrainingError, WarmupCosine, train
+from tfx_gpt2.training.evaluation import _EVAL_FUNCTIONS, evaluate
+from tfx_gpt2.training.loop import TrainingError, WarmupCosine, train
 
 CFG = GPT2Config(n_vocab=64, n_ctx=8, n_embd=32, n_layer=1, n_head=2)
 

@@ -40,9 +40,9 @@ def main():
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from tfx_gpt2 import training
-    from tfx_gpt2.config import GPT2Config, TrainConfig
+    from tfx_gpt2.config.model import GPT2Config, TrainConfig
     from tfx_gpt2.text.blocks import block_to_example
+    from tfx_gpt2.training import loop as training
 
     data = os.path.join(args.out, "data")
     rng = np.random.default_rng(0)

@@ -70,7 +70,8 @@ def _generate_with_savedmodel(path: str, prompts: List[str], config) -> List[str
 
 
 def cmd_generate(args) -> int:
-    from tfx_gpt2.model.checkpoints import detect_format, load_checkpoint, read_checkpoint_config
+    from tfx_gpt2.config.checkpoint_shape import detect_format, read_checkpoint_config
+    from tfx_gpt2.model.checkpoints import load_checkpoint
     from tfx_gpt2.model.generate import Generator
 
     config = _sampling_config(args)
@@ -173,8 +174,8 @@ def cmd_train_vocab(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from tfx_gpt2.config import ConfigError
-    from tfx_gpt2.pipeline_config import check_tracking_uri
+    from tfx_gpt2.config.model import ConfigError
+    from tfx_gpt2.config.pipeline import check_tracking_uri
     from tfx_gpt2.serving.engine import EngineConfig
     from tfx_gpt2.serving.server import ServeConfig, serve
 
@@ -242,9 +243,9 @@ def _recorder(args):
 
 def default_feedback_dir(output_dir: str = "") -> str:
     """`<output dir>/feedback`: TFX_GPT2_OUTPUT_DIR, else ./tfx_gpt2_output (`make run`'s)."""
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR, from_env
 
-    return os.path.join(output_dir or from_env(output_dir=os.path.abspath(LOCAL_OUTPUT)).output_dir, "feedback")
+    return os.path.join(output_dir or from_env(output_dir=os.path.abspath(DEFAULT_OUTPUT_DIR)).output_dir, "feedback")
 
 
 def _store(args):
@@ -258,7 +259,7 @@ def _feedback_dir(args) -> str:
 
 
 # `make run`'s output directory (below the directory it runs in) and pipeline
-LOCAL_OUTPUT, LOCAL_PIPELINE = "tfx_gpt2_output", "tfx-gpt2-local"
+LOCAL_PIPELINE = "tfx-gpt2-local"
 
 
 def _loop_settings(args):
@@ -266,20 +267,20 @@ def _loop_settings(args):
     (./tfx_gpt2_output, tfx-gpt2-local); the flags win."""
     import dataclasses
 
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import DEFAULT_OUTPUT_DIR, from_env
 
     flags = {k: v for k, v in (("output_dir", getattr(args, "output_dir", "")),
                                ("data_root", getattr(args, "data_root", "")),
                                ("pipeline_name", getattr(args, "pipeline_name", ""))) if v}
-    return dataclasses.replace(from_env(output_dir=os.path.abspath(LOCAL_OUTPUT), pipeline_name=LOCAL_PIPELINE), **flags)
+    return dataclasses.replace(from_env(output_dir=os.path.abspath(DEFAULT_OUTPUT_DIR), pipeline_name=LOCAL_PIPELINE), **flags)
 
 
 def cmd_retrain(args) -> int:
     import dataclasses
 
-    from tfx_gpt2.continuous import retrain, with_loop_defaults
     from tfx_gpt2.feedback.records import FeedbackRule
     from tfx_gpt2.feedback.retrain import RetrainPolicy
+    from tfx_gpt2.orchestration.continuous import retrain, with_loop_defaults
 
     try:
         settings = with_loop_defaults(_loop_settings(args))
@@ -475,7 +476,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     errors = (VocabularyError, OSError)
     if args.command in ("generate", "convert"):  # these import TensorFlow; the text commands do not
-        from tfx_gpt2.model.checkpoints import CheckpointError
+        from tfx_gpt2.config.checkpoint_shape import CheckpointError
         from tfx_gpt2.model.generate import GenerationError
 
         errors += (CheckpointError, GenerationError)

@@ -4,16 +4,17 @@
                     [spans resolver] ─┴─> [VocabTrainer] -> BpeEncoder -> Trainer
                                                -> PerplexityEvaluator -> MlflowPusher
 
-It takes three typed configs (tfx_gpt2/pipeline_config.py): `DataConfig` (the source, a
+It takes three typed configs (tfx_gpt2/config/pipeline.py): `DataConfig` (the source, a
 `TextFolder` or a `MongoSource`, and the vocabulary), `TrainingSetup` (model, training,
 checkpoint) and `RegistryConfig` (MLflow and the blessing rule). Runners (Beam locally, Airflow,
-Kubeflow) build them from `tfx_gpt2.settings.PipelineSettings` and supply paths, Beam arguments,
+Kubeflow) build them from `tfx_gpt2.config.settings.PipelineSettings` and supply paths, Beam arguments,
 the metadata connection and the orchestrator; they never wire components themselves.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import List, Optional
 
 from tfx import v1 as tfx
@@ -24,12 +25,13 @@ from tfx_gpt2.components.data_validation import TextExampleValidator, TextSchema
 from tfx_gpt2.components.evaluator import PerplexityEvaluator
 from tfx_gpt2.components.mlflow_pusher import MlflowPusher
 from tfx_gpt2.components.mongo_example_gen import MongoExampleGen
-from tfx_gpt2.components.spans import LatestSpansStrategy
+from tfx_gpt2.components.span_strategy import LatestSpansStrategy
 from tfx_gpt2.components.text_example_gen import TextExampleGen
 from tfx_gpt2.components.vocab_trainer import VocabTrainer
-from tfx_gpt2.config import GPT2Config, to_json
-from tfx_gpt2.pipeline_config import DataConfig, RegistryConfig, TextFolder, TrainingSetup
-from tfx_gpt2.registry import flatten_params
+from tfx_gpt2.config.model import GPT2Config, to_json
+from tfx_gpt2.config.pipeline import DataConfig, RegistryConfig, TextFolder, TrainingSetup
+from tfx_gpt2.config.settings import PipelineSettings
+from tfx_gpt2.registry.client import flatten_params
 
 TRAINER_RUN_FN = "tfx_gpt2.components.trainer.run_fn"
 
@@ -227,6 +229,20 @@ def create_pipeline(
     )
 
 
+def pipeline_from_settings(settings: PipelineSettings, metadata_connection_config=None,
+                           data: Optional[DataConfig] = None, training: Optional[TrainingSetup] = None,
+                           registry: Optional[RegistryConfig] = None):
+    """`create_pipeline()` for `settings` (what every runner builds); `data`, `training` or
+    `registry` replace the configs the settings make."""
+    if settings.tracking_uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(settings.tracking_uri[len("sqlite:///"):]), exist_ok=True)
+    return create_pipeline(
+        settings.pipeline_name, settings.root, data or settings.data_config(), training or settings.training_setup(),
+        registry or settings.registry_config(), metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(settings.beam_args), enable_cache=settings.enable_cache,
+    )
+
+
 # The configs, importable from here with create_pipeline().
 __all__ = ["DataConfig", "RegistryConfig", "TextFolder", "TrainingSetup", "create_data_pipeline", "create_pipeline",
-           "data_components"]
+           "data_components", "pipeline_from_settings"]

@@ -21,7 +21,7 @@ export AIRFLOW__WEBSERVER__WORKERS="${AIRFLOW__WEBSERVER__WORKERS:-1}"
 export AIRFLOW__API__AUTH_BACKENDS="${AIRFLOW__API__AUTH_BACKENDS:-airflow.api.auth.backend.basic_auth,airflow.api.auth.backend.session}"
 export TFX_GPT2_OUTPUT_DIR="${TFX_GPT2_OUTPUT_DIR:-$REPO/tfx_gpt2_airflow}"
 if [[ "${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite}" == sqlite* ]]; then
-  export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-tfx_gpt2.airflow_executor.PreloadedExecutor}"
+  export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-tfx_gpt2.orchestration.airflow_executor.PreloadedExecutor}"
 else
   export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 fi
@@ -31,7 +31,7 @@ if [[ $# -eq 0 ]]; then
 fi
 if [[ "$1" == standalone || "$1" == scheduler ]]; then
   # Compile the pipeline DAG's plan now (~20 s), so that the scheduler's first parse only reads it.
-  python -m tfx_gpt2.airflow_dag
+  python -m tfx_gpt2.orchestration.airflow_dag
 fi
 case "$1" in
   standalone|scheduler|webserver|triggerer) ;;

@@ -39,7 +39,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from tfx_gpt2.components.artifacts import Vocabulary
-from tfx_gpt2.components.spans import span_of
+from tfx_gpt2.components.span_strategy import span_of
 from tfx_gpt2.feedback.spans import FEEDBACK_MANIFEST, describe_spans
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text import bpe

@@ -39,7 +39,7 @@ def ChampionModel(
     alias: tfx.dsl.components.Parameter[str] = "champion",
 ):
     """Downloads the version of `registered_model_name` holding `alias` into `model` (see the module docstring)."""
-    from tfx_gpt2.registry import download_champion
+    from tfx_gpt2.registry.champion import download_champion
 
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         champion = download_champion(tracking_uri, registered_model_name, tmp, alias=alias)

@@ -13,7 +13,7 @@ the per-document features that the ExampleGens write (see `examples_io`):
     num_replacement_chars max == 0    U+FFFD in the text: it was decoded with errors upstream
 
 Anomalies land in ExampleValidator's `anomalies` artifact (per split) and are printed by
-`tfx_gpt2.local.summarize`; the statistics (text length, value counts) show in TFDV's viewer.
+`tfx_gpt2.orchestration.run_report.summarize`; the statistics (text length, value counts) show in TFDV's viewer.
 """
 
 import json

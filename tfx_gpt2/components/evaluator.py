@@ -38,11 +38,9 @@ Kubeflow V2 runs no TFX driver; there `pipelines/kubeflow_runner.py` turns KFP's
 this step and the pusher.
 """
 
-import dataclasses
 import json
 import os
-import tempfile
-from typing import Dict, Optional
+from typing import Dict
 
 from tfx import types
 from tfx.dsl.components.base import base_component, base_driver, base_executor, executor_spec
@@ -52,62 +50,19 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from tfx_gpt2.evaluation import check_block_length, evaluate
-from tfx_gpt2.metrics import blessing_decision, perplexity, unigram_perplexity
 from tfx_gpt2.model.io import load_model_dir
 from tfx_gpt2.progress import get_logger
+from tfx_gpt2.registry.blessing import ChampionScore, decide, decision_params, score_champion
 from tfx_gpt2.text.blocks import block_dataset, target_counts
 from tfx_gpt2.text.bpe import BPETokenizer
+from tfx_gpt2.training.evaluation import check_block_length, evaluate
+from tfx_gpt2.training.perplexity import perplexity, unigram_perplexity
 from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.evaluator")
 
 METRICS_FILE = "metrics.json"
 CHAMPION_KEY = "champion_key"
-
-
-@dataclasses.dataclass(frozen=True)
-class ChampionScore:
-    """The registry's champion scored on the candidate's eval blocks.
-
-    Attributes:
-        version: the version holding `champion` (0: none does).
-        eval_perplexity: its perplexity on the blocks (None when there is no champion, or it
-            cannot be scored on them).
-        not_comparable: why it cannot be scored on these blocks ('' when it could).
-    """
-
-    version: int = 0
-    eval_perplexity: Optional[float] = None
-    not_comparable: str = ""
-
-
-def score_champion(tracking_uri: str, name: str, candidate, candidate_encoder, eval_files,
-                   batch_size: int) -> ChampionScore:
-    """The champion of `name` scored on `eval_files`; see `ChampionScore`."""
-    from tfx_gpt2.registry import download_champion
-
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = download_champion(tracking_uri, name, tmp)
-        if champion is None:
-            logger.info("no version of %s holds the champion alias: the threshold alone decides", name)
-            return ChampionScore()
-        model = load_model_dir(champion.model_dir)
-        same_vocab = BPETokenizer.from_dir(champion.model_dir).encoder == candidate_encoder
-        n_ctx = candidate.config.n_ctx
-        if model.config.n_vocab != candidate.config.n_vocab or not same_vocab:
-            return ChampionScore(champion.version, not_comparable=(
-                f"the champion (version {champion.version}) has another vocabulary ({model.config.n_vocab} "
-                f"tokens, this model {candidate.config.n_vocab}): its perplexity is over other tokens and "
-                "cannot be compared; to replace it anyway, run with compare_with_champion=False"))
-        if model.config.n_ctx < n_ctx:
-            return ChampionScore(champion.version, not_comparable=(
-                f"the champion (version {champion.version}) has a context of {model.config.n_ctx} tokens, "
-                f"shorter than the blocks of {n_ctx}; to replace it anyway, run with compare_with_champion=False"))
-        loss, _ = evaluate(model, block_dataset(eval_files, n_ctx + 1, batch_size, drop_remainder=False))
-    ppl = perplexity(loss)
-    logger.info("champion: version %d, eval perplexity %.3f on the same blocks", champion.version, ppl)
-    return ChampionScore(champion.version, ppl)
 
 
 def score_splits(gpt2, files: Dict[str, list], batch_size: int) -> Dict[str, float]:
@@ -161,26 +116,6 @@ class Executor(base_executor.BaseExecutor):
         _write(evaluation, blessing, metrics, examples, blessed, reason)
 
 
-def decision_params(exec_properties) -> Dict[str, float]:
-    """The blessing rule's settings, kept with the figures (the pusher decides again with them
-    when the champion moved after this evaluation)."""
-    return {"perplexity_threshold": float(exec_properties["perplexity_threshold"]),
-            "min_improvement": float(exec_properties.get("min_improvement") or 0.0),
-            "beat_baseline": int(exec_properties.get("beat_baseline", 1))}
-
-
-def decide(metrics: Dict[str, float], champion: ChampionScore):
-    """(blessed, reason) for the figures in `metrics` (from `score_splits` and `decision_params`)
-    against `champion`."""
-    baseline = metrics["eval_unigram_perplexity"] if int(metrics.get("beat_baseline", 1)) else None
-    blessed, reason = blessing_decision(metrics["eval_perplexity"], float(metrics["perplexity_threshold"]),
-                                        champion.eval_perplexity, float(metrics.get("min_improvement", 0.0)),
-                                        baseline_perplexity=baseline)
-    if champion.eval_perplexity is not None:
-        reason += f" (champion: version {champion.version})"
-    return blessed, reason
-
-
 def _write(evaluation, blessing, metrics, examples, blessed: bool, reason: str) -> None:
     metrics = {**metrics, "blessed": int(blessed), "reason": reason}
     # Output folders exist under TFX's launchers but not under Kubeflow's (nor in a bucket).
@@ -208,7 +143,7 @@ def resolve_champion_key(exec_properties, model_uri: str) -> str:
     tracking_uri, name = exec_properties.get("tracking_uri"), exec_properties.get("registered_model_name")
     if not (int(exec_properties.get("compare_with_champion", 1)) and tracking_uri and name):
         return "not compared"
-    from tfx_gpt2.registry import champion_key
+    from tfx_gpt2.registry.champion import champion_key
 
     key = champion_key(tracking_uri, name, model_uri)
     logger.info("champion of %s for the cache key: %s", name, key)

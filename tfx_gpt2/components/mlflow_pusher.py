@@ -29,7 +29,7 @@ was evaluated on, the checkpoint it started from (`scratch` or the checkpoint) a
 artifact's URI, which makes a re-run of the same push (a retried task, a run resumed after a
 failure) find its version instead of registering a duplicate.
 
-Pushes to one registered model are serialised (`tfx_gpt2.registry.registry_lock`). Under the lock
+Pushes to one registered model are serialised (`tfx_gpt2.registry.locks.registry_lock`). Under the lock
 the pusher checks that the champion is still the one the evaluator compared with; when another run
 moved it in between (two runs at once), the blessing is decided again against the new champion,
 scored on the same eval blocks, so two runs never both take `champion` on a stale comparison.
@@ -50,7 +50,11 @@ from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
 from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, lineage_tags
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.registry import COMPARED_WITH_TAG, SAMPLE_PROMPTS, champion_key, push_model, redact_uri, registry_lock
+from tfx_gpt2.registry.blessing import decide_again
+from tfx_gpt2.registry.champion import COMPARED_WITH_TAG, champion_key
+from tfx_gpt2.registry.client import redact_uri
+from tfx_gpt2.registry.locks import registry_lock
+from tfx_gpt2.registry.push import SAMPLE_PROMPTS, push_model
 from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.pusher")
@@ -172,19 +176,10 @@ def current_blessing(tracking_uri: str, name: str, model_key: str, model_dir: st
     moved = f"the champion moved from {compared} to {now} after this model was evaluated"
     if not examples:
         return False, f"{moved}; not promoted: run the pipeline again to compare with it", now
-    from tfx_gpt2.components.evaluator import decide, score_champion
-    from tfx_gpt2.model.io import load_model_dir
-    from tfx_gpt2.text.bpe import BPETokenizer
-
     with fileio.open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
         metrics = json.load(f)
     eval_files = [os.path.join(artifact_utils.get_split_uri(examples, "eval"), "*")]
-    champion = score_champion(tracking_uri, name, load_model_dir(model_dir), BPETokenizer.from_dir(model_dir).encoder,
-                              eval_files, batch_size=8)
-    if champion.not_comparable:
-        blessed, reason = False, champion.not_comparable
-    else:
-        blessed, reason = decide(metrics, champion)
+    blessed, reason = decide_again(metrics, tracking_uri, name, model_dir, eval_files)
     logger.warning("%s: decided again: %s", moved, reason)
     return blessed, f"{moved}; decided again: {reason}", now
 

@@ -31,11 +31,11 @@ import os
 import tensorflow as tf
 
 from tfx_gpt2.components.champion_model import read_registered
-from tfx_gpt2.config import GPT2Config, TrainConfig, from_json, to_json
+from tfx_gpt2.config.model import GPT2Config, TrainConfig, from_json, to_json
 from tfx_gpt2.model.io import save_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer
-from tfx_gpt2.training import TrainingError, make_strategy, train, worker_dir
+from tfx_gpt2.training.loop import TrainingError, make_strategy, train, worker_dir
 from tfx_gpt2.uris import local_copy, staged_output
 
 TRAIN_METRICS_FILE = "train_metrics.json"

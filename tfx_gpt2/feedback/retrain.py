@@ -109,7 +109,8 @@ class RegistryState:
 
 def registry_state(tracking_uri: str, name: str) -> RegistryState:
     from tfx_gpt2.feedback.lineage import trained_feedback
-    from tfx_gpt2.registry import connect, version_with_alias
+    from tfx_gpt2.registry.champion import version_with_alias
+    from tfx_gpt2.registry.client import connect
 
     client = connect(tracking_uri)
     versions = client.search_model_versions(f"name = '{name}'")

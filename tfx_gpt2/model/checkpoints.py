@@ -24,9 +24,17 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from tfx_gpt2.config import GPT2Config, from_json
+from tfx_gpt2.config.checkpoint_shape import (
+    HF_CONFIG,
+    HF_WEIGHTS,
+    CheckpointError,
+    detect_format,
+    read_hf_config,
+    read_openai_config,
+)
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2
-from tfx_gpt2.model.io import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, assign_weights, load_model_dir
+from tfx_gpt2.model.io import assign_weights, load_model_dir
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer, copy_vocab_files
 
@@ -38,39 +46,11 @@ OPENAI_FILES = (
     "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
     "model.ckpt.index", "model.ckpt.meta", "vocab.bpe",
 )
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
 # Format detection
 # ---------------------------------------------------------------------------------------------
-
-def detect_format(path: str) -> str:
-    """'openai', 'hf', 'tfx-gpt2' or 'savedmodel' for a model directory.
-
-    Raises:
-        CheckpointError: `path` is none of them (the message lists what each format holds).
-    """
-    def has(*names):
-        return all(os.path.exists(os.path.join(path, n)) for n in names)
-
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path!r} is not a directory; a model is a directory of files.")
-    if has("saved_model.pb"):
-        return "savedmodel"
-    if has(CONFIG_FILE, WEIGHTS_FILE):
-        return "tfx-gpt2"
-    if has(HF_CONFIG, HF_WEIGHTS):
-        return "hf"
-    if has("hparams.json", "checkpoint"):
-        return "openai"
-    raise CheckpointError(
-        f"{path!r} holds no model this tool reads: expected an OpenAI GPT-2 directory (checkpoint, "
-        "model.ckpt.*, hparams.json, encoder.json, vocab.bpe), a Hugging Face directory (config.json + "
-        "model.safetensors), a tfx-gpt2 model directory (gpt2_config.json + model.weights.npz), or a "
-        "SavedModel (saved_model.pb)."
-    )
 
 
 def check_vocab(config: GPT2Config, tokenizer: BPETokenizer, source: str) -> None:
@@ -115,16 +95,6 @@ def download_openai_checkpoint(size: str, out_dir: str, base_url: str = OPENAI_B
             ) from e
         os.replace(dst + ".part", dst)
     return out_dir
-
-
-def read_openai_config(path: str) -> GPT2Config:
-    with open(os.path.join(path, "hparams.json")) as f:
-        h = json.load(f)
-    try:
-        return GPT2Config(n_vocab=h["n_vocab"], n_ctx=h["n_ctx"], n_embd=h["n_embd"], n_layer=h["n_layer"],
-                          n_head=h["n_head"])
-    except KeyError as e:
-        raise CheckpointError(f"{path}/hparams.json has no {e.args[0]!r}.") from None
 
 
 def load_openai_checkpoint(path: str) -> GPT2:
@@ -185,22 +155,6 @@ def openai_to_hf_name(name: str) -> str:
     return ".".join(parts)
 
 
-def read_hf_config(path: str) -> GPT2Config:
-    with open(os.path.join(path, HF_CONFIG)) as f:
-        h = json.load(f)
-    if h.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{path}/config.json is a {h.get('model_type')!r} model, not 'gpt2'.")
-    act = h.get("activation_function", "gelu_new")
-    if act != "gelu_new":
-        raise CheckpointError(
-            f"{path}/config.json uses activation_function {act!r}; tfx-gpt2 implements GPT-2's 'gelu_new'."
-        )
-    return GPT2Config(
-        n_vocab=h["vocab_size"], n_ctx=h.get("n_positions", h.get("n_ctx", 1024)), n_embd=h["n_embd"],
-        n_layer=h["n_layer"], n_head=h["n_head"], layer_norm_epsilon=float(h.get("layer_norm_epsilon", 1e-5)),
-    )
-
-
 def load_hf_checkpoint(path: str) -> GPT2:
     """Loads a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
     from safetensors.numpy import load_file
@@ -251,23 +205,6 @@ def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> s
 # ---------------------------------------------------------------------------------------------
 # Any format
 # ---------------------------------------------------------------------------------------------
-
-def read_checkpoint_config(path: str) -> GPT2Config:
-    """The shape of the model in an OpenAI, Hugging Face or tfx-gpt2 directory, without loading
-    its weights (e.g. to encode the data for its context before the pipeline runs).
-
-    Raises:
-        CheckpointError: `path` holds no checkpoint this tool reads.
-    """
-    fmt = detect_format(path)
-    if fmt == "openai":
-        return read_openai_config(path)
-    if fmt == "hf":
-        return read_hf_config(path)
-    if fmt == "tfx-gpt2":
-        with open(os.path.join(path, CONFIG_FILE)) as f:
-            return from_json(GPT2Config, f.read())
-    raise CheckpointError(f"{path!r} is a SavedModel: it holds no weights by name to fine-tune from.")
 
 
 def load_checkpoint(path: str) -> Tuple[GPT2, BPETokenizer]:

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 
 
 def gelu(x):
@@ -231,7 +231,7 @@ class GPT2(keras.Model):
     """GPT-2: token ids `(B, T)` in, next-token logits `(B, T, V)` out (float32).
 
     Args:
-        config: the model's shape; see `tfx_gpt2.config.GPT2Config` and its presets.
+        config: the model's shape; see `tfx_gpt2.config.model.GPT2Config` and its presets.
 
     Example:
         >>> model = GPT2(model_preset("tiny"))
@@ -328,13 +328,13 @@ class GPT2(keras.Model):
         return self.forward(tokens, training=training)[0]
 
     def get_config(self):
-        from tfx_gpt2.config import to_json
+        from tfx_gpt2.config.model import to_json
 
         return {"config": to_json(self.config)}
 
     @classmethod
     def from_config(cls, config):
-        from tfx_gpt2.config import from_json
+        from tfx_gpt2.config.model import from_json
 
         return cls(from_json(GPT2Config, config["config"]))
 

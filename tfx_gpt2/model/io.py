@@ -13,16 +13,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from tfx_gpt2.config import GPT2Config, from_json, to_json
+from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE, WEIGHTS_FILE, CheckpointError
+from tfx_gpt2.config.model import GPT2Config, from_json, to_json
 from tfx_gpt2.model.gpt2 import GPT2, weight_name
 from tfx_gpt2.text.bpe import copy_vocab_files
-
-CONFIG_FILE = "gpt2_config.json"
-WEIGHTS_FILE = "model.weights.npz"
-
-
-class CheckpointError(ValueError):
-    """A model directory or checkpoint is missing files or does not fit the model."""
 
 
 def assign_weights(model: GPT2, weights: Dict[str, np.ndarray], source: str) -> None:

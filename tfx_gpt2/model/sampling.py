@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla
 
-from tfx_gpt2.config import DEFAULT_TOP_K  # noqa: F401 -- the samples' default, kept with the configs
+from tfx_gpt2.config.model import DEFAULT_TOP_K  # noqa: F401 -- the samples' default, kept with the configs
 
 # Candidates kept by the fast path, and the block width of its first stage; the block width of
 # the two-level inverse CDF (measured fastest on CPUs).

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from tfx_gpt2.registry import ALIAS_URI, VERSION_URI
+from tfx_gpt2.registry.client import ALIAS_URI, VERSION_URI
 from tfx_gpt2.serving.engine import Engine, EngineConfig, programs_expected
 
 log = logging.getLogger("tfx_gpt2.serving")
@@ -71,7 +71,7 @@ def resolve(uri: str) -> Tuple[str, str, str]:
 
 def model_dir_of(pinned: str) -> str:
     """A local tfx-gpt2 model directory for a pinned URI (downloading registry artifacts)."""
-    from tfx_gpt2.model.io import CONFIG_FILE
+    from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE
 
     local = pinned
     if not os.path.isdir(pinned):
@@ -88,7 +88,7 @@ def model_dir_of(pinned: str) -> str:
     if os.path.exists(os.path.join(local, "MLmodel")):
         import yaml
 
-        from tfx_gpt2.serving.mlflow_pyfunc import MODEL_DIR_ARTIFACT
+        from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT
 
         with open(os.path.join(local, "MLmodel")) as f:
             flavor = yaml.safe_load(f)["flavors"].get("python_function", {})

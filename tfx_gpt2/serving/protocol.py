@@ -22,10 +22,9 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfx_gpt2.model.generate import SamplingConfig
-
 # MLflow's and Seldon's parameter names and defaults: the pyfunc signature's.
-from tfx_gpt2.serving.mlflow_pyfunc import DEFAULT_PARAMS as MLFLOW_DEFAULTS
+from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
+from tfx_gpt2.model.generate import SamplingConfig
 
 # Abuse limits, stated once; each error message names the limit it hit.
 MAX_PROMPTS = 32  # prompts per request
@@ -263,8 +262,8 @@ def _mlflow_params(params: Any, n_vocab: int) -> SamplingConfig:
         params = {}
     if not isinstance(params, dict):
         raise BadRequest(f"params = {params!r:.100} is not an object of sampling settings", "params")
-    _unknown(params, MLFLOW_DEFAULTS, "params")
-    return sampling(params, "max_new_tokens", MLFLOW_DEFAULTS["max_new_tokens"], MLFLOW_DEFAULTS["top_k"], n_vocab)
+    _unknown(params, SAMPLING_PARAM_DEFAULTS, "params")
+    return sampling(params, "max_new_tokens", SAMPLING_PARAM_DEFAULTS["max_new_tokens"], SAMPLING_PARAM_DEFAULTS["top_k"], n_vocab)
 
 
 def _column(rows: List[Any], field: str) -> List[Any]:

@@ -41,7 +41,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import affine, attention_weights, gelu, layer_norm, merge_heads, split_heads
 from tfx_gpt2.model.sampling import choose
 

@@ -9,7 +9,7 @@
                                  is compiled, 503 before and while draining after SIGTERM
     GET  /health                 readiness with the reason: loading, the load's error, draining
     GET  /health/live            liveness: 200 while the process runs
-    GET  /metrics                Prometheus metrics (see `tfx_gpt2.serving.metrics`)
+    GET  /metrics                Prometheus metrics (see `tfx_gpt2.serving.prometheus`)
     GET  /docs                   the endpoints, from /openapi.json (served locally)
     POST /v1/feedback            a rating (and a corrected text) of a completion, by its id
     /v2/...                      the Open Inference Protocol (KServe v2; `tfx_gpt2.serving.oip`)
@@ -56,7 +56,7 @@ from tfx_gpt2.serving.deployment import Deployment, Served
 from tfx_gpt2.serving.engine import EngineConfig, EngineStopped, QueueFull, Request, Row
 from tfx_gpt2.serving.guard import BodyGuard
 from tfx_gpt2.serving.logprobs import choice_logprobs
-from tfx_gpt2.serving.metrics import CONTENT_TYPE, ServerMetrics
+from tfx_gpt2.serving.prometheus import CONTENT_TYPE, ServerMetrics
 
 SELDON_PATH = "/api/v1.0/predictions"
 # Prompts of at most this many characters in all are tokenized on the event loop (about 40

@@ -1,6 +1,6 @@
 """An Airflow executor for sqlite (the quick start) whose tasks start with TFX already imported.
 
-    AIRFLOW__CORE__EXECUTOR=tfx_gpt2.airflow_executor.PreloadedExecutor airflow standalone
+    AIRFLOW__CORE__EXECUTOR=tfx_gpt2.orchestration.airflow_executor.PreloadedExecutor airflow standalone
 
 Airflow's SequentialExecutor, the only one it allows on sqlite, runs each task as a new
 `airflow tasks run` process and waits for it inside the scheduler's loop: every task of the
@@ -25,7 +25,7 @@ from typing import Optional
 
 from airflow.executors.base_executor import BaseExecutor
 
-PRELOAD = ("tfx_gpt2.pipeline", "tfx_gpt2.components.trainer", "tfx_gpt2.training", "tfx_gpt2.registry",
+PRELOAD = ("tfx_gpt2.pipeline", "tfx_gpt2.components.trainer", "tfx_gpt2.training.loop", "tfx_gpt2.registry.push",
            "tfx.orchestration.portable.launcher", "tfx.orchestration.local.runner_utils", "mlflow",
            "airflow.cli.cli_parser", "airflow.operators.python")
 log = logging.getLogger("tfx_gpt2.airflow_executor")

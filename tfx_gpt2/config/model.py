@@ -23,6 +23,9 @@ T = TypeVar("T")
 # The top-k of generated samples by default (training samples, the pusher's samples, MLflow's
 # `params`), as in GPT-2's release; the sampler is `tfx_gpt2.model.sampling`.
 DEFAULT_TOP_K = 40
+# The sampling settings' defaults as request params (MLflow's `params`, the server's MLflow route).
+SAMPLING_PARAM_DEFAULTS = {"max_new_tokens": 32, "temperature": 1.0, "top_k": DEFAULT_TOP_K, "top_p": 1.0,
+                           "repetition_penalty": 1.0, "seed": -1}
 
 
 class ConfigError(ValueError):

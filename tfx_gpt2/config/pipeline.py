@@ -6,7 +6,7 @@
     registry  RegistryConfig:  MLflow (tracking URI, names) and the blessing rule
 
 Every runner (the Beam example and templates, the Airflow DAG, the Kubeflow runner) builds these
-from `tfx_gpt2.settings.PipelineSettings`, so that a setting means the same thing everywhere.
+from `tfx_gpt2.config.settings.PipelineSettings`, so that a setting means the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import os
 import urllib.parse
 from typing import Dict, Optional, Tuple, Union
 
-from tfx_gpt2.config import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset, warm_schedule
-from tfx_gpt2.metrics import check_min_improvement
+from tfx_gpt2.config.model import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset, warm_schedule
 from tfx_gpt2.sources.mongo import MongoSource
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR
 from tfx_gpt2.text.bpe import check_special_tokens
@@ -153,7 +152,7 @@ class TrainingSetup:
                                   "when the pipeline is built; give TrainingSetup.model (a preset or a GPT2Config).")
             return given
         else:
-            from tfx_gpt2.model.checkpoints import read_checkpoint_config
+            from tfx_gpt2.config.checkpoint_shape import read_checkpoint_config
 
             shape = read_checkpoint_config(ckpt)
         if given is not None and (given.n_ctx, given.n_embd, given.n_layer) != (shape.n_ctx, shape.n_embd,
@@ -272,3 +271,9 @@ class OutputLayout:
         for d in (self.pipeline_root, os.path.dirname(self.metadata_path), os.path.dirname(self.mlflow_db)):
             os.makedirs(d, exist_ok=True)
         return self
+
+
+def check_min_improvement(min_improvement: float) -> None:
+    """Raises ValueError unless `min_improvement` is a fraction in [0, 1)."""
+    if not 0.0 <= min_improvement < 1.0:
+        raise ValueError(f"min_improvement = {min_improvement} must be in [0, 1) (a fraction: 0.01 = 1% lower).")

@@ -3,7 +3,7 @@
 The Beam example and templates (`examples/`), the Airflow DAG (`dags/tfx_gpt2_dag.py`) and the
 Kubeflow runner (`pipelines/kubeflow_runner.py`) all start from `from_env()`, apply their
 command-line flags with `dataclasses.replace`, and build the pipeline with
-`PipelineSettings.create_pipeline()`, so that a deployment is configured without editing code:
+`tfx_gpt2.pipeline.pipeline_from_settings()`, so that a deployment is configured without editing code:
 
     TFX_GPT2_CONFIG        a JSON file with any of the fields below (environment variables win)
     TFX_GPT2_<FIELD>       one field, e.g. TFX_GPT2_MODEL=124M, TFX_GPT2_MAX_STEPS=2000,
@@ -21,11 +21,14 @@ import json
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
-from tfx_gpt2.pipeline_config import DataConfig, OutputLayout, RegistryConfig, TextFolder, TrainingSetup
+from tfx_gpt2.config.pipeline import DataConfig, OutputLayout, RegistryConfig, TextFolder, TrainingSetup
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLED_CORPUS = os.path.join(REPO, "data", "pydoc_topics")
 PREFIX = "TFX_GPT2_"
+# The one default output folder (relative to the working directory) of every runner, example and
+# `tfx-gpt2` subcommand; TFX_GPT2_OUTPUT_DIR or --output-dir change it.
+DEFAULT_OUTPUT_DIR = "tfx_gpt2_output"
 # One Beam worker in this process: the data components are small next to training, and a
 # process pool would hold a second TensorFlow. `--beam-arg` / TFX_GPT2_BEAM_ARGS change it.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
@@ -69,7 +72,7 @@ class PipelineSettings:
         beam_args: Beam pipeline arguments of the data components (space-separated).
         enable_cache: reuse the outputs of components whose inputs did not change.
         feedback_loop: read the corpus plus users' feedback, as spans under
-            `<output_dir>/training-data/<name>` (`tfx_gpt2.continuous`; the Airflow feedback DAG).
+            `<output_dir>/training-data/<name>` (`tfx_gpt2.orchestration.continuous`; the Airflow feedback DAG).
         feedback_collection: with a MongoDB corpus, the collection of feedback documents
             (default `tfx_gpt2.training_feedback` in the loop).
     """
@@ -84,7 +87,7 @@ class PipelineSettings:
     mongo_incremental: bool = False
     mongo_watermark_field: str = "_id"
     control_field: str = ""
-    output_dir: str = os.path.join(os.path.expanduser("~"), "tfx_gpt2_output")
+    output_dir: str = DEFAULT_OUTPUT_DIR
     pipeline_root: str = ""
     model: str = ""
     train: str = "tiny"
@@ -136,7 +139,7 @@ class PipelineSettings:
                           special_tokens=self.special_tokens, control_feature=self.control_field)
 
     def training_setup(self) -> TrainingSetup:
-        from tfx_gpt2.config import train_preset, warm_schedule
+        from tfx_gpt2.config.model import train_preset, warm_schedule
 
         train = train_preset(self.train, self.max_steps)
         return TrainingSetup(model=self.model or None, train=train, init_checkpoint=self.init_checkpoint or None,
@@ -146,20 +149,6 @@ class PipelineSettings:
     def registry_config(self) -> RegistryConfig:
         return RegistryConfig(tracking_uri=self.tracking_uri, perplexity_threshold=self.perplexity_threshold,
                               min_improvement=self.min_improvement, beat_baseline=self.beat_baseline)
-
-    def create_pipeline(self, metadata_connection_config=None, data: Optional[DataConfig] = None,
-                        training: Optional[TrainingSetup] = None, registry: Optional[RegistryConfig] = None):
-        """The pipeline of `tfx_gpt2.pipeline.create_pipeline()` for these settings; `data`,
-        `training` or `registry` replace the configs the settings make."""
-        from tfx_gpt2.pipeline import create_pipeline
-
-        if self.tracking_uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.tracking_uri[len("sqlite:///"):]), exist_ok=True)
-        return create_pipeline(
-            self.pipeline_name, self.root, data or self.data_config(), training or self.training_setup(),
-            registry or self.registry_config(), metadata_connection_config=metadata_connection_config,
-            beam_pipeline_args=list(self.beam_args), enable_cache=self.enable_cache,
-        )
 
 
 def _convert(name: str, value, field: dataclasses.Field, where: str):

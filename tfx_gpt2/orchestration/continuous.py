@@ -16,6 +16,7 @@ import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+from tfx_gpt2.config.settings import PipelineSettings
 from tfx_gpt2.feedback.records import FeedbackRule
 from tfx_gpt2.feedback.retrain import Decision, RegistryState, RetrainPolicy, decide, registry_state
 from tfx_gpt2.feedback.spans import (
@@ -25,7 +26,6 @@ from tfx_gpt2.feedback.spans import (
     TrainingDataError,
     write_span,
 )
-from tfx_gpt2.settings import PipelineSettings
 
 
 def with_loop_defaults(settings: PipelineSettings, environ=None) -> PipelineSettings:
@@ -77,7 +77,7 @@ def exported_spans(settings: PipelineSettings, component: str = "TextExampleGen"
     from ml_metadata.metadata_store import metadata_store
 
     from tfx_gpt2.feedback.spans import mlmd_span
-    from tfx_gpt2.local import metadata_config
+    from tfx_gpt2.orchestration.mlmd_runs import metadata_config
 
     if not os.path.exists(settings.metadata_path):
         return []
@@ -136,7 +136,7 @@ def retrain(settings: PipelineSettings, store, policy: RetrainPolicy, rule: Feed
             force: bool = False) -> Optional[Dict[str, object]]:
     """Decides and, when a condition holds, runs the pipeline on the corpus and the feedback spans
     with Beam; returns the run's summary (None: nothing to do). A failed run raises."""
-    from tfx_gpt2.local import run_and_report
+    from tfx_gpt2.orchestration.beam_local import run_and_report
 
     prepared = prepare(settings, store, policy, rule, force)
     print(prepared.decision.describe(), flush=True)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tfx_gpt2.config import GPT2Config
+from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2, token_loss
 from tfx_gpt2.text.blocks import block_length_of, compression_of
 

@@ -1,11 +1,11 @@
 """Beam arguments for the data components on a cluster: Dataflow, Flink, Spark, any portable runner.
 
-    python -m tfx_gpt2.beam_runners dataflow --project P --region europe-west4 \\
+    python -m tfx_gpt2.orchestration.beam_args dataflow --project P --region europe-west4 \\
         --temp-location gs://BUCKET/tmp --image REGISTRY/tfx-gpt2:0.1.0
-    python -m tfx_gpt2.beam_runners flink --master flink-jobmanager:8081 --image REGISTRY/tfx-gpt2:0.1.0
-    python -m tfx_gpt2.beam_runners spark --master spark://spark-master:7077 --image REGISTRY/tfx-gpt2:0.1.0
-    python -m tfx_gpt2.beam_runners portable --job-endpoint beam-job-server:8099 --image REGISTRY/tfx-gpt2:0.1.0
-    python -m tfx_gpt2.beam_runners direct --workers 0      # this machine, one process per core
+    python -m tfx_gpt2.orchestration.beam_args flink --master flink-jobmanager:8081 --image REGISTRY/tfx-gpt2:0.1.0
+    python -m tfx_gpt2.orchestration.beam_args spark --master spark://spark-master:7077 --image REGISTRY/tfx-gpt2:0.1.0
+    python -m tfx_gpt2.orchestration.beam_args portable --job-endpoint beam-job-server:8099 --image REGISTRY/tfx-gpt2:0.1.0
+    python -m tfx_gpt2.orchestration.beam_args direct --workers 0      # this machine, one process per core
 
 print one line of arguments for `TFX_GPT2_BEAM_ARGS`, or for `--beam-arg` of the examples and of
 `pipelines/kubeflow_runner.py` (each argument its own `--beam-arg=...`). The workers of a cluster

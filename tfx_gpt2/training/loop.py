@@ -35,12 +35,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfx_gpt2.config import GPT2Config, TrainConfig
-from tfx_gpt2.evaluation import EvaluationError, check_block_length, count_blocks, evaluate
-from tfx_gpt2.metrics import perplexity
+from tfx_gpt2.config.model import GPT2Config, TrainConfig
 from tfx_gpt2.model.gpt2 import GPT2, token_loss, weight_name
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import block_dataset
+from tfx_gpt2.training.evaluation import EvaluationError, check_block_length, count_blocks, evaluate
+from tfx_gpt2.training.perplexity import perplexity
 
 logger = get_logger("tfx_gpt2.train")
 

@@ -24,21 +24,21 @@ import sys
 import time
 from typing import Optional
 
-from tfx_gpt2.settings import PipelineSettings
+from tfx_gpt2.config.settings import PipelineSettings
 
 log = logging.getLogger("tfx_gpt2.airflow")
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tfx_gpt2/
 
 
 def dag_settings(environ=None) -> PipelineSettings:
-    """The DAG's settings: `TFX_GPT2_*` (`tfx_gpt2.settings.from_env`); in the continuous-training
+    """The DAG's settings: `TFX_GPT2_*` (`tfx_gpt2.config.settings.from_env`); in the continuous-training
     layout (`TFX_GPT2_FEEDBACK_LOOP=1`) the data are the spans under the output directory, and each
     run fine-tunes the champion (unless `TFX_GPT2_WARM_START=0`)."""
-    from tfx_gpt2.settings import from_env
+    from tfx_gpt2.config.settings import from_env
 
     settings = from_env(environ)
     if settings.feedback_loop:
-        from tfx_gpt2.continuous import span_settings, training_data, with_loop_defaults
+        from tfx_gpt2.orchestration.continuous import span_settings, training_data, with_loop_defaults
 
         settings = span_settings(with_loop_defaults(settings, environ), training_data(settings).setup())
     return settings
@@ -90,10 +90,11 @@ def compile_plan(settings: PipelineSettings, key: str) -> dict:
     from google.protobuf import json_format
     from tfx.dsl.compiler import compiler
 
-    from tfx_gpt2.local import metadata_config
+    from tfx_gpt2.orchestration.mlmd_runs import metadata_config
+    from tfx_gpt2.pipeline import pipeline_from_settings
 
     settings.layout.create()
-    ir = compiler.Compiler().compile(settings.create_pipeline(metadata_config(settings.metadata_path)))
+    ir = compiler.Compiler().compile(pipeline_from_settings(settings, metadata_config(settings.metadata_path)))
     nodes = []
     for node in ir.nodes:
         n = node.pipeline_node
@@ -168,8 +169,8 @@ def run_node(plan_file: str, node_id: str, key: str, report: bool = False, run_i
 
 
 def run_summary(plan: dict, run_id: str) -> dict:
-    from tfx_gpt2.local import summarize
-    from tfx_gpt2.pipeline_config import OutputLayout
+    from tfx_gpt2.config.pipeline import OutputLayout
+    from tfx_gpt2.orchestration.run_report import summarize
 
     return summarize(OutputLayout(plan["output_dir"], plan["pipeline_name"]), run_id)
 
@@ -177,7 +178,7 @@ def run_summary(plan: dict, run_id: str) -> dict:
 def run_report(summary: dict) -> str:
     """The local runner's report of a run, plus how to serve the registered model (on a free port:
     not 8080, Airflow's own web server's)."""
-    from tfx_gpt2.local import report
+    from tfx_gpt2.orchestration.run_report import report
 
     serve = [os.path.join(os.path.dirname(sys.executable), "tfx-gpt2"), "serve",
              f"models:/{summary['registered_model_name']}@champion", "--port", str(free_port())]
@@ -228,7 +229,7 @@ def note_results(dag_run, results: dict) -> None:
 
 
 def main() -> int:
-    """`python -m tfx_gpt2.airflow_dag`: compiles the DAG's pipeline for the current environment
+    """`python -m tfx_gpt2.orchestration.airflow_dag`: compiles the DAG's pipeline for the current environment
     now (tools/airflow.sh does it before starting Airflow, so that no parse has to)."""
     settings = dag_settings()
     start = time.monotonic()
