@@ -34,7 +34,7 @@ def completion(i, version="1", prompts=("Hello",)):
 def test_bad_feedback_names_the_field(body, field, words):
     with pytest.raises(FeedbackError) as info:
         parse_feedback(body, "thumbs")
-    assert info.value.field == field and words in str(info.value) and info.value.status == 400
+    assert info.value.field == field and words in str(info.value) and info.value.reason == "invalid"
 
 
 def test_ratings_on_both_scales_become_one_score():
@@ -81,17 +81,16 @@ def test_the_rule_drops_duplicates_and_caps_each_keys_share():
 def test_feedback_is_idempotent_and_final(tmp_path):
     recorder = Recorder(SqliteStore(str(tmp_path / "f.db")), str(tmp_path / "spool"))
     recorder.completed(completion(1, prompts=("A", "B")))
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})[1]["status"] == "recorded"
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})[1]["status"] == "already recorded"
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1})[1]["status"] == "recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})["status"] == "recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1})["status"] == "already recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1})["status"] == "recorded"
     with pytest.raises(FeedbackError) as info:
         recorder.feedback({"completion_id": "cmpl-1", "rating": -1})
-    assert info.value.status == 409 and info.value.field == "rating"
-    for body, status in [({"completion_id": "cmpl-9", "rating": 1}, 404),
-                         ({"completion_id": "cmpl-1", "rating": 1, "index": 2}, 404)]:
+    assert info.value.reason == "conflict" and info.value.field == "rating"
+    for body in [{"completion_id": "cmpl-9", "rating": 1}, {"completion_id": "cmpl-1", "rating": 1, "index": 2}]:
         with pytest.raises(FeedbackError) as info:
             recorder.feedback(body)
-        assert info.value.status == status
+        assert info.value.reason == "unknown"
     recorder.close()
     store = SqliteStore(str(tmp_path / "f.db"))
     assert store.counts() == {"completions": 1, "feedback": 2}
@@ -145,8 +144,8 @@ def test_records_spool_while_mongodb_is_down_and_are_replayed_when_it_is_back(tm
     for i in range(20):
         recorder.completed(completion(i))
     wait_for(lambda: recorder.spooled == 20)
-    status, answer = recorder.feedback({"completion_id": "cmpl-3", "rating": 1})  # known from memory
-    assert status == 202 and answer["status"] == "accepted"
+    answer = recorder.feedback({"completion_id": "cmpl-3", "rating": 1})  # known from memory
+    assert answer["status"] == "accepted"
     assert not wire.upserts and not wire.inserts
     wire.down = False
     wait_for(lambda: len(wire.upserts) == 20 and len(wire.inserts) == 1 and not recorder.spool_files())
@@ -166,18 +165,18 @@ def test_feedback_is_final_while_the_store_is_down_and_after_a_restart(tmp_path,
     monkeypatch.setenv("FEEDBACK_MONGO", wire.server.uri)
     recorder = Recorder(MongoStore("FEEDBACK_MONGO"), str(tmp_path / "spool"), retry_seconds=60)
     recorder.completed(completion(1, prompts=("A", "B")))
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")[0] == 202
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")["status"] == "accepted"
     with pytest.raises(FeedbackError) as info:
         recorder.feedback({"completion_id": "cmpl-1", "rating": -1}, "alice")
-    assert info.value.status == 409 and info.value.field == "rating"
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")[1]["status"] == "already recorded"
-    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1}, "alice")[0] == 202  # its own row
+    assert info.value.reason == "conflict" and info.value.field == "rating"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": 1}, "alice")["status"] == "already recorded"
+    assert recorder.feedback({"completion_id": "cmpl-1", "rating": -1, "index": 1}, "alice")["status"] == "accepted"  # its own row
     recorder.close()
     again = Recorder(MongoStore("FEEDBACK_MONGO"), str(tmp_path / "spool"), retry_seconds=0.3)
     again.completed(completion(1, prompts=("A", "B")))
     with pytest.raises(FeedbackError) as info:
         again.feedback({"completion_id": "cmpl-1", "rating": -1}, "bob")
-    assert info.value.status == 409
+    assert info.value.reason == "conflict"
     wire.down = False
     wait_for(lambda: len(wire.inserts) == 2 and not again.spool_files())
     assert sorted((r["index"], r["rating"], r["key_id"]) for r in wire.inserts) == [(0, 1, "alice"), (1, -1, "alice")]

@@ -26,11 +26,21 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from tfx_gpt2.feedback.records import FeedbackError, differing_field, feedback_record, parse_feedback
+from tfx_gpt2.feedback.records import (
+    CONFLICT,
+    UNAVAILABLE,
+    UNKNOWN,
+    FeedbackError,
+    differing_field,
+    feedback_record,
+    parse_feedback,
+)
 from tfx_gpt2.feedback.store import StoreUnavailable
 
 log = logging.getLogger("tfx_gpt2.feedback")
 
+# The answer's `status`.
+RECORDED, ALREADY_RECORDED, ACCEPTED = "recorded", "already recorded", "accepted"
 BATCH = 256
 # After a first record, the writer waits this long for more: one transaction per batch, not per
 # completion (each commit of the embedded store syncs the disk).
@@ -195,19 +205,23 @@ class Recorder:
                 return self._recent[completion_id]
         return self.store.completion(completion_id)
 
-    def feedback(self, body: Any, key_id: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
-        """(HTTP status, answer) for a feedback body sent with the API key `key_id`: 200 stored (or
-        the same again), 202 spooled."""
+    def feedback(self, body: Any, key_id: Optional[str] = None) -> Dict[str, Any]:
+        """The answer to a feedback body sent with the API key `key_id`; its `status` is `RECORDED`,
+        `ALREADY_RECORDED`, or `ACCEPTED` (spooled while the store is down).
+
+        Raises:
+            FeedbackError: refused (its `reason` says why).
+        """
         feedback = parse_feedback(body, self.scale)
         cid = feedback["completion_id"]
         try:
             completion = self.completion(cid)
         except StoreUnavailable:
             raise FeedbackError(f"completion {cid} is not in this server's memory and the feedback store cannot "
-                                "be reached; retry later", "completion_id", status=503) from None
+                                "be reached; retry later", "completion_id", reason=UNAVAILABLE) from None
         if completion is None:
             raise FeedbackError(f"completion_id = {cid!r}: no completion with this id was served here",
-                                "completion_id", status=404)
+                                "completion_id", reason=UNKNOWN)
         record = feedback_record(feedback, completion, key_id)
         with self._lock:
             earlier = self._spooled_feedback.get((cid, record["index"]))
@@ -223,12 +237,12 @@ class Recorder:
             differs = differing_field(record, earlier)
             if differs:
                 raise FeedbackError(f"{cid} (index {record['index']}) already has feedback with {differs} = "
-                                    f"{earlier.get(differs)!r}; feedback is final", differs, status=409)
-            return 200, {"completion_id": cid, "index": record["index"], "status": "already recorded"}
-        return 200, {"completion_id": cid, "index": record["index"], "status": "recorded",
+                                    f"{earlier.get(differs)!r}; feedback is final", differs, reason=CONFLICT)
+            return {"completion_id": cid, "index": record["index"], "status": ALREADY_RECORDED}
+        return {"completion_id": cid, "index": record["index"], "status": RECORDED,
                      "score": record["score"]}
 
-    def _spool_feedback(self, record: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+    def _spool_feedback(self, record: Dict[str, Any]) -> Dict[str, Any]:
         key = (record["completion_id"], record["index"])
         with self._lock:
             earlier = self._spooled_feedback.setdefault(key, record)
@@ -236,10 +250,10 @@ class Recorder:
             differs = differing_field(record, earlier)
             if differs:
                 raise FeedbackError(f"{key[0]} (index {key[1]}) already has feedback with {differs} = "
-                                    f"{earlier.get(differs)!r}; feedback is final", differs, status=409)
-            return 200, {"completion_id": key[0], "index": key[1], "status": "already recorded"}
+                                    f"{earlier.get(differs)!r}; feedback is final", differs, reason=CONFLICT)
+            return {"completion_id": key[0], "index": key[1], "status": ALREADY_RECORDED}
         self._spool("feedback", [record])
-        return 202, {"completion_id": key[0], "index": key[1], "status": "accepted",
+        return {"completion_id": key[0], "index": key[1], "status": ACCEPTED,
                      "detail": "the feedback store is unreachable; this feedback is kept and stored when it is back"}
 
     def close(self, timeout: float = 10.0) -> None:

@@ -22,12 +22,18 @@ MAX_TEXT_CHARS = 100_000
 FIELDS = ("completion_id", "rating", "corrected_text", "comment", "index")
 
 
-class FeedbackError(ValueError):
-    """A feedback body the server refuses: `field` names the offending field, `status` the HTTP code."""
+# Why feedback is refused (the server answers each with its HTTP code).
+INVALID, UNKNOWN, CONFLICT, UNAVAILABLE = "invalid", "unknown", "conflict", "unavailable"
 
-    def __init__(self, message: str, field: Optional[str] = None, status: int = 400):
+
+class FeedbackError(ValueError):
+    """Feedback that is refused: `field` names the offending field; `reason` is `INVALID` (a bad
+    body), `UNKNOWN` (no such completion or row), `CONFLICT` (other feedback on that row is final)
+    or `UNAVAILABLE` (the store cannot be reached to look the completion up)."""
+
+    def __init__(self, message: str, field: Optional[str] = None, reason: str = INVALID):
         super().__init__(message)
-        self.field, self.status = field, status
+        self.field, self.reason = field, reason
 
 
 def score(rating: int, scale: str) -> float:
@@ -86,7 +92,7 @@ def feedback_record(feedback: Dict[str, Any], completion: Dict[str, Any], key_id
     index = feedback["index"]
     if index >= len(completion["prompts"]):
         raise FeedbackError(f"index = {index}: completion {completion['id']} has {len(completion['prompts'])} "
-                            "prompt(s)", "index", status=404)
+                            "prompt(s)", "index", reason=UNKNOWN)
     return {**feedback, "model": completion["model"], "version": completion["version"],
             "prompt": completion["prompts"][index], "completion": completion["completions"][index],
             "completion_created": completion["created"], "created": time.time(), "key_id": key_id}

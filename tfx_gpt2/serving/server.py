@@ -50,6 +50,8 @@ from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
+from tfx_gpt2.feedback.recorder import ACCEPTED
+from tfx_gpt2.feedback.records import CONFLICT, INVALID, UNAVAILABLE, UNKNOWN, FeedbackError
 from tfx_gpt2.serving import oip, protocol
 from tfx_gpt2.serving.access import ANONYMOUS, KEY_ID, AccessGuard, ApiKeys, RateLimiter, client_of
 from tfx_gpt2.serving.deployment import Deployment, Served
@@ -99,6 +101,10 @@ class ServeConfig:
         if not self.feedback_per_minute > 0 or self.feedback_burst < 1:
             raise ValueError(f"ServeConfig: feedback_per_minute = {self.feedback_per_minute} and feedback_burst = "
                              f"{self.feedback_burst}; give a positive rate and a burst of at least 1")
+
+
+# The HTTP answer to each reason feedback is refused for.
+FEEDBACK_REFUSED = {INVALID: 400, UNKNOWN: 404, CONFLICT: 409, UNAVAILABLE: 503}
 
 
 class _Refused(Exception):
@@ -412,17 +418,18 @@ class Api:
 
     async def feedback(self, http: HttpRequest):
         """A rating of a completion (and a corrected text, a comment), by the completion's id."""
-        from tfx_gpt2.feedback.records import FeedbackError
-
         started, route = time.monotonic(), "/v1/feedback"
         try:
             if self.recorder is None:
                 raise _Refused(404, "this server does not record feedback; start it without --no-feedback")
             self.check_feedback_rate(http)
-            status, answer = await self.on_side(self.recorder.feedback, protocol.read_json(await http.body()),
-                                                http.scope.get(KEY_ID, ANONYMOUS))
-        except (protocol.BadRequest, FeedbackError, _Refused) as e:
+            answer = await self.on_side(self.recorder.feedback, protocol.read_json(await http.body()),
+                                        http.scope.get(KEY_ID, ANONYMOUS))
+        except FeedbackError as e:
+            return self.refused(route, started, _Refused(FEEDBACK_REFUSED[e.reason], str(e), e.field), openai_error)
+        except (protocol.BadRequest, _Refused) as e:
             return self.refused(route, started, e, openai_error)
+        status = 202 if answer["status"] == ACCEPTED else 200
         self.metrics.requests.labels(route, str(status)).inc()
         self.metrics.feedback.labels(answer["status"]).inc()
         self.metrics.latency.labels(route).observe(time.monotonic() - started)
