@@ -16,10 +16,11 @@ import os
 import urllib.parse
 from typing import Dict, Optional, Tuple, Union
 
+from tfx_gpt2.config.checkpoint_shape import read_checkpoint_config
 from tfx_gpt2.config.model import ConfigError, GPT2Config, TrainConfig, model_preset, train_preset, warm_schedule
 from tfx_gpt2.sources.mongo import MongoSource
 from tfx_gpt2.sources.text_files import DEFAULT_SEPARATOR
-from tfx_gpt2.text.bpe import check_special_tokens
+from tfx_gpt2.text.bpe import VocabularyError, check_special_tokens, vocab_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +153,6 @@ class TrainingSetup:
                                   "when the pipeline is built; give TrainingSetup.model (a preset or a GPT2Config).")
             return given
         else:
-            from tfx_gpt2.config.checkpoint_shape import read_checkpoint_config
-
             shape = read_checkpoint_config(ckpt)
         if given is not None and (given.n_ctx, given.n_embd, given.n_layer) != (shape.n_ctx, shape.n_embd,
                                                                                  shape.n_layer):
@@ -209,7 +208,6 @@ def check_vocab_dir(vocab: str) -> None:
     a vocabulary (a remote one, `gs://...`, is checked where it runs)."""
     if vocab in ("gpt2", "train") or "://" in vocab:
         return
-    from tfx_gpt2.text.bpe import VocabularyError, vocab_files
 
     if not os.path.isdir(vocab):
         raise ConfigError(f"DataConfig.vocab = {vocab!r}: the folder does not exist; give 'gpt2', 'train' (with "

@@ -21,7 +21,9 @@ import json
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
+from tfx_gpt2.config.model import train_preset, warm_schedule
 from tfx_gpt2.config.pipeline import DataConfig, OutputLayout, RegistryConfig, TextFolder, TrainingSetup
+from tfx_gpt2.sources.mongo import MongoSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLED_CORPUS = os.path.join(REPO, "data", "pydoc_topics")
@@ -126,8 +128,6 @@ class PipelineSettings:
         return self.mlflow_tracking_uri or self.layout.mlflow_tracking_uri
 
     def data_config(self) -> DataConfig:
-        from tfx_gpt2.sources.mongo import MongoSource
-
         source = TextFolder(root=self.data_root, file_pattern=self.file_pattern)
         if self.mongo_collections:
             source = MongoSource(
@@ -139,8 +139,6 @@ class PipelineSettings:
                           special_tokens=self.special_tokens, control_feature=self.control_field)
 
     def training_setup(self) -> TrainingSetup:
-        from tfx_gpt2.config.model import train_preset, warm_schedule
-
         train = train_preset(self.train, self.max_steps)
         return TrainingSetup(model=self.model or None, train=train, init_checkpoint=self.init_checkpoint or None,
                              warm_start=self.warm_start,

@@ -7,15 +7,13 @@ from typing import Any, Dict, List, Optional
 
 from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, PREFIX, utc
 from tfx_gpt2.feedback.records import FeedbackRule
+from tfx_gpt2.registry.champion import version_with_alias
+from tfx_gpt2.registry.client import ALIAS_URI, VERSION_URI, connect
 
 
 def _version(client, uri: str):
-    from tfx_gpt2.registry.client import ALIAS_URI, VERSION_URI
-
     m = ALIAS_URI.match(uri)
     if m:
-        from tfx_gpt2.registry.champion import version_with_alias
-
         version = version_with_alias(client, m["name"], m["alias"])
         if version is None:
             raise LookupError(f"{uri}: no version of {m['name']!r} holds the alias {m['alias']!r}")
@@ -40,8 +38,6 @@ def _spans(tags: Dict[str, str]) -> List[Dict[str, Any]]:
 
 def version_lineage(tracking_uri: str, uri: str) -> str:
     """The spans, watermarks and counts that trained a registered version."""
-    from tfx_gpt2.registry.client import connect
-
     client = connect(tracking_uri)
     v = _version(client, uri)
     tags = v.tags or {}
@@ -102,8 +98,6 @@ def _trained_with(versions, watermark: str) -> List[tuple]:
 
 def completion_lineage(tracking_uri: str, store, completion_id: str) -> str:
     """The version that produced a completion, its feedback, and the versions that feedback trained."""
-    from tfx_gpt2.registry.client import connect
-
     completion = store.completion(completion_id)
     if completion is None:
         raise LookupError(f"no completion {completion_id!r} in {store.describe()}")

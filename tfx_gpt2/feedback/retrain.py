@@ -21,7 +21,10 @@ import dataclasses
 import time
 from typing import List, Optional
 
+from tfx_gpt2.feedback.lineage import trained_feedback
 from tfx_gpt2.feedback.records import FeedbackRule
+from tfx_gpt2.registry.champion import version_with_alias
+from tfx_gpt2.registry.client import connect
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +111,6 @@ class RegistryState:
 
 
 def registry_state(tracking_uri: str, name: str) -> RegistryState:
-    from tfx_gpt2.feedback.lineage import trained_feedback
-    from tfx_gpt2.registry.champion import version_with_alias
-    from tfx_gpt2.registry.client import connect
-
     client = connect(tracking_uri)
     versions = client.search_model_versions(f"name = '{name}'")
     champion = version_with_alias(client, name, "champion") if versions else None

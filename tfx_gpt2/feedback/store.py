@@ -20,6 +20,8 @@ import sqlite3
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from tfx_gpt2.sources import mongo
+
 DATABASE_FILE = "feedback.db"
 DEFAULT_DATABASE = "tfx_gpt2"
 
@@ -141,8 +143,6 @@ class MongoStore:
     """The MongoDB store: collections `completions` and `feedback` of `database`."""
 
     def __init__(self, uri_env: str, database: str = DEFAULT_DATABASE):
-        from tfx_gpt2.sources import mongo
-
         spec = mongo.MongoSource(collections=(f"{database}.feedback",), uri_env=uri_env)
         self.uri_env, self.database = uri_env, database
         self.client = client_factory(mongo.resolve_uri(spec))

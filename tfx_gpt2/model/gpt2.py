@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfx_gpt2.config.model import GPT2Config
+from tfx_gpt2.config.model import GPT2Config, from_json, to_json
 
 
 def gelu(x):
@@ -328,14 +328,10 @@ class GPT2(keras.Model):
         return self.forward(tokens, training=training)[0]
 
     def get_config(self):
-        from tfx_gpt2.config.model import to_json
-
         return {"config": to_json(self.config)}
 
     @classmethod
     def from_config(cls, config):
-        from tfx_gpt2.config.model import from_json
-
         return cls(from_json(GPT2Config, config["config"]))
 
     def weights_by_name(self) -> Dict[str, np.ndarray]:
