@@ -9,8 +9,10 @@ import shutil
 import tempfile
 from typing import Optional
 
+from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE, WEIGHTS_FILE
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.client import CHAMPION, connect
+from tfx_gpt2.text.bpe import ENCODER_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE
 
 logger = get_logger("tfx_gpt2.registry")
 
@@ -21,7 +23,7 @@ MODEL_KEY_TAG = "tfx_gpt2.model_key"
 COMPARED_WITH_TAG = "tfx_gpt2.compared_with"
 NO_CHAMPION = "none"
 # What the pyfunc needs from a model directory (the Trainer's `hf/` and `savedmodel/` stay out).
-MODEL_DIR_FILES = ("gpt2_config.json", "model.weights.npz", "encoder.json", "vocab.bpe", "special_tokens.json")
+MODEL_DIR_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE)
 # The pyfunc's artifact that holds the model directory.
 MODEL_DIR_ARTIFACT = "model_dir"
 

@@ -14,7 +14,6 @@ from tfx_gpt2.registry.client import RegistryError, connect, lock_path
 
 # On a registered model: the push holding it (`registry_lock` against a tracking server).
 LOCK_TAG = "tfx_gpt2.push_lock"
-
 LEASE_SECONDS = 900.0  # a lock left by a killed push expires after this
 
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional
 
 from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.registry.champion import MODEL_KEY_TAG, stage_model_dir, version_with_alias
+from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, MODEL_KEY_TAG, stage_model_dir, version_with_alias
 from tfx_gpt2.registry.client import (
     CHALLENGER,
     CHAMPION,
@@ -31,24 +31,16 @@ from tfx_gpt2.registry.client import (
     ensure_experiment,
     redact_uri,
 )
-from tfx_gpt2.registry.pyfunc import MODEL_DIR_ARTIFACT, SIGNATURE, GPT2PyFunc
+from tfx_gpt2.registry.pyfunc import SIGNATURE, GPT2PyFunc
 
 logger = get_logger("tfx_gpt2.registry")
 
 
 SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
-
-
-
-
 # On a push's MLflow run: the host and process that run it (a later push ends it as KILLED when
 # that process died with the run still RUNNING).
 HOST_TAG = "tfx_gpt2.host"
-
-
 PID_TAG = "tfx_gpt2.pid"
-
-
 
 
 @dataclasses.dataclass(frozen=True)
