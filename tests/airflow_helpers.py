@@ -89,11 +89,30 @@ class Airflow:
         """What the web UI's trigger button does: a new manual run of `dag_id` (on a paused DAG,
         the button unpauses it first)."""
         if unpause:
-            status, dag = self.call("PATCH", f"/api/v1/dags/{dag_id}?update_mask=is_paused", {"is_paused": False})
-            assert status == 200 and dag["is_paused"] is False, dag
+            self.set_paused(dag_id, False)
         status, run = self.call("POST", f"/api/v1/dags/{dag_id}/dagRuns", {"conf": {}})
         assert status == 200, run
         return run
+
+    def set_paused(self, dag_id, paused: bool) -> None:
+        """The DAG's toggle in the web UI."""
+        status, dag = self.call("PATCH", f"/api/v1/dags/{dag_id}?update_mask=is_paused", {"is_paused": paused})
+        assert status == 200 and dag["is_paused"] is paused, dag
+
+    def mark_run(self, dag_id, run_id, state) -> None:
+        """The web UI's "Mark failed" (or "Mark success") of a run."""
+        status, run = self.call("PATCH", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}", {"state": state})
+        assert status == 200 and run["state"] == state, run
+
+    def wait_until(self, what, condition, timeout=300):
+        """Polls `condition()` every second until it returns something true, which is returned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = condition()
+            if found:
+                return found
+            time.sleep(1)
+        raise TimeoutError(f"{what} did not happen in {timeout} s:\n{self.read_log()[-3000:]}")
 
     def runs(self, dag_id) -> list:
         return self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns?order_by=execution_date")[1]["dag_runs"]
@@ -102,9 +121,12 @@ class Airflow:
         return {t["task_id"]: t["state"] for t in self.call(
             "GET", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances")[1]["task_instances"]}
 
-    def task_log(self, dag_id, run_id, task_id, try_number=1) -> str:
-        return self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                         accept="text/plain")[1]
+    def task_log(self, dag_id, run_id, task_id) -> str:
+        """The log of the task's latest try (Airflow 2.10 counts a try when the task is scheduled,
+        so the first one to run is not always try 1)."""
+        path = f"/api/v1/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        try_number = self.call("GET", path)[1]["try_number"]
+        return self.call("GET", f"{path}/logs/{try_number}", accept="text/plain")[1]
 
     def wait_for_run(self, dag_id, run_id, timeout=900):
         """The run's final state, and the scheduler's health as the web UI saw it at each poll."""

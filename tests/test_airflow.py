@@ -4,8 +4,9 @@ through the REST API the web UI uses, runs once to success with the scheduler he
 registers a model, the pusher's log ends with where the results are and the run's note names the
 version. The DAG file then parses without importing TFX. The feedback DAG, paused at first, runs
 once per press of play: its sensor finds the new feedback, the span is written, the pipeline DAG
-fine-tunes the champion into version 2; with nothing left to do its sensor ends as skipped.
-SIGTERM to `tools/airflow.sh` stops every Airflow process."""
+is triggered (and, paused, its run is marked failed: one full pipeline run per orchestrator), the
+failure fails the feedback run and the next press finds the same feedback. SIGTERM to
+`tools/airflow.sh` stops every Airflow process."""
 
 import json
 import os
@@ -46,6 +47,8 @@ def airflow_env(tmp_path_factory):
         # A yearly tick: the scheduler never starts a run during the test, and an Airflow cron
         # schedule without catch-up would start one for the last tick on unpausing.
         "TFX_GPT2_FEEDBACK_SCHEDULE": "0 0 1 1 *",
+        # The feedback DAG's wait for the pipeline run it triggered looks every 2 s (default 10).
+        "TFX_GPT2_FEEDBACK_POKE_SECONDS": "2",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     # What `tools/airflow.sh` does first (compile the DAG's pipeline), in this process, which has
@@ -86,8 +89,7 @@ def test_a_trigger_through_the_rest_api_runs_the_pipeline_once(airflow_env):
     artifacts = {a.path for a in client.list_artifacts(versions[0].run_id)}
     assert {"training_samples.json", "tensorboard"} <= artifacts
     # The task that pushed ends its log with the run's report: where to open the results.
-    log = airflow.call("GET", f"/api/v1/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/MlflowPusher/logs/1",
-                       accept="text/plain")[1]
+    log = airflow.task_log(DAG_ID, run["dag_run_id"], "MlflowPusher")
     report = log[log.rindex("Registered model:"):]
     assert f"{DAG_ID} version 1" in report and "Open the results:" in report and "TensorBoard:" in report
     assert f"serve models:/{DAG_ID}@champion" in report and "--port 8080" not in report
@@ -148,35 +150,38 @@ def test_feedback_dag_senses_feedback_and_writes_the_next_span(airflow_env):
         assert f.read() == "<|endoftext|>".join(f"Q answer {i}" for i in range(3))
 
 
-def test_the_feedback_dag_runs_once_per_play_and_retrains_from_the_champion(airflow_env):
-    """Under the scheduler: the paused feedback DAG, played once, runs once: sensor, span, the
-    pipeline DAG (version 2, fine-tuned from version 1); played again with nothing new, its sensor
-    is skipped at once with the reason in its log."""
+def test_the_feedback_dag_runs_once_per_play_and_a_failed_pipeline_run_loses_nothing(airflow_env):
+    """Under the scheduler: the paused feedback DAG, played once, runs once: its sensor finds the
+    new feedback, the span is written and the pipeline DAG is triggered. The pipeline DAG is paused
+    here, so that run waits, queued (the suite keeps one full pipeline run per orchestrator: the
+    one above; the fine-tune of the champion runs in tests/test_continuous.py). Marked failed in
+    the web UI, it fails the feedback run, nothing is registered, and the next press finds the same
+    feedback again."""
     airflow, out = airflow_env
     assert airflow.call("GET", f"/api/v1/dags/{FEEDBACK_DAG}")[1]["is_paused"] is True
-    run = airflow.trigger(FEEDBACK_DAG, unpause=True)  # the earlier test left 3 rated completions in the store
-    state, _ = airflow.wait_for_run(FEEDBACK_DAG, run["dag_run_id"])
-    tasks = airflow.tasks(FEEDBACK_DAG, run["dag_run_id"])
-    assert state == "success" and set(tasks.values()) == {"success"}, (tasks, airflow.read_log()[-3000:])
-    assert "3 new training document(s)" in airflow.task_log(FEEDBACK_DAG, run["dag_run_id"], "enough_feedback")
-    pipeline_runs = airflow.runs(DAG_ID)
-    assert [r["state"] for r in pipeline_runs] == ["success", "success"]
-    client = MlflowClient(tracking_uri="sqlite:///" + str(out / "mlflow" / "mlflow.db"))
-    v2 = client.get_model_version(DAG_ID, "2")
-    assert v2.tags["tfx_gpt2.fine_tuned_from"] == "1" and v2.tags["init_checkpoint"] == f"models:/{DAG_ID}/1"
-    assert v2.tags["tfx_gpt2.feedback.span"] == "1" and json.loads(v2.tags["tfx_gpt2.feedback.keys"]) == {
-        "anonymous": 3}
-    assert f"models:/{DAG_ID}/2" in pipeline_runs[-1]["note"]
-
-    again = airflow.trigger(FEEDBACK_DAG)
-    state, _ = airflow.wait_for_run(FEEDBACK_DAG, again["dag_run_id"])
-    tasks = airflow.tasks(FEEDBACK_DAG, again["dag_run_id"])
-    assert tasks == {"enough_feedback": "skipped", "write_feedback_span": "skipped", "run_pipeline": "skipped"}
-    assert "nothing to do: 0 new training document(s)" in airflow.task_log(FEEDBACK_DAG, again["dag_run_id"],
-                                                                            "enough_feedback")
+    airflow.set_paused(DAG_ID, True)
+    for press in range(2):  # the earlier test left 3 rated completions in the store
+        run = airflow.trigger(FEEDBACK_DAG, unpause=press == 0)
+        queued = airflow.wait_until("the pipeline run", lambda known=1 + press: airflow.runs(DAG_ID)[known:])
+        assert [r["state"] for r in queued] == ["queued"] and queued[0]["run_type"] == "manual", queued
+        airflow.wait_until("the feedback run waiting on it",
+                           lambda run_id=run["dag_run_id"]: airflow.tasks(FEEDBACK_DAG, run_id)["run_pipeline"] == "deferred")
+        log = airflow.task_log(FEEDBACK_DAG, run["dag_run_id"], "enough_feedback")
+        assert "3 new training document(s)" in log, log
+        assert "span 1: 3 training documents from 3 feedback records" in airflow.task_log(
+            FEEDBACK_DAG, run["dag_run_id"], "write_feedback_span")
+        airflow.mark_run(DAG_ID, queued[0]["dag_run_id"], "failed")
+        state, _ = airflow.wait_for_run(FEEDBACK_DAG, run["dag_run_id"])
+        tasks = airflow.tasks(FEEDBACK_DAG, run["dag_run_id"])
+        assert state == "failed" and tasks == {"enough_feedback": "success", "write_feedback_span": "success",
+                                               "run_pipeline": "failed"}, tasks
+        client = MlflowClient(tracking_uri="sqlite:///" + str(out / "mlflow" / "mlflow.db"))
+        assert [str(v.version) for v in client.search_model_versions(f"name = '{DAG_ID}'")] == ["1"]
+        with open(out / "training-data" / DAG_ID / "span-1" / "feedback.txt") as f:
+            assert f.read() == "<|endoftext|>".join(f"Q answer {i}" for i in range(3))
     # Two presses of play, two runs: unpausing started none.
     assert [r["run_type"] for r in airflow.runs(FEEDBACK_DAG)] == ["manual", "manual"]
-    assert len(airflow.runs(DAG_ID)) == 2
+    assert [r["state"] for r in airflow.runs(DAG_ID)] == ["success", "failed", "failed"]
 
 
 def test_mlflow_run_link_for_a_tracking_server(mlflow_server):

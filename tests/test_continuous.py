@@ -2,8 +2,11 @@
 `tiny` model (train v1, serve it, simulated users' completions and feedback, the retrain condition,
 the gate, the server switching), then `tfx-gpt2 retrain` below its conditions and failing."""
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -20,13 +23,17 @@ USERS = 8
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
+    """The example's `main()`, in this process: the test below retrains in-process too, and a
+    process of its own would import TensorFlow and TFX a second time (~20 s)."""
     out = str(tmp_path_factory.mktemp("loop"))
-    env = {**os.environ, "TFX_GPT2_BEAT_BASELINE": "0", "TFX_GPT2_LOOP_PORT": str(free_port())}
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "continuous-training-example.py"),
-                           "--output-dir", out, "--max-steps", "20", "--users", str(USERS)],
-                          capture_output=True, text=True, env=env, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return out, proc.stdout
+    example = runpy.run_path(os.path.join(REPO, "examples", "continuous-training-example.py"))
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setenv("TFX_GPT2_BEAT_BASELINE", "0")
+        patch.setenv("TFX_GPT2_LOOP_PORT", str(free_port()))
+        code = example["main"](["--output-dir", out, "--max-steps", "20", "--users", str(USERS)])
+    assert code == 0, printed.getvalue()[-3000:]
+    return out, printed.getvalue()
 
 
 def retrain_in_process(out, capsys, *args):

@@ -185,17 +185,17 @@ class Generator:
         self.eot_id = tokenizer.eot_id if tokenizer is not None else model.config.n_vocab - 1
         model_ = model
 
-        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+        @tf.function(jit_compile=jit_compile, reduce_retracing=True, autograph=False)
         def loop(tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty, stop_at_eot):
             return decode_loop(model_, tokens, positions, key_mask, uniforms, temperature, top_k, top_p, penalty,
                                self.eot_id, stop_at_eot, slice_update=jit_compile)
 
         # Without a cache: the whole sequence runs through the model for each new token.
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def full(tokens, positions, key_mask):
             return model_.forward(tokens, positions, key_mask, last_only=True)[0][:, -1]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def choose_next(logits, seen, temperature, top_k, top_p, penalty, u):
             with without_xla_ops():  # traced for TensorFlow's own kernels
                 nxt = choose(logits, seen, temperature, top_k, top_p, penalty, u)

@@ -49,7 +49,7 @@ class TextGenerationModule(tf.Module):
         self.n_ctx = model.config.n_ctx
         self.n_vocab = model.config.n_vocab
 
-    @tf.function(input_signature=SIGNATURE)
+    @tf.function(input_signature=SIGNATURE, autograph=False)
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
         checks = [
             tf.debugging.assert_greater(max_new_tokens, 0, message="max_new_tokens must be >= 1"),

@@ -140,7 +140,7 @@ class GraphBPETokenizer(tf.Module):
         pos = tf.argmax(tf.cast(is_best.to_tensor(False), tf.int32), axis=1)  # first True
         return best, pos
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def encode(self, texts):
         """(N,) strings -> ragged (N, ids) int32."""
         words = self._words(texts)  # (N, words)
@@ -152,7 +152,7 @@ class GraphBPETokenizer(tf.Module):
         ids = _choose_rows(is_special, one, ids)
         return words.with_flat_values(ids).merge_dims(1, 2)
 
-    @tf.function(input_signature=[tf.RaggedTensorSpec([None, None], tf.int32)])
+    @tf.function(input_signature=[tf.RaggedTensorSpec([None, None], tf.int32)], autograph=False)
     def decode(self, ids):
         """ragged (N, ids) int32 -> (N,) strings (invalid UTF-8 replaced by U+FFFD)."""
         symbols = ids.with_flat_values(self.decoder.lookup(ids.flat_values))

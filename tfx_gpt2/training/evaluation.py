@@ -47,7 +47,7 @@ def _batch_loss_fn(model: GPT2):
     if fn is None:
         ref = weakref.ref(model)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def fn(x, y):  # x, y: (B, T) -> summed loss over the B*T targets, and their count
             return tf.reduce_sum(token_loss(ref()(x, training=False), y)), tf.size(y)
 
