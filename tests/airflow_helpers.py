@@ -11,6 +11,8 @@ import time
 import urllib.error
 import urllib.request
 
+from conftest import wait_until
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -105,14 +107,9 @@ class Airflow:
         assert status == 200 and run["state"] == state, run
 
     def wait_until(self, what, condition, timeout=300):
-        """Polls `condition()` every second until it returns something true, which is returned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = condition()
-            if found:
-                return found
-            time.sleep(1)
-        raise TimeoutError(f"{what} did not happen in {timeout} s:\n{self.read_log()[-3000:]}")
+        """`conftest.wait_until`, polling every second, failing with the end of Airflow's log."""
+        return wait_until(condition, lambda: f"{what} did not happen in {timeout} s:\n{self.read_log()[-3000:]}",
+                          timeout, interval=1)
 
     def runs(self, dag_id) -> list:
         return self.call("GET", f"/api/v1/dags/{dag_id}/dagRuns?order_by=execution_date")[1]["dag_runs"]

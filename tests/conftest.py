@@ -9,10 +9,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import time  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_DIR = os.path.join(REPO, "data", "pydoc_topics")
+
+
+def wait_until(condition, what, timeout: float = 120.0, interval: float = 0.05):
+    """Polls `condition()` until it returns something true, and returns that; after `timeout`
+    seconds fails with `what` (a string, or a function giving one, called only then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_until
 from mockupdb import MockupDB
 
 from tfx_gpt2.feedback.recorder import Recorder
@@ -103,10 +104,7 @@ def test_feedback_is_idempotent_and_final(tmp_path):
 
 
 def wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+    wait_until(condition, "timed out", timeout)
 
 
 class Wire:

@@ -4,8 +4,8 @@ are released and no program is compiled again (the `tiny` shape, six versions)."
 
 import gc
 import threading
-import time
 
+from conftest import wait_until
 from mlflow_helpers import register_tiny
 
 from tfx_gpt2.config.model import model_preset
@@ -34,13 +34,6 @@ def generate(deployment, tokenizer, n=4):
 
 def old_released(engine):
     return lambda: engine.released
-
-
-def wait_until(predicate, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_rss_stays_flat_over_five_swaps(tmp_path, tokenizer):
