@@ -48,6 +48,9 @@ if [ ! -x "$VENV/bin/uv" ] || [ "$("$VENV/bin/uv" --version | cut -d' ' -f2)" !=
   "$VENV/bin/python" -m pip install -q "uv==$UV_VERSION"
 fi
 echo "[bootstrap] installing tfx-gpt2[$EXTRAS] with the versions pinned in $LOCK"
-"$VENV/bin/uv" pip install --python "$VENV/bin/python" -q -c "$LOCK" -e ".[$EXTRAS]"
+# --compile-bytecode: every package's .pyc written now, once, on every core. Without them each new
+# process compiles what it imports (importing TFX and MLflow took 32 s instead of 12 s here), and
+# where PYTHONDONTWRITEBYTECODE is set, as on our CI machines and in many images, it does so every time.
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" -q --compile-bytecode -c "$LOCK" -e ".[$EXTRAS]"
 echo "$want" > "$stamp"
 echo "[bootstrap] done: $("$VENV/bin/python" -V) in $VENV"
