@@ -81,3 +81,21 @@ def test_missing_weight_is_named(model):
 def test_not_a_model_dir(tmp_path):
     with pytest.raises(CheckpointError, match="gpt2_config.json is missing"):
         load_model_dir(str(tmp_path))
+
+
+def test_scored_loss_is_the_cross_entropy_of_the_target():
+    """The scoring loss (log-sum-exp minus the target's logit) against numpy's log-softmax, with
+    logits large enough that a naive exp would overflow."""
+    import tensorflow as tf
+
+    from tfx_gpt2.model.gpt2 import scored_token_loss, token_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=30.0, size=(2, 5, 11)).astype(np.float32)
+    targets = rng.integers(0, 11, size=(2, 5))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_softmax, targets[..., None], -1)[..., 0]
+    got = scored_token_loss(tf.constant(logits), tf.constant(targets))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(token_loss(tf.constant(logits), tf.constant(targets)).numpy(), expected, rtol=1e-5, atol=1e-4)

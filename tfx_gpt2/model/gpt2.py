@@ -350,3 +350,14 @@ def token_loss(logits, targets):
     import tensorflow as tf
 
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
+
+
+def scored_token_loss(logits, targets):
+    """`token_loss`'s values for scoring (no gradient): log-sum-exp of the logits minus the target's.
+
+    About twice as fast on a CPU as the fused kernel, which also writes the softmax that only its
+    gradient needs; XLA (the training step) compiles the fused kernel faster, so training keeps it."""
+    import tensorflow as tf
+
+    picked = tf.gather(logits, tf.cast(targets, tf.int32), batch_dims=len(logits.shape) - 1)
+    return tf.reduce_logsumexp(logits, axis=-1) - picked

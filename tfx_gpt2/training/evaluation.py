@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import tensorflow as tf
 
 from tfx_gpt2.config.model import GPT2Config
-from tfx_gpt2.model.gpt2 import GPT2, token_loss
+from tfx_gpt2.model.gpt2 import GPT2, scored_token_loss
 from tfx_gpt2.text.blocks import block_length_of, compression_of
 
 
@@ -49,7 +49,7 @@ def _batch_loss_fn(model: GPT2):
 
         @tf.function(reduce_retracing=True, autograph=False)
         def fn(x, y):  # x, y: (B, T) -> summed loss over the B*T targets, and their count
-            return tf.reduce_sum(token_loss(ref()(x, training=False), y)), tf.size(y)
+            return tf.reduce_sum(scored_token_loss(ref()(x, training=False), y)), tf.size(y)
 
         _EVAL_FUNCTIONS[model] = fn
     return fn
