@@ -55,8 +55,8 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-# The longest test files first (measured: `pytest --durations`), so that with one worker per core
-# (`make test` runs pytest-xdist with --dist loadfile) no long file starts last.
+# The longest test files first (measured: `pytest --durations`). With `make test`'s pytest-xdist
+# (--dist loadfile) this order only breaks ties: xdist hands out the files with the most tests first.
 LONGEST_FIRST = ["test_e2e.py", "test_continuous.py", "test_airflow.py", "test_kubeflow.py", "test_trainer_features.py",
                  "test_beam_scaling.py", "test_serving_deploy.py", "test_serving_isolation.py", "test_serving_access.py",
                  "test_serving_mlflow.py", "test_playground.py",

@@ -28,7 +28,8 @@ def keyed(mlflow_server, tmp_path_factory):
     keys.write_text(f"# the team's keys\nalice:{ALICE}\n{BOB}\ncarol:{CAROL}\n")
     champion = register_tiny(mlflow_server.uri, str(root / "m"), NAME)
     server = OurServer(champion, str(root), ["--api-keys-file", str(keys), "--feedback-per-minute", "1",
-                                             "--feedback-burst", "3"], tracking_uri=mlflow_server.uri)
+                                             "--feedback-burst", "3", "--max-batch-size", "2"],
+                       tracking_uri=mlflow_server.uri)
     yield server
     server.stop()
 

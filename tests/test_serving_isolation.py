@@ -11,7 +11,7 @@ import time
 import numpy as np
 from mlflow_helpers import OurServer, post_json, tiny_model_dir
 
-LONG_PROMPT = "a prompt long enough to be tokenized off the event loop " * 6  # over 256 characters
+LONG_PROMPT = "a prompt long enough to be tokenized off the event loop " * 5  # over 256 characters: 61 tokens
 
 
 def blackhole():
@@ -53,9 +53,11 @@ def latencies(url, n):
 def test_a_hanging_store_does_not_slow_completions(tmp_path, monkeypatch):
     port, close = blackhole()
     monkeypatch.setenv("HANGING_MONGO_URI", f"mongodb://127.0.0.1:{port}/")
-    model = tiny_model_dir(str(tmp_path / "model"), n_ctx=128)
-    # All 50 posts reach the store: the rate limit (tests/test_serving_access.py) is raised here.
-    server = OurServer(model, str(tmp_path), ["--mongo-uri-env", "HANGING_MONGO_URI", "--feedback-burst", "100"])
+    model = tiny_model_dir(str(tmp_path / "model"), n_ctx=80)
+    # All 50 posts reach the store: the rate limit (tests/test_serving_access.py) is raised here. The
+    # completions come one at a time: batches of 2 (7 programs to compile instead of 12).
+    server = OurServer(model, str(tmp_path), ["--mongo-uri-env", "HANGING_MONGO_URI", "--feedback-burst", "100",
+                                              "--max-batch-size", "2"])
     answers = []
     try:
         latencies(server.url, 5)  # warm

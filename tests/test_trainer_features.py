@@ -6,13 +6,12 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import train_worker
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_training import CFG, counting_data  # noqa: F401 -- the fixture
 
@@ -22,7 +21,6 @@ from tfx_gpt2.training.loop import count_blocks, train
 
 BASE = TrainConfig(batch_size=8, max_steps=6, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
                    eval_every=3, eval_batches=1, log_every=1, shuffle_buffer=32)
-WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")
 
 
 def run(files, **changes):
@@ -133,8 +131,9 @@ def test_config_errors():
 
 
 def _worker(out, *args, timeout=300):
-    subprocess.run([sys.executable, WORKER, str(out), *args], check=True, timeout=timeout,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = train_worker.start([str(out), *args])
+    process.join(timeout)
+    assert process.exitcode == 0, f"train_worker.py {' '.join(args)} ended with {process.exitcode}"
     with open(os.path.join(out, "result.json")) as f:
         return json.load(f), dict(np.load(os.path.join(out, "weights.npz")))
 
@@ -159,16 +158,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, one_device):
     clean, w_clean = one_device
     out = tmp_path / "killed"
     same = ["--distribution", "one_device", "--xla", "0", "--checkpoint-every", "2"]
-    proc = subprocess.Popen([sys.executable, WORKER, str(out), *same, "--step-delay", "0.3"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = train_worker.start([str(out), *same, "--step-delay", "0.3"])
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
+    while time.monotonic() < deadline and proc.is_alive():
         if saved_step(out / "ckpt") >= 4:
             break
         time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.is_alive(), "the run ended before it could be killed"
+    proc.kill()
+    proc.join()
     assert not (out / "result.json").exists()
     resumed, w_resumed = _worker(out, *same)
     assert resumed["resumed_from_step"] in (4, 6) and resumed["steps"] == clean["steps"] == 8
@@ -193,16 +191,17 @@ def _two_workers(tmp_path, name, *args, kill_at_checkpoint=0, timeout=300):
     procs = []
     for i in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        procs.append(subprocess.Popen(
-            [sys.executable, WORKER, str(tmp_path / f"{name}-{i}"), "--distribution", "multi_worker", "--xla", "0",
-             "--checkpoint-dir", str(ckpt), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(train_worker.start([str(tmp_path / f"{name}-{i}"), "--distribution", "multi_worker", "--xla",
+                                         "0", "--checkpoint-dir", str(ckpt), *args], env))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+    while time.monotonic() < deadline and any(p.is_alive() for p in procs):
         if kill_at_checkpoint and saved_step(ckpt) >= kill_at_checkpoint:
             for p in procs:
-                p.send_signal(signal.SIGKILL)
+                p.kill()
         time.sleep(0.1)
-    codes = [p.wait(timeout=max(1, deadline - time.monotonic())) for p in procs]
+    for p in procs:
+        p.join(max(1, deadline - time.monotonic()))
+    codes = [p.exitcode for p in procs]
     if kill_at_checkpoint:
         assert codes == [-signal.SIGKILL] * 2, f"the workers ended ({codes}) before checkpoint {kill_at_checkpoint}"
         return None
