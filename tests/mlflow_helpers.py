@@ -1,6 +1,7 @@
 """A real `mlflow server` (sqlite store, artifacts proxied by the server) for tests, and tiny
 tfx-gpt2 model directories to push to it."""
 
+import contextlib
 import json
 import os
 import socket
@@ -16,6 +17,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refused_url():
+    """`http://127.0.0.1:PORT` of a socket bound but never listening, while the block runs:
+    connections are refused, and no other server can take the port meanwhile (a port that
+    `free_port()` found free can be)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180, data=None, headers=None):

@@ -26,7 +26,7 @@ import sys
 import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
-from mlflow_helpers import free_port, wait_http
+from mlflow_helpers import free_port, refused_url, wait_http
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfx_gpt2.config.model import train_preset
@@ -55,11 +55,8 @@ def all_runs(tmp_path_factory):
     worse = run_and_report(settings, training=TrainingSetup(train=dataclasses.replace(train_preset("tiny"), **SHORT)))
     MlflowClient(tracking_uri=settings.tracking_uri).set_registered_model_alias(NAME, "champion", "2")
     rescored = run_and_report(settings)
-    import socket
-
-    with socket.socket() as held:  # bound, never listening: refuses connections, and no other test can take it
-        held.bind(("127.0.0.1", 0))
-        down = dataclasses.replace(settings, mlflow_tracking_uri=f"http://127.0.0.1:{held.getsockname()[1]}")
+    with refused_url() as nobody:
+        down = dataclasses.replace(settings, mlflow_tracking_uri=nobody)
         with pytest.raises(Exception) as down_error:
             run_and_report(down)
     set_tracking_uri(settings.tracking_uri)  # the tests below read MLflow with the process's URI

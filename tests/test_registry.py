@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_helpers import MlflowServer, tiny_model_dir
+from mlflow_helpers import MlflowServer, refused_url, tiny_model_dir
 
 from tfx_gpt2.registry.champion import download_champion
 from tfx_gpt2.registry.client import CHALLENGER, CHAMPION, RegistryError
@@ -115,11 +115,8 @@ def test_credentials_never_reach_the_run(mlflow_server, models, monkeypatch):
 
 def test_server_down_is_a_clear_error_after_bounded_retries(models, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    with socket.socket() as held:  # bound, never listening: refuses connections, and no other server can take it
-        held.bind(("127.0.0.1", 0))
-        with pytest.raises(RegistryError, match=r"did not answer after 2 retries.*Start it"):
-            push(type("S", (), {"uri": f"http://127.0.0.1:{held.getsockname()[1]}"})(), models[0], "down",
-                 blessed=True, ppl=1.0)
+    with refused_url() as nobody, pytest.raises(RegistryError, match=r"did not answer after 2 retries.*Start it"):
+        push(type("S", (), {"uri": nobody})(), models[0], "down", blessed=True, ppl=1.0)
     # A server that hangs up on every request: the first try and 2 retries, then the same error.
     hangups = []
     with socket.socket() as server:
