@@ -139,6 +139,19 @@ def test_server_down_is_a_clear_error_after_bounded_retries(models, monkeypatch)
     assert len(hangups) == 3 and len(set(hangups)) == 1, hangups
 
 
+@pytest.mark.parametrize("port", [40381, 40123, 401, 1403])
+def test_a_port_with_the_digits_of_an_http_status_is_no_refused_login(port):
+    """A server that is down at a port like 40381 is down, not a refused login (HTTP 403)."""
+    from tfx_gpt2.registry.client import describe_error
+
+    down = ConnectionError(f"HTTPConnectionPool(host='127.0.0.1', port={port}): Max retries exceeded with url: "
+                           f"/api/2.0/mlflow/experiments/search (Caused by ProtocolError('Connection aborted.'))")
+    assert "did not answer" in str(describe_error(down, f"http://127.0.0.1:{port}"))
+    refused = Exception(f"API request to http://127.0.0.1:{port}/api/2.0/mlflow/runs/create failed with error "
+                        "code 403 != 200. Response body: 'Permission denied'")
+    assert "refused the credentials" in str(describe_error(refused, f"http://127.0.0.1:{port}"))
+
+
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     """`mlflow server --app-name basic-auth`: MLflow's own authentication (admin / admin-pw-for-tests-7f3a)."""

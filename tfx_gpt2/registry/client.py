@@ -99,13 +99,17 @@ def connect(tracking_uri: str):
     return client
 
 
+# A refused login in an error's text: the status codes as whole numbers (not the digits of a port,
+# as in `127.0.0.1:40381`), or their names.
+_REFUSED = re.compile(r"(?<![\d:.=])(?:401|403)(?!\d)|Unauthorized|Forbidden|PERMISSION_DENIED|UNAUTHENTICATED")
+
+
 def describe_error(error: Exception, tracking_uri: str) -> Optional[RegistryError]:
     """A `RegistryError` saying what to do when `error` is a refused login or a server that did
     not answer; None for other errors."""
     where = redact_uri(tracking_uri)
     text = str(error)
-    if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden", "PERMISSION_DENIED",
-                                     "UNAUTHENTICATED")):
+    if _REFUSED.search(text):
         return RegistryError(
             f"the MLflow tracking server at {where} refused the credentials (HTTP 401/403). Set "
             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment "
