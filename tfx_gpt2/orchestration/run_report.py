@@ -87,13 +87,14 @@ def summarize(layout: OutputLayout, run_id: str = "") -> Dict[str, object]:
 
 def ui_commands(summary: Dict[str, object], mlflow_port: int = 5000, tensorboard_port: int = 6006) -> Dict[str, List[str]]:
     """The commands that open the MLflow UI (for a sqlite store; a tracking server is its own UI)
-    and TensorBoard on a run's results (argv lists)."""
+    and TensorBoard on a run's results (argv lists). The UI runs one worker process: one reader
+    on this machine needs no more (MLflow's default starts four, each importing MLflow)."""
     bin_dir = os.path.dirname(sys.executable)
     commands = {}
     tracking_uri = str(summary.get("tracking_uri", ""))
     if tracking_uri.startswith("sqlite:"):
         commands["MLflow UI"] = [os.path.join(bin_dir, "mlflow"), "ui", "--backend-store-uri", tracking_uri,
-                                 "--port", str(mlflow_port)]
+                                 "--port", str(mlflow_port), "--workers", "1"]
     commands["TensorBoard"] = [os.path.join(bin_dir, "tensorboard"), "--logdir", str(summary["tensorboard_logdir"]),
                                "--port", str(tensorboard_port)]
     return commands
