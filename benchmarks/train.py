@@ -1,7 +1,9 @@
-"""Training speed: tfx-gpt2's trainer against Hugging Face's GPT-2 on the same shapes, with MFU.
+"""Training speed: tfx-gpt2's trainer against Hugging Face's GPT-2 on the same shapes, with MFU;
+and LoRA against a full fine-tune.
 
     .venv/bin/python benchmarks/train.py                       # tiny preset, and 124M shape at seq 256
     .venv/bin/python benchmarks/train.py --shapes tiny --steps 3   # a smoke run
+    .venv/bin/python benchmarks/train.py --lora                # LoRA rank 8 vs full fine-tune, 124M shape
 
 For each shape, random token blocks are written to disk and both implementations take optimizer
 steps of the same batch (AdamW, gradient clipping, XLA):
@@ -22,6 +24,16 @@ parameters without the position embedding, L layers, T sequence length, C width:
 and backward matmuls plus attention scores), MFU = tokens/s x FLOPs per token / peak. The peak is
 `--peak-tflops` if given, else the datasheet value for a recognised GPU (H100, H200, A100: bf16
 dense), else a float32 matmul measured on this device (labelled as such). It runs on a GPU as is.
+
+`--lora` compares, at the 124M shape (`--seq-len`, `--batch`), the `lora` preset's adapters (rank 8
+on every projection) with a full fine-tune: the same base (`--base`, a checkpoint directory; by
+default a seeded random 124M, since no published weights are reachable from every machine), the
+same `--steps` (default 20) on the bundled corpus (OpenAI's vocabulary), the same learning rate
+schedule shape (each its preset's peak). Each runs in a process of its own, which reports the
+trainable parameters, the peak memory (the GPU's allocator peak on a GPU; on a CPU the process's
+peak resident memory above what it held before building the model), the tokens/s of the steps
+after `--warmup`, and the eval perplexity after the last step. Targets: under 1% trainable, peak
+memory at most 60% of the full fine-tune's, tokens/s at least 1.2x.
 """
 
 import argparse
@@ -126,6 +138,104 @@ class HuggingFace:
         return self.tokens / float(np.median(times))
 
 
+CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "pydoc_topics")
+
+
+def corpus_blocks(out: str, block_len: int) -> None:
+    """The bundled corpus in OpenAI's vocabulary, packed into blocks: every tenth document to eval."""
+    import tensorflow as tf
+
+    from tfx_gpt2.text.blocks import serialize_blocks
+    from tfx_gpt2.text.bpe import BPETokenizer
+
+    tokenizer = BPETokenizer.from_dir(None)
+    streams = {"train": [], "eval": []}
+    for i, name in enumerate(sorted(os.listdir(CORPUS))):
+        with open(os.path.join(CORPUS, name), encoding="utf-8") as f:
+            streams["eval" if i % 10 == 9 else "train"] += tokenizer.encode_document(f.read())
+    for split, tokens in streams.items():
+        blocks = [tokens[i:i + block_len] for i in range(0, len(tokens) - block_len + 1, block_len)]
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        with tf.io.TFRecordWriter(os.path.join(out, split, "blocks.tfrecord")) as w:
+            for record in serialize_blocks(blocks):
+                w.write(record)
+
+
+def memory_now() -> int:
+    """This process's resident memory (bytes)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def lora_variant(kind: str, args) -> dict:
+    """One side of `--lora` (`kind` 'lora' or 'full'), in this process; its figures."""
+    import dataclasses
+    import resource
+
+    import tensorflow as tf
+
+    from tfx_gpt2.config.model import model_preset, train_preset, with_max_steps
+    from tfx_gpt2.model.checkpoints import load_model
+    from tfx_gpt2.model.gpt2 import GPT2
+    from tfx_gpt2.text.blocks import block_dataset
+    from tfx_gpt2.training.evaluation import evaluate
+    from tfx_gpt2.training.loop import train
+    from tfx_gpt2.training.perplexity import perplexity
+
+    gpus = tf.config.list_physical_devices("GPU")
+    start = memory_now()
+    base = load_model(args.base) if args.base else None
+    cfg = dataclasses.replace(base.config if base else model_preset("124M"), n_ctx=args.seq_len)
+    if base is None:
+        import keras
+
+        keras.utils.set_random_seed(0)
+        base = GPT2(cfg)
+    steps = args.steps or 20
+    preset = train_preset("lora" if kind == "lora" else "finetune")
+    tc = dataclasses.replace(with_max_steps(preset, steps + args.warmup), batch_size=args.batch, eval_every=10_000,
+                             log_every=1, checkpoint_every=0, checkpoint_every_seconds=0.0, lora_dropout=0.0,
+                             shuffle_buffer=64, samples_every=0)
+    files = [os.path.join(args.data, s, "*") for s in ("train", "eval")]
+    model, result = train(cfg, tc, [files[0]], [files[1]], model=base)
+    eval_loss, _ = evaluate(model, block_dataset([files[1]], cfg.n_ctx + 1, args.batch))
+    peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpus
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+    return {"kind": kind, "trainable": result.trainable_params, "params": cfg.num_params(),
+            "tokens_per_sec": float(np.median([h["tokens_per_sec"] for h in result.history[args.warmup:]])),
+            "peak_bytes": int(peak), "memory": "GPU allocator peak" if gpus else "peak RSS above start (CPU)",
+            "eval_perplexity": perplexity(eval_loss), "steps": result.steps}
+
+
+def compare_lora(args) -> dict:
+    """`--lora`: each side in its own process (peak memory is per process); the table and ratios."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus_blocks(tmp, args.seq_len + 1)
+        sides = {}
+        for kind in ("full", "lora"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--variant", kind, "--data", tmp, "--seq-len",
+                   str(args.seq_len), "--batch", str(args.batch), "--steps", str(args.steps or 20), "--warmup",
+                   str(args.warmup)] + (["--base", args.base] if args.base else [])
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            sides[kind] = json.loads(out.strip().splitlines()[-1])
+    full, lora = sides["full"], sides["lora"]
+    ratios = {"trainable_share": lora["trainable"] / lora["params"],
+              "memory_ratio": lora["peak_bytes"] / full["peak_bytes"],
+              "speed_ratio": lora["tokens_per_sec"] / full["tokens_per_sec"]}
+    print(f"\n124M shape, seq {args.seq_len}, batch {args.batch}, {full['steps']} steps each; memory: {full['memory']}\n")
+    print("| | trainable params | peak memory | tokens/s | eval perplexity |")
+    print("|---|---|---|---|---|")
+    for side in (full, lora):
+        print(f"| {side['kind']} | {side['trainable']:,} ({side['trainable'] / side['params']:.2%}) | "
+              f"{side['peak_bytes'] / 2**30:.2f} GiB | {side['tokens_per_sec']:,.0f} | {side['eval_perplexity']:.1f} |")
+    print(f"\nLoRA/full: trainable {ratios['trainable_share']:.2%} of the parameters (target < 1%), peak memory "
+          f"{ratios['memory_ratio']:.2f}x (target <= 0.60), tokens/s {ratios['speed_ratio']:.2f}x (target >= 1.2)")
+    return {**sides, **ratios}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="tiny,124M", help="comma-separated: tiny, 124M (at --seq-len)")
@@ -137,7 +247,18 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and HF")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: see above)")
+    parser.add_argument("--lora", action="store_true", help="LoRA rank 8 against a full fine-tune (see above)")
+    parser.add_argument("--base", default="", help="--lora: the checkpoint to fine-tune (default: a random 124M)")
+    parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)  # one side of --lora
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.variant:
+        import json
+
+        print(json.dumps(lora_variant(args.variant, args)))
+        return None
+    if args.lora:
+        return compare_lora(args)
 
     import dataclasses
 

@@ -2,7 +2,7 @@
 
     make run                                   # sets up .venv, then runs this file
     .venv/bin/python examples/beam-local-example.py [--output-dir DIR] [--data-root DIR]
-        [--model tiny|124M|...] [--train tiny|finetune] [--max-steps N] [--no-cache]
+        [--model tiny|124M|...] [--train tiny|finetune|lora] [--max-steps N] [--no-cache]
         [--vocab gpt2|DIR|train] [--vocab-size N] [--special-token TOK ...]
         [--mongo-collection DB.COLL ... --text-field F --mongo-filter JSON --mongo-uri-env VAR
          --incremental --control-field F]
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("--data-root", "folder of .txt files (default: the bundled corpus)"),
         ("--output-dir", "where outputs go (default ./tfx_gpt2_output)"),
         ("--model", "model preset (tiny, 124M, 355M, 774M, 1558M)"),
-        ("--train", "training preset (tiny, finetune)"),
+        ("--train", "training preset (tiny, finetune, lora)"),
         ("--vocab", "gpt2 (OpenAI's), a vocabulary directory, or 'train'"),
         ("--text-field", "MongoDB field holding the text"),
         ("--mongo-filter", "MongoDB query as JSON"),

@@ -27,7 +27,7 @@ def settings_from(argv=None):
     parser.add_argument("--data-root", default=os.path.join(REPO, "data", "pydoc_topics"))
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--init-checkpoint", default="openai:124M", help="a checkpoint directory or openai:SIZE")
-    parser.add_argument("--train", default="finetune", help="training preset")
+    parser.add_argument("--train", default="finetune", help="training preset (finetune; lora: adapters only)")
     parser.add_argument("--max-steps", type=int, default=0, help="override the preset's steps")
     args = parser.parse_args(argv)
 

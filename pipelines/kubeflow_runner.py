@@ -90,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data-root", default="", help="folder of text files, reachable from the pods")
     parser.add_argument("--mlflow-tracking-uri", default="", help="MLflow tracking server, without credentials")
     parser.add_argument("--model", default="", help="model preset (tiny, 124M, ...)")
-    parser.add_argument("--train", default="", help="training preset (tiny, finetune)")
+    parser.add_argument("--train", default="", help="training preset (tiny, finetune, lora)")
     parser.add_argument("--init-checkpoint", default="", help="checkpoint to fine-tune (dir or openai:124M)")
     parser.add_argument("--beam-arg", action="append", default=None,
                         help="Beam argument of the data components (repeatable), e.g. --beam-arg=--runner=DataflowRunner")

@@ -1,6 +1,6 @@
-"""Trainer features on a tiny model: gradient accumulation, frozen embeddings, gradient
-checkpointing, early stopping, epochs, mixed precision, text samples, several replicas on two
-logical CPUs, and a run killed mid-way that resumes to the same result."""
+"""Trainer features on a tiny model: gradient accumulation, frozen embeddings, LoRA adapters,
+gradient checkpointing, early stopping, epochs, mixed precision, text samples, several replicas on
+two logical CPUs, and a run killed mid-way that resumes to the same result."""
 
 import dataclasses
 import json
@@ -23,9 +23,9 @@ BASE = TrainConfig(batch_size=8, max_steps=6, learning_rate=1e-2, min_learning_r
                    eval_every=3, eval_batches=1, log_every=1, shuffle_buffer=32)
 
 
-def run(files, **changes):
+def run(files, model=None, **changes):
     train_files, eval_files = files
-    return train(CFG, dataclasses.replace(BASE, **changes), train_files, eval_files)
+    return train(CFG, dataclasses.replace(BASE, **changes), train_files, eval_files, model=model)
 
 
 def weights(model):
@@ -56,6 +56,67 @@ def test_only_transformer_layers_train(counting_data):
     for name in ("wte", "wpe", "ln_f/g", "ln_f/b"):
         np.testing.assert_array_equal(after[name], start[name])
     assert not np.allclose(after["h0/attn/c_attn/w"], start["h0/attn/c_attn/w"])
+
+
+def _base_model():
+    import keras
+
+    keras.utils.set_random_seed(7)
+    return GPT2(CFG)
+
+
+LORA = dict(lora_rank=4, lora_alpha=8.0)
+
+
+def test_lora_trains_the_adapters_only(counting_data):
+    from tfx_gpt2.model.lora import adapter_weights, is_adapter_name
+
+    base = _base_model()
+    start = weights(base)
+    model, result = run(counting_data, model=base, **LORA)
+    after = weights(model)
+    assert {k for k in after if not is_adapter_name(k)} == set(start)
+    for name, value in start.items():
+        np.testing.assert_array_equal(after[name], value)
+    assert all(np.abs(v).max() > 0 for k, v in adapter_weights(model).items() if k.endswith("lora_b"))
+    assert result.trainable_params == sum(v.size for v in adapter_weights(model).values())
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_lora_with_accumulation_and_mixed_precision(counting_data):
+    _, one = run(counting_data, model=_base_model(), **LORA)
+    _, accumulated = run(counting_data, model=_base_model(), grad_accum_steps=4, **LORA)
+    np.testing.assert_allclose([h["loss"] for h in one.history], [h["loss"] for h in accumulated.history], rtol=1e-4)
+    model, half = run(counting_data, model=_base_model(), mixed_precision="bf16", **LORA)
+    assert all(v.dtype == "float32" for v in model.weights)
+    assert abs(half.history[0]["loss"] - one.history[0]["loss"]) < 0.05
+
+
+def test_lora_resumes_exactly_from_a_checkpoint(counting_data, tmp_path):
+    """The checkpoint of step 4 of a 6-step LoRA run, resumed, ends where the run ended."""
+    train_files, eval_files = counting_data
+    cfg = dataclasses.replace(BASE, checkpoint_every=2, checkpoint_every_seconds=0.0, **LORA)
+    whole, _ = train(CFG, cfg, train_files, eval_files, model=_base_model(), checkpoint_dir=str(tmp_path / "a"))
+    states = tf.train.get_checkpoint_state(str(tmp_path / "a")).all_model_checkpoint_paths
+    step4 = next(p for p in states if p.endswith("-4"))  # checkpoints are numbered by step
+    os.makedirs(tmp_path / "b")
+    for file in tf.io.gfile.glob(step4 + ".*"):
+        tf.io.gfile.copy(file, str(tmp_path / "b" / os.path.basename(file)))
+    tf.train.update_checkpoint_state(str(tmp_path / "b"), str(tmp_path / "b" / os.path.basename(step4)))
+    resumed, result = train(CFG, cfg, train_files, eval_files, model=_base_model(), checkpoint_dir=str(tmp_path / "b"))
+    assert result.resumed_from_step == 4 and result.steps == 6
+    for name, value in weights(whole).items():
+        np.testing.assert_allclose(weights(resumed)[name], value, atol=1e-6)
+
+
+def test_a_different_lora_on_an_adapted_model_is_refused(counting_data):
+    from tfx_gpt2.config.model import LoraSpec
+    from tfx_gpt2.training.loop import TrainingError
+
+    adapted = _base_model()
+    adapted.enable_lora(LoraSpec(rank=2))
+    with pytest.raises(TrainingError, match="differ from the ones to train"):
+        run(counting_data, model=adapted, **LORA)
 
 
 def test_early_stopping_keeps_the_best_weights(counting_data):

@@ -433,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="convert a model directory to another format")
-    c.add_argument("--from", dest="src", required=True, help="an OpenAI, Hugging Face or tfx-gpt2 model directory")
+    c.add_argument("--from", dest="src", required=True,
+                   help="an OpenAI, Hugging Face or tfx-gpt2 model directory, or a LoRA adapter directory "
+                   "(written merged into its base)")
     c.add_argument("--to", dest="dst", required=True, help="the directory to write")
     c.add_argument("--format", required=True, choices=["hf", "savedmodel"],
                    help="hf: a Hugging Face GPT-2 directory; savedmodel: a SavedModel that takes and returns text")

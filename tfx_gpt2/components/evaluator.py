@@ -50,7 +50,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from tfx_gpt2.model.io import load_model_dir
+from tfx_gpt2.model.checkpoints import load_model
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.blessing import ChampionScore, decide, decision_params, score_champion
 from tfx_gpt2.text.blocks import block_dataset, target_counts
@@ -92,7 +92,7 @@ class Executor(base_executor.BaseExecutor):
         evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         model_dir = local_copy(path_utils.serving_model_path(model.uri))
-        gpt2 = load_model_dir(model_dir)
+        gpt2 = load_model(model_dir)
         splits = artifact_utils.decode_split_names(examples.split_names)
         files = {s: [os.path.join(artifact_utils.get_split_uri([examples], s), "*")] for s in splits}
         if "eval" not in files or "train" not in files:

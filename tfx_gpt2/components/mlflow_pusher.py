@@ -86,13 +86,13 @@ def sample_texts(model_dir: str, num_samples: int):
     """`num_samples` of `SAMPLE_PROMPTS`, each with its continuation by the model in `model_dir`."""
     if not num_samples:
         return []
+    from tfx_gpt2.model.checkpoints import load_model
     from tfx_gpt2.model.generate import generate_text
-    from tfx_gpt2.model.io import load_model_dir
     from tfx_gpt2.model.sampling import DEFAULT_TOP_K
     from tfx_gpt2.text.bpe import BPETokenizer
 
     prompts = list(SAMPLE_PROMPTS[:num_samples])
-    gpt2 = load_model_dir(model_dir)
+    gpt2 = load_model(model_dir)
     # 48 new tokens, or half the context of a model with a short one.
     texts = generate_text(gpt2, BPETokenizer.from_dir(model_dir), prompts,
                           max_new_tokens=min(48, gpt2.config.n_ctx // 2), temperature=0.8, top_k=DEFAULT_TOP_K,

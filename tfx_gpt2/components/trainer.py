@@ -18,6 +18,11 @@ Reads the encoded blocks (BpeEncoder's `encoded` artifact) and writes:
         `hf/` (a Hugging Face GPT-2 directory), `savedmodel/` (text in, text out: see
         `tfx_gpt2.serving.export`), `train_metrics.json` (the `TrainResult`, history included)
         and `samples.json` (text samples taken while training).
+        With LoRA (`TrainConfig.lora_rank`), the adapters only, apart from the base: a PEFT adapter
+        directory (`tfx_gpt2.model.lora`) whose `base_model_name_or_path` records the base (the
+        base model's directory, or `models:/<name>/<version>` for a registered one), with the
+        vocabulary, `savedmodel/` (adapters merged) and the same metrics and samples; no `hf/`
+        (PEFT reads the adapter directory itself).
     model_run_dir (ModelRun artifact): TensorBoard logs, `train/` and `eval/` runs.
 Resumable checkpoints go to `<pipeline root>/Trainer/checkpoints/<key>/`, `key` a hash of the
 configs and the data, so that a Trainer re-run after a crash resumes where it stopped.
@@ -57,11 +62,12 @@ def checkpoint_dir_for(model_run_dir: str, *parts: str) -> str:
     return os.path.join(trainer_dir, "checkpoints", key)
 
 
-def load_base_model(path: str, tokenizer: BPETokenizer):
-    """The checkpoint to fine-tune, refused when its vocabulary differs from the data's."""
+def load_base_model(path: str, tokenizer: BPETokenizer, keep_adapters: bool = False):
+    """The checkpoint to fine-tune, refused when its vocabulary differs from the data's. A LoRA
+    adapter's are merged in, unless `keep_adapters` (LoRA training goes on with them)."""
     from tfx_gpt2.model.checkpoints import load_checkpoint
 
-    model, base_tokenizer = load_checkpoint(path)
+    model, base_tokenizer = load_checkpoint(path, merge_adapters=not keep_adapters)
     if model.config.n_vocab != tokenizer.vocab_size or base_tokenizer.encoder != tokenizer.encoder:
         raise TrainingError(
             f"the checkpoint {path} has a vocabulary of {model.config.n_vocab} tokens but the data was encoded "
@@ -117,9 +123,14 @@ def run_fn(fn_args) -> None:
     if registered is not None:
         base, train_config, init = warm_start(registered, base, train_config, custom)
     if base:
-        base_model = load_base_model(local_copy(base), tokenizer)
-        logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)", base,
-                       f"{base_model.config.num_params():,}", base_model.config.n_ctx)
+        base_model = load_base_model(local_copy(base), tokenizer, keep_adapters=train_config.lora is not None)
+        logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)%s", base,
+                    f"{base_model.config.num_params():,}", base_model.config.n_ctx,
+                    " with LoRA adapters" if train_config.lora else "")
+    elif train_config.lora is not None:
+        raise TrainingError("TrainConfig.lora_rank > 0 trains adapters on a base model, and this run has none; give "
+                            "the pipeline a checkpoint to fine-tune (init_checkpoint), or train from scratch "
+                            "without LoRA (lora_rank 0).")
     else:
         if model_config.n_vocab != tokenizer.vocab_size:
             # The embedding follows the data's vocabulary (trained, or with added special tokens).
@@ -135,19 +146,43 @@ def run_fn(fn_args) -> None:
     out = fn_args.serving_model_dir
     if train_config.distribution == "multi_worker":
         out = worker_dir(out)  # the chief writes the model; the other workers, a folder of their own
+    lora_base = adapter_base_reference(base, init) if train_config.lora else None
     with staged_output(out) as local:
         save_outputs(model, tokenizer, vocab_dir, local, {**dataclasses.asdict(result), "init": base or "scratch",
-                                                          **init}, result.samples)
+                                                          **init}, result.samples, lora_base=lora_base)
 
 
-def save_outputs(model, tokenizer, vocab_dir: str, out: str, metrics: dict, samples: list) -> None:
-    """The Trainer's model folder: the model and its vocabulary, the Hugging Face checkpoint, the
-    SavedModel, the training metrics and samples."""
+def adapter_base_reference(base: str, init: dict) -> str:
+    """What an adapter trained on `base` records as its base: a registered version as
+    `models:/<name>/<version>` (a registered adapter's own base, when it is one), else the base
+    model's directory."""
+    from tfx_gpt2.config.checkpoint_shape import PEFT_CONFIG
+
+    config = os.path.join(base, PEFT_CONFIG)
+    if tf.io.gfile.exists(config):  # continuing a registered adapter: the same base
+        with tf.io.gfile.GFile(config) as f:
+            return json.load(f)["base_model_name_or_path"]
+    if init.get("init"):  # a registered version: models:/<name>/<version>
+        return init["init"]
+    return base if "://" in base else os.path.abspath(base)
+
+
+def save_outputs(model, tokenizer, vocab_dir: str, out: str, metrics: dict, samples: list,
+                 lora_base: str = None) -> None:
+    """The Trainer's model folder: the model (or, with `lora_base`, its adapters in PEFT's format
+    on that base) and its vocabulary, the Hugging Face checkpoint (full models), the SavedModel,
+    the training metrics and samples."""
     from tfx_gpt2.model.checkpoints import save_hf_checkpoint
+    from tfx_gpt2.model.lora import save_peft_adapter
     from tfx_gpt2.serving.export import export_savedmodel
+    from tfx_gpt2.text.bpe import copy_vocab_files
 
-    save_model_dir(model, out, vocab_dir)
-    save_hf_checkpoint(model, os.path.join(out, HF_DIR), vocab_dir=vocab_dir)
+    if lora_base is not None:
+        save_peft_adapter(model, out, base=lora_base)
+        copy_vocab_files(vocab_dir, out)
+    else:
+        save_model_dir(model, out, vocab_dir)
+        save_hf_checkpoint(model, os.path.join(out, HF_DIR), vocab_dir=vocab_dir)
     export_savedmodel(model, tokenizer, os.path.join(out, SAVEDMODEL_DIR))
     with open(os.path.join(out, TRAIN_METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=1)

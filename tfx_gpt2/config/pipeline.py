@@ -110,7 +110,7 @@ class TrainingSetup:
     Attributes:
         model: a `GPT2Config` or a preset name (`tiny`, `124M`, ...) for training from scratch;
             None: `tiny`, or the checkpoint's shape when fine-tuning.
-        train: a `TrainConfig` or a preset name (`tiny`, `finetune`).
+        train: a `TrainConfig` or a preset name (`tiny`, `finetune`, `lora`).
         init_checkpoint: None trains from scratch; a directory (OpenAI, Hugging Face or tfx-gpt2
             layout; imported with a TFX Importer) or 'openai:SIZE' (downloaded in the pipeline)
             is fine-tuned. The shape is the checkpoint's: read from a local directory, the preset
@@ -127,6 +127,13 @@ class TrainingSetup:
     init_checkpoint: Optional[str] = None
     warm_start: bool = False
     warm_train: Union[None, str, TrainConfig] = None
+
+    def __post_init__(self):
+        if self.train_config.lora is not None and not (self.init_checkpoint or self.warm_start):
+            raise ConfigError(
+                f"TrainingSetup.train = {self.train if isinstance(self.train, str) else 'a TrainConfig'} trains LoRA "
+                "adapters (lora_rank > 0), which adapt a base model; give init_checkpoint (a checkpoint directory "
+                "or 'openai:124M') or warm_start=True, or train without LoRA.")
 
     @property
     def train_config(self) -> TrainConfig:

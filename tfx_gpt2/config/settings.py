@@ -57,7 +57,7 @@ class PipelineSettings:
         control_field: a MongoDB field holding a special token that starts each document.
         output_dir: the pipeline root, ML Metadata and (by default) MLflow go here (`OutputLayout`).
         pipeline_root: where component outputs go (default `<output_dir>/pipelines/<name>`).
-        model, train: presets (`tiny`, `124M`, ...; `tiny`, `finetune`); model '' means `tiny`,
+        model, train: presets (`tiny`, `124M`, ...; `tiny`, `finetune`, `lora`); model '' means `tiny`,
             or the checkpoint's shape when fine-tuning.
         max_steps: overrides the training preset's steps (0: the preset's).
         vocab, vocab_size: 'gpt2', a vocabulary directory, or 'train' with a size.

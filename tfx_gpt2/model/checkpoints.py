@@ -8,6 +8,8 @@ Formats:
         config.json, model.safetensors (PyTorch names: `transformer.h.0.attn.c_attn.weight`, ...),
         vocab.json + merges.txt (the same files as encoder.json + vocab.bpe, other names)
     tfx-gpt2 model directory: see `tfx_gpt2.model.io`.
+    PEFT LoRA adapter on any of these (adapter_config.json, adapter_model.safetensors): see
+        `tfx_gpt2.model.lora`; loaded as its base with the adapters merged in, or kept apart.
 
 Every loader checks that names, shapes and the vocabulary agree with the model and fails loudly
 (`CheckpointError`, naming both sizes) rather than leaving any weight at its random initial value.
@@ -28,6 +30,7 @@ from tfx_gpt2.config.checkpoint_shape import (
     HF_CONFIG,
     HF_WEIGHTS,
     CheckpointError,
+    adapter_base,
     detect_format,
     read_hf_config,
     read_openai_config,
@@ -35,6 +38,7 @@ from tfx_gpt2.config.checkpoint_shape import (
 from tfx_gpt2.config.model import GPT2Config
 from tfx_gpt2.model.gpt2 import GPT2
 from tfx_gpt2.model.io import assign_weights, load_model_dir
+from tfx_gpt2.model.lora import apply_adapter, merged_model, read_peft_adapter
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.bpe import BPETokenizer, copy_vocab_files
 
@@ -207,20 +211,46 @@ def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> s
 # ---------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str) -> Tuple[GPT2, BPETokenizer]:
-    """Loads a model and its tokenizer from an OpenAI, Hugging Face or tfx-gpt2 directory."""
+def load_model(path: str, merge_adapters: bool = True) -> GPT2:
+    """The model in an OpenAI, Hugging Face or tfx-gpt2 directory, or in a LoRA adapter directory on
+    one of them (see `load_adapter`)."""
     fmt = detect_format(path)
     if fmt == "openai":
-        model = load_openai_checkpoint(path)
-    elif fmt == "hf":
-        model = load_hf_checkpoint(path)
-    elif fmt == "tfx-gpt2":
-        model = load_model_dir(path)
-    else:
-        raise CheckpointError(
-            f"{path!r} is a SavedModel: it generates text itself (tfx-gpt2 generate --model {path}) "
-            "but holds no weights by name to convert or fine-tune from."
-        )
+        return load_openai_checkpoint(path)
+    if fmt == "hf":
+        return load_hf_checkpoint(path)
+    if fmt == "tfx-gpt2":
+        return load_model_dir(path)
+    if fmt == "adapter":
+        return load_adapter(path, merge=merge_adapters)
+    raise CheckpointError(
+        f"{path!r} is a SavedModel: it generates text itself (tfx-gpt2 generate --model {path}) "
+        "but holds no weights by name to convert or fine-tune from."
+    )
+
+
+def load_checkpoint(path: str, merge_adapters: bool = True) -> Tuple[GPT2, BPETokenizer]:
+    """`load_model` and the tokenizer beside it, refused when their vocabulary sizes differ."""
+    model = load_model(path, merge_adapters)
     tokenizer = BPETokenizer.from_dir(path)
     check_vocab(model.config, tokenizer, path)
     return model, tokenizer
+
+
+def load_adapter(path: str, merge: bool = True) -> GPT2:
+    """The base of the adapter directory `path` (`adapter_base`) with its adapters: merged into
+    the weights (a plain GPT-2, as fast as the base), or kept apart (`merge=False`, to train on).
+
+    Raises:
+        CheckpointError: the base is missing, is an adapter itself, or does not fit the adapters.
+    """
+    spec, weights, _ = read_peft_adapter(path)
+    base = adapter_base(path)
+    if detect_format(base) == "adapter":
+        raise CheckpointError(f"the base {base} of the adapter {path} is an adapter itself; merge it first "
+                              "(tfx-gpt2 convert) and use the merged model as the base.")
+    model = load_model(base)
+    apply_adapter(model, spec, weights, f"the LoRA adapter {path}")
+    logger.info("loaded the LoRA adapter %s (rank %d on %s) onto %s%s", path, spec.rank, list(spec.targets), base,
+                ", merged" if merge else "")
+    return merged_model(model) if merge else model

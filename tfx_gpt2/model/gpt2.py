@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfx_gpt2.config.model import GPT2Config, from_json, to_json
+from tfx_gpt2.config.model import GPT2Config, LoraSpec, from_json, to_json
 
 
 def gelu(x):
@@ -78,13 +78,25 @@ def attention_weights(q, keys, allowed, dtype):
     return ops.cast(ops.softmax(ops.where(allowed, scores, -1e9), axis=-1), dtype)
 
 
+def lora_delta(x, a, b, scale: float):
+    """A low-rank adapter's output `x @ a @ b * scale` for `x` `(..., n_in)`, `a: (n_in, r)`,
+    `b: (r, n_out)`: two thin products, never the `(n_in, n_out)` matrix `a @ b`."""
+    n_in, n_out = ops.shape(x)[-1], ops.shape(b)[-1]
+    h = ops.matmul(ops.reshape(x, (-1, n_in)), ops.cast(a, x.dtype))
+    y = ops.matmul(h, ops.cast(b, x.dtype)) * ops.cast(scale, x.dtype)
+    return ops.reshape(y, tuple(ops.shape(x)[:-1]) + (n_out,))
+
+
 class Conv1D(keras.layers.Layer):
-    """OpenAI's `conv1d` with width 1, i.e. an affine map: `x @ w + b`, `w: (n_in, n_out)`."""
+    """OpenAI's `conv1d` with width 1, i.e. an affine map: `x @ w + b`, `w: (n_in, n_out)`.
+
+    With `enable_lora`, it adds a low-rank adapter and freezes `w` and `b` (see `LoraSpec`)."""
 
     def __init__(self, n_out: int, init_std: float = 0.02, **kwargs):
         super().__init__(**kwargs)
         self.n_out = n_out
         self.init_std = init_std
+        self.lora = None
 
     def build(self, input_shape):
         n_in = input_shape[-1]
@@ -94,8 +106,30 @@ class Conv1D(keras.layers.Layer):
         )
         self.b = self.add_weight(name="b", shape=(self.n_out,), initializer="zeros")
 
-    def call(self, x):
-        return affine(x, self.w, self.b)
+    def enable_lora(self, spec: LoraSpec) -> None:
+        """Adds the adapter `lora_a: (n_in, rank)`, `lora_b: (rank, n_out)` and freezes `w` and `b`.
+
+        `lora_a` starts uniform in `+-1/sqrt(n_in)` (PEFT's Kaiming init) and `lora_b` at zero, so
+        the layer computes what it did until the adapter trains."""
+        if self.lora is not None:
+            raise ValueError(f"{self.path} already has a LoRA adapter ({self.lora}).")
+        n_in = self.w.shape[0]
+        bound = 1.0 / math.sqrt(n_in)
+        self._tracker.unlock()  # Keras locks a built layer's state; adapters are added later
+        self.lora_a = self.add_weight(name="lora_a", shape=(n_in, spec.rank),
+                                      initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.lora_b = self.add_weight(name="lora_b", shape=(spec.rank, self.n_out), initializer="zeros")
+        self.lora_dropout = keras.layers.Dropout(spec.dropout)
+        self._tracker.lock()
+        self.w.trainable = False
+        self.b.trainable = False
+        self.lora = spec
+
+    def call(self, x, training=False):
+        y = affine(x, self.w, self.b)
+        if self.lora is None:
+            return y
+        return y + lora_delta(self.lora_dropout(x, training=training), self.lora_a, self.lora_b, self.lora.scale)
 
 
 class LayerNorm(keras.layers.Layer):
@@ -149,7 +183,7 @@ class Attention(keras.layers.Layer):
             `(y, new_cache)`: `y` is `(B, S, C)`; `new_cache` is None without a cache.
         """
         s = ops.shape(x)[1]
-        qkv = self.c_attn(x)  # (B, S, 3C)
+        qkv = self.c_attn(x, training=training)  # (B, S, 3C)
         q, k, v = (split_heads(t, self.config.n_head) for t in ops.split(qkv, 3, axis=-1))  # (B, H, S, D)
         q_slots = write_index + ops.arange(s)  # (S,)
         if cache is None:
@@ -168,7 +202,7 @@ class Attention(keras.layers.Layer):
             allowed = ops.logical_and(allowed, key_mask[:, None, None, :])
         weights = self.attn_dropout(attention_weights(q, keys, allowed, x.dtype), training=training)
         y = merge_heads(ops.matmul(weights, values))  # (B, S, C)
-        return self.resid_dropout(self.c_proj(y), training=training), new_cache
+        return self.resid_dropout(self.c_proj(y, training=training), training=training), new_cache
 
 
 def _write_slots(cache, new, index, slice_update: bool):
@@ -201,7 +235,7 @@ class MLP(keras.layers.Layer):
         self.c_proj.build(tuple(input_shape[:-1]) + (4 * input_shape[-1],))
 
     def call(self, x, training=False):
-        return self.dropout(self.c_proj(gelu(self.c_fc(x))), training=training)
+        return self.dropout(self.c_proj(gelu(self.c_fc(x, training=training)), training=training), training=training)
 
 
 class Block(keras.layers.Layer):
@@ -259,6 +293,7 @@ class GPT2(keras.Model):
         # Gradient checkpointing: when training, recompute each block's activations in the backward
         # pass instead of keeping them (set by the trainer; TensorFlow backend).
         self.recompute = False
+        self.lora = None  # the LoraSpec of the adapters, once `enable_lora` added them
 
     def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
                 training=False, last_only=False, head=None, slice_update=False):
@@ -314,6 +349,22 @@ class GPT2(keras.Model):
         logits = ops.reshape(logits, (ops.shape(x)[0], ops.shape(x)[1], self.config.n_vocab))
         return ops.cast(logits, "float32"), (new_layers if cache is not None else None)
 
+    def enable_lora(self, spec: LoraSpec) -> None:
+        """Adds low-rank adapters to `spec.targets` of every block and freezes every other weight
+        (see `Conv1D.enable_lora`); `lora_layers` lists them."""
+        for block in self.h:
+            for target in spec.targets:
+                _projection(block, target).enable_lora(spec)
+        for variable in self.weights:
+            if not weight_name(variable).endswith(("/lora_a", "/lora_b")):
+                variable.trainable = False
+        self.lora = spec
+
+    def lora_layers(self) -> Dict[str, "Conv1D"]:
+        """The projections that carry an adapter, by OpenAI path (`h0/attn/c_attn`, ...)."""
+        return {f"h{i}/{target.replace('.', '/')}": _projection(block, target)
+                for i, block in enumerate(self.h) for target in (self.lora.targets if self.lora else ())}
+
     def empty_cache(self, batch_size: int, length: int):
         """A zero key/value cache for `length` slots: per layer `(keys, values)`, each `(B, H, T, D)`.
 
@@ -337,6 +388,12 @@ class GPT2(keras.Model):
     def weights_by_name(self) -> Dict[str, np.ndarray]:
         """All weights as numpy arrays keyed by their OpenAI name (`h0/attn/c_attn/w`, ...)."""
         return {weight_name(v): np.asarray(v.numpy()) for v in self.weights}
+
+
+def _projection(block: Block, target: str) -> Conv1D:
+    """A block's projection named as in `LORA_TARGETS` (`attn.c_attn`, ...)."""
+    module, name = target.split(".")
+    return getattr(getattr(block, module), name)
 
 
 def weight_name(variable) -> str:

@@ -11,7 +11,7 @@ import tempfile
 from typing import Dict, Optional, Tuple
 
 from tfx_gpt2.config.pipeline import check_min_improvement
-from tfx_gpt2.model.io import load_model_dir
+from tfx_gpt2.model.checkpoints import load_model
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.champion import download_champion
 from tfx_gpt2.text.blocks import block_dataset
@@ -46,7 +46,7 @@ def score_champion(tracking_uri: str, name: str, candidate, candidate_encoder, e
         if champion is None:
             logger.info("no version of %s holds the champion alias: the threshold alone decides", name)
             return ChampionScore()
-        model = load_model_dir(champion.model_dir)
+        model = load_model(champion.model_dir)
         same_vocab = BPETokenizer.from_dir(champion.model_dir).encoder == candidate_encoder
         n_ctx = candidate.config.n_ctx
         if model.config.n_vocab != candidate.config.n_vocab or not same_vocab:
@@ -121,7 +121,7 @@ def decide_again(metrics: Dict[str, float], tracking_uri: str, name: str, model_
                  batch_size: int = 8):
     """(blessed, reason) for the model in `model_dir` against the current champion of `name`, with
     the evaluator's `metrics` and rule (`decision_params`), scored on the same `eval_files`."""
-    candidate = load_model_dir(model_dir)
+    candidate = load_model(model_dir)
     champion = score_champion(tracking_uri, name, candidate, BPETokenizer.from_dir(model_dir).encoder, eval_files,
                               batch_size)
     if champion.not_comparable:

@@ -1,5 +1,6 @@
 """The production model: which version holds `@champion`, a key of it for the gate, and its model
-directory downloaded (plain MLflow, no TFX)."""
+directory downloaded (plain MLflow, no TFX). A version that holds LoRA adapters only comes with
+its base, downloaded from the registry into the adapter directory's `base/`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import shutil
 import tempfile
 from typing import Optional
 
-from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE, WEIGHTS_FILE
+from tfx_gpt2.config.checkpoint_shape import (
+    ADAPTER_BASE_DIR,
+    CONFIG_FILE,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    WEIGHTS_FILE,
+    read_adapter_config,
+)
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.client import CHAMPION, connect
 from tfx_gpt2.text.bpe import ENCODER_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE
@@ -23,7 +31,8 @@ MODEL_KEY_TAG = "tfx_gpt2.model_key"
 COMPARED_WITH_TAG = "tfx_gpt2.compared_with"
 NO_CHAMPION = "none"
 # What the pyfunc needs from a model directory (the Trainer's `hf/` and `savedmodel/` stay out).
-MODEL_DIR_FILES = (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE)
+MODEL_DIR_FILES = (CONFIG_FILE, WEIGHTS_FILE, PEFT_CONFIG, PEFT_WEIGHTS, ENCODER_FILE, MERGES_FILE,
+                   SPECIAL_TOKENS_FILE)
 # The pyfunc's artifact that holds the model directory.
 MODEL_DIR_ARTIFACT = "model_dir"
 
@@ -83,20 +92,56 @@ def download_champion(tracking_uri: str, registered_model_name: str, dst: Option
     Raises:
         RegistryError: the server is unreachable or refuses the credentials.
     """
-    import mlflow
-    import yaml
-
     version = version_with_alias(connect(tracking_uri), registered_model_name, alias)
     if version is None:
         return None
-    dst = dst or tempfile.mkdtemp(prefix="champion-")
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{registered_model_name}/{version.version}", dst_path=dst, tracking_uri=tracking_uri)
-    with open(os.path.join(local, "MLmodel")) as f:
-        flavor = yaml.safe_load(f)["flavors"]["python_function"]
-
-    model_dir = os.path.join(local, flavor["artifacts"][MODEL_DIR_ARTIFACT]["path"])
+    model_dir = download_model_dir(f"models:/{registered_model_name}/{version.version}",
+                                   dst or tempfile.mkdtemp(prefix="champion-"), tracking_uri)
     return Champion(version=int(version.version), run_id=version.run_id, model_dir=model_dir)
+
+
+def download_model_dir(model_uri: str, dst: str, tracking_uri: Optional[str] = None) -> str:
+    """The model directory of a registered version (`models:/...`), downloaded into `dst`, with its
+    base beside it when it holds adapters only (`stage_adapter_base`)."""
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=tracking_uri)
+    model_dir = pyfunc_model_dir(local)
+    if model_dir is None:
+        raise ValueError(f"{model_uri} is not a tfx-gpt2 pyfunc: its MLmodel has no {MODEL_DIR_ARTIFACT!r} artifact.")
+    stage_adapter_base(model_dir, tracking_uri)
+    return model_dir
+
+
+def pyfunc_model_dir(local: str) -> Optional[str]:
+    """The model directory inside a downloaded tfx-gpt2 pyfunc (its MLmodel's `model_dir` artifact),
+    or None when `local` is no such pyfunc."""
+    import yaml
+
+    if not os.path.exists(os.path.join(local, "MLmodel")):
+        return None
+    with open(os.path.join(local, "MLmodel")) as f:
+        flavor = yaml.safe_load(f)["flavors"].get("python_function", {})
+    path = (flavor.get("artifacts") or {}).get(MODEL_DIR_ARTIFACT, {}).get("path")
+    return os.path.join(local, path) if path else None
+
+
+def stage_adapter_base(model_dir: str, tracking_uri: Optional[str] = None) -> None:
+    """When `model_dir` holds LoRA adapters on a registered base (`models:/<name>/<version>`), downloads
+    the base's model directory into `model_dir/base/`, where the loaders look first. Anything else
+    is left as it is."""
+    import mlflow
+
+    base = read_adapter_config(model_dir).get("base_model_name_or_path", "") \
+        if os.path.exists(os.path.join(model_dir, PEFT_CONFIG)) else ""
+    staged = os.path.join(model_dir, ADAPTER_BASE_DIR)
+    if not base.startswith("models:/") or os.path.isdir(staged):
+        return
+    download = tempfile.mkdtemp(prefix=".base-", dir=model_dir)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=base, dst_path=download, tracking_uri=tracking_uri)
+    os.replace(pyfunc_model_dir(local) or local, staged)
+    shutil.rmtree(download, ignore_errors=True)
+    logger.info("staged the base %s of the adapters in %s", base, model_dir)
 
 
 def stage_model_dir(model_dir: str, dst: str) -> str:

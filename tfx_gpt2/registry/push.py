@@ -6,6 +6,12 @@ MLflow `pyfunc` (`tfx_gpt2.registry.pyfunc`) registered as a new version of
 `registered_model_name`. Aliases: the new version takes `challenger`; a blessed one also takes
 `champion`, the production label, from whichever version held it.
 
+A model of LoRA adapters (a PEFT adapter directory, `tfx_gpt2.model.lora`) is registered as an
+adapter-only version: its pyfunc holds the adapters and the vocabulary, its `adapter_config.json`
+names the base as a registered version (`models:/<name>-base/<version>`, registered once from the
+base's directory by the first push that needs it), and the version is tagged `tfx_gpt2.adapter`
+(`lora`) and `tfx_gpt2.base_model` (that URI). Loading it fetches the base and merges the adapters.
+
 A push is idempotent: the version is tagged with a key of the pushed model (the TFX model
 artifact's URI), and pushing the same key again returns the version that holds it. A push whose
 process died is ended as KILLED by the next one (`end_dead_runs`)."""
@@ -14,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import socket
 import tempfile
 from typing import Dict, List, Mapping, Optional
 
+from tfx_gpt2.config.checkpoint_shape import PEFT_CONFIG, adapter_base, read_adapter_config
 from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, MODEL_KEY_TAG, stage_model_dir, version_with_alias
@@ -41,6 +49,11 @@ SAMPLE_PROMPTS = ("The", "A function is", "In Python,")
 # that process died with the run still RUNNING).
 HOST_TAG = "tfx_gpt2.host"
 PID_TAG = "tfx_gpt2.pid"
+# On an adapter-only version: what it holds (`lora`) and its base (`models:/<name>/<version>`).
+ADAPTER_TAG = "tfx_gpt2.adapter"
+BASE_MODEL_TAG = "tfx_gpt2.base_model"
+# The registered model that holds the bases of `<name>`'s adapter versions.
+BASE_MODEL_SUFFIX = "-base"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +120,9 @@ def push_model(
             return _push_again(client, registered_model_name, existing, model_key, blessed)
         experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
         end_dead_runs(client, experiment_id)
+        base_uri = registered_base(client, model_dir, experiment_id, registered_model_name)
+        if base_uri:
+            tags.update({ADAPTER_TAG: "lora", BASE_MODEL_TAG: base_uri})
         run_tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see end_dead_runs
         with _killed_on_interrupt(client), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run, \
                 tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +130,7 @@ def push_model(
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
             _log_figures(client, run_id, history, eval_metrics, params, blessed)
             _log_files(model_dir, tensorboard_dir, samples, training_samples)
-            info = _log_pyfunc(model_dir, os.path.join(tmp, "model_dir"), input_example)
+            info = _log_pyfunc(model_dir, os.path.join(tmp, "model_dir"), input_example, base_uri)
         version, aliases = _register(client, info.model_uri, registered_model_name, tags, blessed)
     except RegistryError:
         raise
@@ -243,20 +259,62 @@ def _log_files(model_dir: str, tensorboard_dir, samples, training_samples) -> No
         mlflow.log_dict({"samples": training_samples}, "training_samples.json")
 
 
-def _log_pyfunc(model_dir: str, staging_dir: str, input_example):
-    """The model as an MLflow pyfunc in the active run; returns MLflow's ModelInfo."""
+def _log_pyfunc(model_dir: str, staging_dir: str, input_example, base_uri: Optional[str] = None):
+    """The model as an MLflow pyfunc in the active run; returns MLflow's ModelInfo. Adapters are
+    logged with `base_uri` as their base."""
     import mlflow
 
-
+    staged = stage_model_dir(model_dir, staging_dir)
+    if base_uri:
+        config = read_adapter_config(staged)
+        with open(os.path.join(staged, PEFT_CONFIG), "w") as f:
+            json.dump({**config, "base_model_name_or_path": base_uri}, f, indent=2)
     example = None
     if input_example:
         example = (list(input_example), {**SAMPLING_PARAM_DEFAULTS, "max_new_tokens": 8, "temperature": 0.0})
     return mlflow.pyfunc.log_model(
         name="model", python_model=GPT2PyFunc(),
-        artifacts={MODEL_DIR_ARTIFACT: stage_model_dir(model_dir, staging_dir)},
+        artifacts={MODEL_DIR_ARTIFACT: staged},
         signature=SIGNATURE, input_example=example,
         pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1", f"mlflow=={mlflow.__version__}"],
     )
+
+
+def registered_base(client, model_dir: str, experiment_id: str, name: str) -> Optional[str]:
+    """For an adapter directory, the `models:/` URI of its base: the one it names, or, when it names
+    a directory, a version of `<name>-base` that holds that base, registered by the first push
+    that needs it (a later one finds it by the directory's path). None for a full model."""
+    import mlflow
+
+    if not os.path.exists(os.path.join(model_dir, PEFT_CONFIG)):
+        return None
+    named = read_adapter_config(model_dir).get("base_model_name_or_path") or ""
+    if named.startswith("models:/"):
+        return named
+    base_dir = os.path.abspath(adapter_base(model_dir))
+    base_name = name + BASE_MODEL_SUFFIX
+    existing = pushed_version(client, base_name, base_dir)
+    if existing is None:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"base of {name}",
+                              tags={MODEL_KEY_TAG: base_dir}) as run, tempfile.TemporaryDirectory() as tmp:
+            info = _log_pyfunc(full_model_dir(base_dir, os.path.join(tmp, "full")), os.path.join(tmp, "model_dir"),
+                               None)
+        existing = mlflow.register_model(info.model_uri, base_name, tags={MODEL_KEY_TAG: base_dir})
+        logger.info("registered the adapters' base %s as %s version %s (run %s)", base_dir, base_name,
+                    existing.version, run.info.run_id)
+    return f"models:/{base_name}/{existing.version}"
+
+
+def full_model_dir(path: str, out: str) -> str:
+    """`path` as a tfx-gpt2 model directory: itself, or an OpenAI or Hugging Face checkpoint converted into `out`."""
+    from tfx_gpt2.config.checkpoint_shape import detect_format
+
+    if detect_format(path) == "tfx-gpt2":
+        return path
+    from tfx_gpt2.model.checkpoints import load_checkpoint
+    from tfx_gpt2.model.io import save_model_dir
+
+    return save_model_dir(load_checkpoint(path)[0], out, vocab_dir=path)
 
 
 def _register(client, model_uri: str, name: str, tags, blessed: bool):

@@ -16,7 +16,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
-from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT
+from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, stage_adapter_base
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -52,15 +52,17 @@ def prompts_of(model_input: Any) -> List[str]:
 
 
 class GPT2PyFunc(mlflow.pyfunc.PythonModel):
-    """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact."""
+    """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact; a LoRA adapter
+    directory's base comes from the registry (`stage_adapter_base`) and the adapters are merged."""
 
     def load_context(self, context):
+        from tfx_gpt2.model.checkpoints import load_model
         from tfx_gpt2.model.generate import Generator
-        from tfx_gpt2.model.io import load_model_dir
         from tfx_gpt2.text.bpe import BPETokenizer
 
         path = context.artifacts[MODEL_DIR_ARTIFACT]
-        self.generator = Generator(load_model_dir(path), BPETokenizer.from_dir(path))
+        stage_adapter_base(path)
+        self.generator = Generator(load_model(path), BPETokenizer.from_dir(path))
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[Dict[str, Any]] = None) -> List[str]:
         """Continues each prompt; bad settings raise MLflow's INVALID_PARAMETER_VALUE (HTTP 400).

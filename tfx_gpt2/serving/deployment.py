@@ -70,8 +70,10 @@ def resolve(uri: str) -> Tuple[str, str, str]:
 
 
 def model_dir_of(pinned: str) -> str:
-    """A local tfx-gpt2 model directory for a pinned URI (downloading registry artifacts)."""
-    from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE
+    """A local tfx-gpt2 model directory (or LoRA adapter directory, its base staged beside it) for a
+    pinned URI, downloading registry artifacts."""
+    from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE, PEFT_CONFIG
+    from tfx_gpt2.registry.champion import pyfunc_model_dir, stage_adapter_base
 
     local = pinned
     if not os.path.isdir(pinned):
@@ -83,27 +85,25 @@ def model_dir_of(pinned: str) -> str:
                                                         dst_path=tempfile.mkdtemp(prefix="tfx-gpt2-serve-"))
         except (MlflowException, OSError) as e:
             raise ModelLoadError(f"cannot download {pinned}: {e}") from None
-    if os.path.exists(os.path.join(local, CONFIG_FILE)):
-        return local
-    if os.path.exists(os.path.join(local, "MLmodel")):
-        import yaml
+    path = local if os.path.exists(os.path.join(local, CONFIG_FILE)) or os.path.exists(
+        os.path.join(local, PEFT_CONFIG)) else pyfunc_model_dir(local)
+    if path is None:
+        raise ModelLoadError(f"{pinned} holds neither a tfx-gpt2 model directory ({CONFIG_FILE}), a LoRA adapter "
+                             f"({PEFT_CONFIG}) nor a tfx-gpt2 MLflow model (MLmodel with a model_dir artifact)")
+    from mlflow.exceptions import MlflowException
 
-        from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT
-
-        with open(os.path.join(local, "MLmodel")) as f:
-            flavor = yaml.safe_load(f)["flavors"].get("python_function", {})
-        path = (flavor.get("artifacts") or {}).get(MODEL_DIR_ARTIFACT, {}).get("path")
-        if path:
-            return os.path.join(local, path)
-    raise ModelLoadError(f"{pinned} holds neither a tfx-gpt2 model directory ({CONFIG_FILE}) nor a tfx-gpt2 "
-                         "MLflow model (MLmodel with a model_dir artifact)")
+    try:
+        stage_adapter_base(path)
+    except (MlflowException, OSError) as e:
+        raise ModelLoadError(f"cannot download the base of the adapters in {pinned}: {e}") from None
+    return path
 
 
 def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None,
          resolved: Optional[Tuple[str, str, str]] = None, note: Callable[[str], None] = lambda phase: None) -> Served:
     """Resolves (unless `resolved` is given), loads and compiles `uri`; the engine is started.
     `note` is told each phase as it begins."""
-    from tfx_gpt2.model.io import load_model_dir
+    from tfx_gpt2.model.checkpoints import load_model
     from tfx_gpt2.text.bpe import BPETokenizer
 
     if resolved is None:
@@ -112,7 +112,7 @@ def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int
     note(f"downloading {pinned}")
     path = model_dir_of(pinned)
     note(f"loading version {version} from {path}")
-    model, tokenizer = load_model_dir(path), BPETokenizer.from_dir(path)
+    model, tokenizer = load_model(path), BPETokenizer.from_dir(path)  # LoRA adapters merged at load
     engine = Engine(model, tokenizer, engine_config, on_batch=on_batch)
     note(f"compiling version {version}: {sum(programs_expected(engine_config, model.config.n_ctx).values())} "
          "programs")

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from tfx_gpt2.model.lora import merged_weights
 from tfx_gpt2.model.sampling import GenerationError, SamplingConfig
 from tfx_gpt2.serving.runner import Layout, Runner
 from tfx_gpt2.serving.scheduler import Live, Scheduler
@@ -198,7 +199,8 @@ class Engine:
                  on_batch: Optional[Callable[[int], None]] = None):
         self.tokenizer, self.config, self.on_batch = tokenizer, config, on_batch
         self.n_ctx = model.config.n_ctx
-        first = Runner(model.weights_by_name(), model.config, config.layout(self.n_ctx), tokenizer.eot_id)
+        weights = merged_weights(model) if getattr(model, "lora", None) else model.weights_by_name()  # the runner has no adapters
+        first = Runner(weights, model.config, config.layout(self.n_ctx), tokenizer.eot_id)
         runners = [first] + [first.sibling() for _ in range(config.worker_count(model.config.n_embd) - 1)]
         self.workers = [_Worker(self, runner, i) for i, runner in enumerate(runners)]
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfx_gpt2.model.generate import decode_loop, draw_uniforms
 from tfx_gpt2.model.gpt2 import GPT2
+from tfx_gpt2.model.lora import merged_model
 from tfx_gpt2.model.sampling import without_xla_ops
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.text.bpe_graph import GraphBPETokenizer
@@ -43,7 +44,7 @@ class TextGenerationModule(tf.Module):
 
     def __init__(self, model: GPT2, tokenizer: BPETokenizer):
         super().__init__(name="gpt2_text_generation")
-        self.model = model
+        self.model = merged_model(model)  # adapters merged: the base's speed
         self.bpe = GraphBPETokenizer(tokenizer)
         self.eot_id = tokenizer.eot_id
         self.n_ctx = model.config.n_ctx

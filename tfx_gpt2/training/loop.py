@@ -1,7 +1,8 @@
 """Training GPT-2 on packed token blocks (plain TensorFlow/Keras, no TFX).
 
 `train()` runs AdamW with linear warm-up and cosine decay, global-norm gradient clipping, gradient
-accumulation, early stopping, frozen embeddings, gradient checkpointing, mixed precision, XLA and
+accumulation, early stopping, frozen embeddings, LoRA adapters on a frozen model, gradient
+checkpointing, mixed precision, XLA and
 `tf.distribute` strategies, resumable checkpoints (weights, optimizer, step and data position),
 progress lines with tokens/s, TensorBoard scalars and text samples.
 
@@ -37,6 +38,7 @@ import tensorflow as tf
 
 from tfx_gpt2.config.model import GPT2Config, TrainConfig
 from tfx_gpt2.model.gpt2 import GPT2, token_loss, weight_name
+from tfx_gpt2.model.lora import is_adapter_name, merged_model
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import block_dataset
 from tfx_gpt2.training.evaluation import EvaluationError, check_block_length, count_blocks, evaluate
@@ -89,6 +91,7 @@ class TrainResult:
         samples: text samples (`step`, `prompt`, `text`).
         stopped_early: early stopping ended the run (the best weights were kept).
         resumed_from_step: the step of the checkpoint this run resumed from (0: a fresh start).
+        trainable_params: the parameters that trained (the adapters' only, with LoRA).
     """
 
     steps: int
@@ -102,6 +105,7 @@ class TrainResult:
     samples: List[Dict[str, object]] = dataclasses.field(default_factory=list)
     stopped_early: bool = False
     resumed_from_step: int = 0
+    trainable_params: int = 0
 
     @property
     def eval_subset_perplexity(self) -> float:
@@ -193,12 +197,14 @@ class TrainState:
 
 def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional[GPT2],
                 strategy: tf.distribute.Strategy, policy: str, max_steps: int) -> TrainState:
-    """A new model (with `init_model`'s weights if given) and its AdamW, inside `strategy`'s scope."""
+    """A new model (with `init_model`'s weights if given, and LoRA adapters with `cfg.lora`) and
+    its AdamW, inside `strategy`'s scope."""
     with strategy.scope():
         model = GPT2(model_config)
+        if cfg.lora is not None:
+            model.enable_lora(cfg.lora)
         if init_model is not None:
-            for target, source in zip(model.weights, init_model.weights):
-                target.assign(source.numpy())
+            copy_weights(_same_adapters(init_model, cfg), model)
         model.recompute = cfg.recompute
         schedule = WarmupCosine(cfg.learning_rate, cfg.min_learning_rate, cfg.warmup_steps, max_steps)
         optimizer = keras.optimizers.AdamW(
@@ -207,12 +213,37 @@ def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional
         optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
         if policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        variables = model.trainable_variables
+        variables = model.trainable_variables  # the adapters only, with LoRA
         if cfg.only_train_transformer_layers:
             variables = [v for v in variables if weight_name(v).startswith("h")]
         optimizer.build(variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     return TrainState(model, optimizer, schedule, variables, step)
+
+
+def copy_weights(source: GPT2, target: GPT2) -> None:
+    """Sets `target`'s weights from `source`'s of the same names; only adapters that `source` lacks
+    keep their initial values (new adapters on a trained model)."""
+    values = {weight_name(v): v for v in source.weights}
+    for variable in target.weights:
+        name = weight_name(variable)
+        if name in values:
+            variable.assign(values[name].numpy())
+        elif not is_adapter_name(name):
+            raise TrainingError(f"the initial model has no weight {name}; it does not have the trained shape.")
+
+
+def _same_adapters(init_model: GPT2, cfg: TrainConfig) -> GPT2:
+    """`init_model` as the start of `cfg`'s training: its adapters continue training when `cfg` has
+    the same ones, and are merged into its weights when `cfg` trains no adapters."""
+    if init_model.lora is None or init_model.lora == cfg.lora:
+        return init_model
+    if cfg.lora is None:
+        return merged_model(init_model)
+    raise TrainingError(
+        f"the initial model's LoRA adapters ({init_model.lora}) differ from the ones to train ({cfg.lora}); "
+        "train with the same lora_rank, lora_alpha and lora_targets, or start from the merged model."
+    )
 
 
 def open_checkpoints(state: TrainState, checkpoint_dir: Optional[str], cfg: TrainConfig,
@@ -603,8 +634,11 @@ def _worker_slice(ds: tf.data.Dataset, context: tf.distribute.InputContext) -> t
 
 
 def _announce(model_config: GPT2Config, cfg: TrainConfig, max_steps: int, start: int, replicas: int,
-              policy: str) -> None:
+              policy: str, trainable: int) -> None:
     trained = "transformer layers only" if cfg.only_train_transformer_layers else "all weights"
+    if cfg.lora is not None:
+        trained = (f"LoRA rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}: {trainable:,} trainable, "
+                   f"{trainable / model_config.num_params():.2%}")
     logger.info(
         "training %s parameters (%s) for %d steps%s: batch %d x %d tokens (%d replica(s), %d micro-batch(es)), "
         "peak lr %g, %s, XLA %s%s",
@@ -634,7 +668,8 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
         log=TrainLog(log_dir if chief else None, max_steps), checkpoints=checkpoints,
         sampler=Sampler(state.model, tokenizer, cfg) if chief and tokenizer is not None and cfg.samples_every else None,
     )
-    _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy)
+    trainable = sum(int(np.prod(v.shape)) for v in state.variables)
+    _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy, trainable)
     t_start = time.monotonic()
     step, samples, stopped_early = run_loop(parts, cfg, start, max_steps)
     seconds = time.monotonic() - t_start
@@ -663,4 +698,5 @@ def _finish(parts: LoopParts, cfg: TrainConfig, step: int, start: int, max_steps
         eval_subset_loss=eval_loss, eval_subset_blocks=parts.evaluation.blocks,
         eval_blocks=parts.evaluation.total_blocks, history=history, samples=samples,
         stopped_early=stopped_early, resumed_from_step=start,
+        trainable_params=sum(int(np.prod(v.shape)) for v in parts.state.variables),
     )
