@@ -88,18 +88,18 @@ def test_pyfunc_serves_base_plus_adapters(mlflow_server, pushed, monkeypatch):
     import mlflow.pyfunc
 
     from tfx_gpt2.model.generate import generate_text
-    from tfx_gpt2.text.bpe import BPETokenizer
+    from tfx_gpt2.text.bpe import BPETokenizer, official_vocab_dir
 
     _, merged, versions = pushed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}/{versions[1].version}")
     settings = {"max_new_tokens": 6, "temperature": 0.0}
-    expected = generate_text(merged[1], BPETokenizer.from_dir(None), ["The"], max_new_tokens=6, temperature=0.0)
+    expected = generate_text(merged[1], BPETokenizer.from_dir(official_vocab_dir()), ["The"], max_new_tokens=6, temperature=0.0)
     assert loaded.predict(["The"], params=settings) == expected
 
 
 def test_champion_download_and_the_servers_loader_merge_the_adapters(mlflow_server, pushed, tmp_path, monkeypatch):
-    from tfx_gpt2.serving.deployment import model_dir_of
+    from tfx_gpt2.serving.deployment import model_dir_of, registered_base_of
 
     _, merged, versions = pushed
     champion = download_champion(mlflow_server.uri, NAME, str(tmp_path / "c"))
@@ -108,6 +108,7 @@ def test_champion_download_and_the_servers_loader_merge_the_adapters(mlflow_serv
         assert json.load(f)["base_model_name_or_path"] == f"models:/{NAME}-base/1"
     np.testing.assert_allclose(logits(load_model(champion.model_dir)), logits(merged[0]), atol=2e-5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    served = load_model(model_dir_of(f"models:/{NAME}/{versions[1].version}"))
+    path = model_dir_of(f"models:/{NAME}/{versions[1].version}")
+    served = load_model(path, base_dir=registered_base_of(path))
     assert served.lora is None
     np.testing.assert_allclose(logits(served), logits(merged[1]), atol=2e-5)

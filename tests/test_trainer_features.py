@@ -102,7 +102,7 @@ def test_lora_resumes_exactly_from_a_checkpoint(counting_data, tmp_path):
     os.makedirs(tmp_path / "b")
     for file in tf.io.gfile.glob(step4 + ".*"):
         tf.io.gfile.copy(file, str(tmp_path / "b" / os.path.basename(file)))
-    tf.train.update_checkpoint_state(str(tmp_path / "b"), str(tmp_path / "b" / os.path.basename(step4)))
+    tf.compat.v1.train.update_checkpoint_state(str(tmp_path / "b"), str(tmp_path / "b" / os.path.basename(step4)))
     resumed, result = train(CFG, cfg, train_files, eval_files, model=_base_model(), checkpoint_dir=str(tmp_path / "b"))
     assert result.resumed_from_step == 4 and result.steps == 6
     for name, value in weights(whole).items():

@@ -54,6 +54,7 @@ def write_fixture(out: str) -> None:
                                init_lora_weights=False, **settings)
         model = peft.get_peft_model(fresh, lora).eval()
         model.save_pretrained(os.path.join(out, name))
+        os.remove(os.path.join(out, name, "README.md"))  # PEFT's model card template
         expected[f"{name}_logits"] = _logits(model, torch)
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)

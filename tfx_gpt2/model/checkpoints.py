@@ -211,9 +211,9 @@ def save_hf_checkpoint(model: GPT2, out_dir: str, vocab_dir: Optional[str]) -> s
 # ---------------------------------------------------------------------------------------------
 
 
-def load_model(path: str, merge_adapters: bool = True) -> GPT2:
+def load_model(path: str, merge_adapters: bool = True, base_dir: Optional[str] = None) -> GPT2:
     """The model in an OpenAI, Hugging Face or tfx-gpt2 directory, or in a LoRA adapter directory on
-    one of them (see `load_adapter`)."""
+    one of them (see `load_adapter`; `base_dir` is its base's directory, if not the one it names)."""
     fmt = detect_format(path)
     if fmt == "openai":
         return load_openai_checkpoint(path)
@@ -222,7 +222,7 @@ def load_model(path: str, merge_adapters: bool = True) -> GPT2:
     if fmt == "tfx-gpt2":
         return load_model_dir(path)
     if fmt == "adapter":
-        return load_adapter(path, merge=merge_adapters)
+        return load_adapter(path, merge=merge_adapters, base_dir=base_dir)
     raise CheckpointError(
         f"{path!r} is a SavedModel: it generates text itself (tfx-gpt2 generate --model {path}) "
         "but holds no weights by name to convert or fine-tune from."
@@ -237,7 +237,7 @@ def load_checkpoint(path: str, merge_adapters: bool = True) -> Tuple[GPT2, BPETo
     return model, tokenizer
 
 
-def load_adapter(path: str, merge: bool = True) -> GPT2:
+def load_adapter(path: str, merge: bool = True, base_dir: Optional[str] = None) -> GPT2:
     """The base of the adapter directory `path` (`adapter_base`) with its adapters: merged into
     the weights (a plain GPT-2, as fast as the base), or kept apart (`merge=False`, to train on).
 
@@ -245,7 +245,7 @@ def load_adapter(path: str, merge: bool = True) -> GPT2:
         CheckpointError: the base is missing, is an adapter itself, or does not fit the adapters.
     """
     spec, weights, _ = read_peft_adapter(path)
-    base = adapter_base(path)
+    base = base_dir or adapter_base(path)
     if detect_format(base) == "adapter":
         raise CheckpointError(f"the base {base} of the adapter {path} is an adapter itself; merge it first "
                               "(tfx-gpt2 convert) and use the merged model as the base.")

@@ -162,9 +162,10 @@ def _read_peft_config(path: str) -> Dict:
         raise CheckpointError(f"{path!r} is not a PEFT adapter: {PEFT_CONFIG} is missing.") from None
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{file}: peft_type {config.get('peft_type')!r}; only 'LORA' adapters are read.")
-    unsupported = {"bias": config.get("bias", "none") != "none", "use_dora": bool(config.get("use_dora")),
-                   "rank_pattern": bool(config.get("rank_pattern")), "alpha_pattern": bool(config.get("alpha_pattern")),
-                   "modules_to_save": bool(config.get("modules_to_save"))}
+    unsupported = {"bias": config.get("bias", "none") != "none",
+                   **{name: bool(config.get(name)) for name in (
+                       "use_dora", "lora_bias", "rank_pattern", "alpha_pattern", "modules_to_save",
+                       "layers_to_transform", "layer_replication", "trainable_token_indices", "target_parameters")}}
     used = [name for name, on in unsupported.items() if on]
     if used:
         raise CheckpointError(f"{file} uses {used}, which tfx-gpt2's LoRA does not have; train the adapter with "

@@ -126,22 +126,36 @@ def pyfunc_model_dir(local: str) -> Optional[str]:
     return os.path.join(local, path) if path else None
 
 
-def stage_adapter_base(model_dir: str, tracking_uri: Optional[str] = None) -> None:
-    """When `model_dir` holds LoRA adapters on a registered base (`models:/<name>/<version>`), downloads
-    the base's model directory into `model_dir/base/`, where the loaders look first. Anything else
-    is left as it is."""
+def fetch_adapter_base(model_dir: str, tracking_uri: Optional[str] = None, dst: Optional[str] = None) -> Optional[str]:
+    """The base of the adapter directory `model_dir` when it is a registered version
+    (`models:/<name>/<version>`): its model directory, downloaded into `dst` (default: a new
+    temporary folder). None when `model_dir` holds no adapters or names another kind of base."""
     import mlflow
 
-    base = read_adapter_config(model_dir).get("base_model_name_or_path", "") \
-        if os.path.exists(os.path.join(model_dir, PEFT_CONFIG)) else ""
+    if not os.path.exists(os.path.join(model_dir, PEFT_CONFIG)):
+        return None
+    base = read_adapter_config(model_dir).get("base_model_name_or_path", "")
+    if not base.startswith("models:/"):
+        return None
+    local = mlflow.artifacts.download_artifacts(artifact_uri=base, dst_path=dst or tempfile.mkdtemp(prefix="base-"),
+                                                tracking_uri=tracking_uri)
+    logger.info("downloaded %s, the base of the adapters in %s", base, model_dir)
+    return pyfunc_model_dir(local) or local
+
+
+def stage_adapter_base(model_dir: str, tracking_uri: Optional[str] = None) -> None:
+    """`fetch_adapter_base` into `model_dir/base/`, where the loaders look first (for a folder this
+    process downloaded; a pyfunc's own artifacts are left as they are)."""
     staged = os.path.join(model_dir, ADAPTER_BASE_DIR)
-    if not base.startswith("models:/") or os.path.isdir(staged):
+    if os.path.isdir(staged):
         return
     download = tempfile.mkdtemp(prefix=".base-", dir=model_dir)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=base, dst_path=download, tracking_uri=tracking_uri)
-    os.replace(pyfunc_model_dir(local) or local, staged)
-    shutil.rmtree(download, ignore_errors=True)
-    logger.info("staged the base %s of the adapters in %s", base, model_dir)
+    try:
+        base = fetch_adapter_base(model_dir, tracking_uri, download)
+        if base is not None:
+            os.replace(base, staged)
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
 
 
 def stage_model_dir(model_dir: str, dst: str) -> str:

@@ -16,7 +16,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
-from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, stage_adapter_base
+from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, fetch_adapter_base
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -53,7 +53,8 @@ def prompts_of(model_input: Any) -> List[str]:
 
 class GPT2PyFunc(mlflow.pyfunc.PythonModel):
     """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact; a LoRA adapter
-    directory's base comes from the registry (`stage_adapter_base`) and the adapters are merged."""
+    directory's base comes from the registry (`fetch_adapter_base`, into a folder of its own, so
+    that the artifacts stay as logged) and the adapters are merged."""
 
     def load_context(self, context):
         from tfx_gpt2.model.checkpoints import load_model
@@ -61,8 +62,8 @@ class GPT2PyFunc(mlflow.pyfunc.PythonModel):
         from tfx_gpt2.text.bpe import BPETokenizer
 
         path = context.artifacts[MODEL_DIR_ARTIFACT]
-        stage_adapter_base(path)
-        self.generator = Generator(load_model(path), BPETokenizer.from_dir(path))
+        model = load_model(path, base_dir=fetch_adapter_base(path))
+        self.generator = Generator(model, BPETokenizer.from_dir(path))
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[Dict[str, Any]] = None) -> List[str]:
         """Continues each prompt; bad settings raise MLflow's INVALID_PARAMETER_VALUE (HTTP 400).

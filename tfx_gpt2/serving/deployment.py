@@ -70,10 +70,10 @@ def resolve(uri: str) -> Tuple[str, str, str]:
 
 
 def model_dir_of(pinned: str) -> str:
-    """A local tfx-gpt2 model directory (or LoRA adapter directory, its base staged beside it) for a
-    pinned URI, downloading registry artifacts."""
+    """A local tfx-gpt2 model directory (or LoRA adapter directory) for a pinned URI, downloading
+    registry artifacts."""
     from tfx_gpt2.config.checkpoint_shape import CONFIG_FILE, PEFT_CONFIG
-    from tfx_gpt2.registry.champion import pyfunc_model_dir, stage_adapter_base
+    from tfx_gpt2.registry.champion import pyfunc_model_dir
 
     local = pinned
     if not os.path.isdir(pinned):
@@ -90,13 +90,20 @@ def model_dir_of(pinned: str) -> str:
     if path is None:
         raise ModelLoadError(f"{pinned} holds neither a tfx-gpt2 model directory ({CONFIG_FILE}), a LoRA adapter "
                              f"({PEFT_CONFIG}) nor a tfx-gpt2 MLflow model (MLmodel with a model_dir artifact)")
+    return path
+
+
+def registered_base_of(path: str) -> Optional[str]:
+    """The local directory of the registered base of the adapters in `path`, downloaded; None when
+    `path` holds a full model or names its base's directory itself."""
     from mlflow.exceptions import MlflowException
 
+    from tfx_gpt2.registry.champion import fetch_adapter_base
+
     try:
-        stage_adapter_base(path)
+        return fetch_adapter_base(path)
     except (MlflowException, OSError) as e:
-        raise ModelLoadError(f"cannot download the base of the adapters in {pinned}: {e}") from None
-    return path
+        raise ModelLoadError(f"cannot download the base of the adapters in {path}: {e}") from None
 
 
 def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None,
@@ -112,7 +119,8 @@ def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int
     note(f"downloading {pinned}")
     path = model_dir_of(pinned)
     note(f"loading version {version} from {path}")
-    model, tokenizer = load_model(path), BPETokenizer.from_dir(path)  # LoRA adapters merged at load
+    model = load_model(path, base_dir=registered_base_of(path))  # LoRA adapters merged at load
+    tokenizer = BPETokenizer.from_dir(path)
     engine = Engine(model, tokenizer, engine_config, on_batch=on_batch)
     note(f"compiling version {version}: {sum(programs_expected(engine_config, model.config.n_ctx).values())} "
          "programs")
