@@ -146,13 +146,16 @@ def corpus_blocks(out: str, block_len: int) -> None:
     import tensorflow as tf
 
     from tfx_gpt2.text.blocks import serialize_blocks
-    from tfx_gpt2.text.bpe import BPETokenizer
+    from tfx_gpt2.text.bpe import BPETokenizer, official_vocab_dir
 
-    tokenizer = BPETokenizer.from_dir(None)
+    tokenizer = BPETokenizer.from_dir(official_vocab_dir())
     streams = {"train": [], "eval": []}
-    for i, name in enumerate(sorted(os.listdir(CORPUS))):
+    documents = []
+    for name in sorted(os.listdir(CORPUS)):
         with open(os.path.join(CORPUS, name), encoding="utf-8") as f:
-            streams["eval" if i % 10 == 9 else "train"] += tokenizer.encode_document(f.read())
+            documents += [d for d in f.read().split("<|endoftext|>") if d.strip()]
+    for i, document in enumerate(documents):
+        streams["eval" if i % 10 == 9 else "train"] += tokenizer.encode_document(document)
     for split, tokens in streams.items():
         blocks = [tokens[i:i + block_len] for i in range(0, len(tokens) - block_len + 1, block_len)]
         os.makedirs(os.path.join(out, split), exist_ok=True)
@@ -194,6 +197,7 @@ def lora_variant(kind: str, args) -> dict:
     steps = args.steps or 20
     preset = train_preset("lora" if kind == "lora" else "finetune")
     tc = dataclasses.replace(with_max_steps(preset, steps + args.warmup), batch_size=args.batch, eval_every=10_000,
+                             eval_batches=1,
                              log_every=1, checkpoint_every=0, checkpoint_every_seconds=0.0, lora_dropout=0.0,
                              shuffle_buffer=64, samples_every=0)
     files = [os.path.join(args.data, s, "*") for s in ("train", "eval")]

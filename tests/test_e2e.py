@@ -11,6 +11,9 @@ One shared sequence of runs into one output directory, used by every test here:
               changed), and the champion moves back to the better model
     down      the first settings with a tracking server that does not answer: it fails at the
               evaluator, and leaves the registry as it was
+    lora      rank-4 LoRA adapters (16 steps) on the first run's model, registered as `e2e-tiny-lora`:
+              the data components come from the cache; the version holds the adapters only, its
+              base is registered beside it, and MLflow's pyfunc serves base plus adapters
 
 Checks ML Metadata (executions, the cache), MLflow (versions, metrics, aliases, samples, the
 logged pyfunc generating text), TensorBoard (loss and text samples) and that the model beats a
@@ -30,7 +33,7 @@ from mlflow_helpers import free_port, refused_url, wait_http
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tfx_gpt2.config.model import train_preset
-from tfx_gpt2.config.pipeline import OutputLayout, TrainingSetup
+from tfx_gpt2.config.pipeline import OutputLayout, RegistryConfig, TrainingSetup
 from tfx_gpt2.config.settings import from_env
 from tfx_gpt2.orchestration.beam_local import run_and_report
 from tfx_gpt2.orchestration.mlmd_runs import metadata_config
@@ -298,3 +301,43 @@ def test_a_moved_champion_is_seen_by_the_cache(all_runs):
     client = MlflowClient(tracking_uri=layout(out).mlflow_tracking_uri)
     assert {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()} == {"champion": "1", "challenger": "2"}
     assert sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == [1, 2]
+
+
+LORA = dataclasses.replace(train_preset("tiny", 16), lora_rank=4, lora_alpha=8.0, checkpoint_every_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def lora_run(all_runs):
+    """The `lora` run (see the module docstring), after the others."""
+    out, first = all_runs[0], all_runs[1]
+    trainer_dir, execution = os.path.split(first["tensorboard_logdir"].rstrip("/"))
+    base = os.path.join(os.path.dirname(trainer_dir), "model", execution, "Format-Serving")
+    settings = from_env({}, pipeline_name=NAME, output_dir=out, data_root=CORPUS_DIR)
+    summary = run_and_report(settings, training=TrainingSetup(train=LORA, init_checkpoint=base),
+                             registry=RegistryConfig(tracking_uri=settings.tracking_uri,
+                                                     registered_model_name=NAME + "-lora"))
+    return settings, base, summary
+
+
+def test_lora_run_registers_an_adapter_version_that_serves(lora_run, monkeypatch):
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from tfx_gpt2.config.checkpoint_shape import PEFT_CONFIG, PEFT_WEIGHTS, WEIGHTS_FILE
+    from tfx_gpt2.registry.push import ADAPTER_TAG, BASE_MODEL_TAG
+
+    settings, base, summary = lora_run
+    assert {c: s for c, s in summary["executions"].items() if s == "CACHED"} == {
+        c: "CACHED" for c in ("TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder")}
+    name = NAME + "-lora"
+    client = MlflowClient(settings.tracking_uri)
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    assert version.tags[ADAPTER_TAG] == "lora" and version.tags[BASE_MODEL_TAG] == f"models:/{name}-base/1"
+    assert client.get_model_version(f"{name}-base", "1").tags["tfx_gpt2.model_key"] == base
+    files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(version.run_id, "model/artifacts/model_dir")}
+    assert {PEFT_CONFIG, PEFT_WEIGHTS} <= files and WEIGHTS_FILE not in files
+    assert client.get_run(version.run_id).data.params["train.lora_rank"] == "4"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    texts = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(["The", "In Python,"],
+                                                                   params={"max_new_tokens": 5, "temperature": 0.0})
+    assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)

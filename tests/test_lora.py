@@ -238,6 +238,14 @@ def test_lora_settings_in_train_config():
         LoraSpec(dropout=1.0)
 
 
+def test_lora_without_a_base_is_refused_when_the_pipeline_is_built():
+    from tfx_gpt2.config.pipeline import TrainingSetup
+
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        TrainingSetup(train="lora")
+    assert TrainingSetup(train="lora", warm_start=True).train_config.lora_rank == 8
+
+
 def test_lora_preset_trains_under_one_percent_of_124m():
     """The `lora` preset's adapters on one block of 124M's width, times its 12 blocks."""
     from tfx_gpt2.config.model import model_preset
