@@ -235,7 +235,8 @@ class MLP(keras.layers.Layer):
         self.c_proj.build(tuple(input_shape[:-1]) + (4 * input_shape[-1],))
 
     def call(self, x, training=False):
-        return self.dropout(self.c_proj(gelu(self.c_fc(x, training=training)), training=training), training=training)
+        h = gelu(self.c_fc(x, training=training))
+        return self.dropout(self.c_proj(h, training=training), training=training)
 
 
 class Block(keras.layers.Layer):
