@@ -21,7 +21,7 @@ from tfx_gpt2.config.model import (
     to_json,
     train_preset,
 )
-from tfx_gpt2.model.gpt2 import GPT2, weight_name
+from tfx_gpt2.model.gpt2 import GPT2, is_adapter_name, weight_name
 from tfx_gpt2.model.lora import (
     adapter_weights,
     apply_adapter,
@@ -45,11 +45,11 @@ def _model(spec=None, seed=0):
     return model
 
 
-def _randomize_adapters(model, seed=1):
+def _randomize_adapters(model, seed=1, scale=0.1):
     rng = np.random.default_rng(seed)
     for v in model.weights:
-        if weight_name(v).endswith(("/lora_a", "/lora_b")):
-            v.assign(rng.standard_normal(v.shape).astype("float32") * 0.1)
+        if is_adapter_name(weight_name(v)):
+            v.assign(rng.standard_normal(v.shape).astype("float32") * scale)
 
 
 def _logits(model, tokens=TOKENS):
@@ -159,13 +159,15 @@ def tiny_base(tmp_path_factory):
     return save_model_dir(GPT2(model_preset("tiny")), path)
 
 
-def _adapter_dir(base_dir, out, base_ref):
+def write_adapter_dir(base_dir, out, base_ref, spec=LoraSpec(rank=2), seed=1, scale=0.1):
+    """Random adapters (`spec`) on the tfx-gpt2 model in `base_dir`, saved to `out` as an adapter
+    directory whose base is `base_ref`; the adapted model (adapters apart)."""
     from tfx_gpt2.model.io import load_model_dir
     from tfx_gpt2.text.bpe import copy_vocab_files
 
     model = load_model_dir(base_dir)
-    model.enable_lora(LoraSpec(rank=2))
-    _randomize_adapters(model)
+    model.enable_lora(spec)
+    _randomize_adapters(model, seed, scale)
     save_peft_adapter(model, out, base=base_ref)
     copy_vocab_files(base_dir, out)
     return model
@@ -175,7 +177,7 @@ def test_adapter_directory_loads_onto_its_base(tiny_base, tmp_path):
     from tfx_gpt2.model.checkpoints import load_checkpoint
 
     out = str(tmp_path / "adapter")
-    adapted = _adapter_dir(tiny_base, out, os.path.relpath(tiny_base, out))
+    adapted = write_adapter_dir(tiny_base, out, os.path.relpath(tiny_base, out))
     merged, tokenizer = load_checkpoint(out)
     assert merged.lora is None and tokenizer.vocab_size == merged.config.n_vocab
     np.testing.assert_allclose(_logits(merged), _logits(adapted), atol=2e-5)
@@ -200,7 +202,7 @@ def test_a_missing_base_says_how_to_get_it(tiny_base, tmp_path, base_ref, hint):
     from tfx_gpt2.model.checkpoints import load_checkpoint
 
     out = str(tmp_path / "adapter")
-    _adapter_dir(tiny_base, out, base_ref)
+    write_adapter_dir(tiny_base, out, base_ref)
     with pytest.raises(CheckpointError, match=hint) as e:
         load_checkpoint(out)
     assert repr(base_ref) in str(e.value)

@@ -9,31 +9,23 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_helpers import tiny_model_dir
+from test_lora import write_adapter_dir
 
 from tfx_gpt2.config.checkpoint_shape import PEFT_CONFIG
 from tfx_gpt2.config.model import LoraSpec
 from tfx_gpt2.model.checkpoints import load_model
-from tfx_gpt2.model.io import load_model_dir
-from tfx_gpt2.model.lora import merged_model, save_peft_adapter
+from tfx_gpt2.model.lora import merged_model
 from tfx_gpt2.registry.champion import download_champion
 from tfx_gpt2.registry.push import ADAPTER_TAG, BASE_MODEL_TAG, push_model
-from tfx_gpt2.text.bpe import copy_vocab_files
 
 NAME = "lora-registry"
 TOKENS = np.array([[464, 3290, 318, 257, 1332]], "int32")
 
 
 def adapter_dir(base_dir: str, out: str, seed: int):
-    """Random rank-2 adapters on the model in `base_dir`, saved as an adapter directory naming it."""
-    model = load_model_dir(base_dir)
-    model.enable_lora(LoraSpec(rank=2, alpha=4.0))
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if "lora_" in v.path:
-            v.assign(rng.standard_normal(v.shape).astype("float32") * 0.2)
-    save_peft_adapter(model, out, base=base_dir)
-    copy_vocab_files(base_dir, out)
-    return merged_model(model)
+    """Random rank-2 adapters on the model in `base_dir`, saved as an adapter directory naming it;
+    the merged model."""
+    return merged_model(write_adapter_dir(base_dir, out, base_dir, LoraSpec(rank=2, alpha=4.0), seed, scale=0.2))
 
 
 def push(server, model_dir, key, blessed):

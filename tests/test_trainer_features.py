@@ -69,7 +69,8 @@ LORA = dict(lora_rank=4, lora_alpha=8.0)
 
 
 def test_lora_trains_the_adapters_only(counting_data):
-    from tfx_gpt2.model.lora import adapter_weights, is_adapter_name
+    from tfx_gpt2.model.gpt2 import is_adapter_name
+    from tfx_gpt2.model.lora import adapter_weights
 
     base = _base_model()
     start = weights(base)

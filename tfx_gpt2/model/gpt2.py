@@ -357,7 +357,7 @@ class GPT2(keras.Model):
             for target in spec.targets:
                 _projection(block, target).enable_lora(spec)
         for variable in self.weights:
-            if not weight_name(variable).endswith(("/lora_a", "/lora_b")):
+            if not is_adapter_name(weight_name(variable)):
                 variable.trainable = False
         self.lora = spec
 
@@ -389,6 +389,11 @@ class GPT2(keras.Model):
     def weights_by_name(self) -> Dict[str, np.ndarray]:
         """All weights as numpy arrays keyed by their OpenAI name (`h0/attn/c_attn/w`, ...)."""
         return {weight_name(v): np.asarray(v.numpy()) for v in self.weights}
+
+
+def is_adapter_name(name: str) -> bool:
+    """Whether `name` (a weight's OpenAI name) is a LoRA adapter's (`.../lora_a`, `.../lora_b`)."""
+    return name.endswith(("/lora_a", "/lora_b"))
 
 
 def _projection(block: Block, target: str) -> Conv1D:

@@ -32,17 +32,12 @@ import numpy as np
 
 from tfx_gpt2.config.checkpoint_shape import PEFT_CONFIG, PEFT_WEIGHTS, CheckpointError, read_adapter_config
 from tfx_gpt2.config.model import LORA_TARGETS, LoraSpec
-from tfx_gpt2.model.gpt2 import GPT2, weight_name
+from tfx_gpt2.model.gpt2 import GPT2, is_adapter_name, weight_name
 
-ADAPTER_SUFFIXES = ("/lora_a", "/lora_b")
 PEFT_PREFIX = "base_model.model.transformer."
 # A PEFT key of a GPT-2 adapter weight: layer, module, projection, A or B.
 _PEFT_KEY = re.compile(r"(?:base_model\.model\.)?(?:transformer\.)?h\.(\d+)\.(attn|mlp)\.(c_attn|c_proj|c_fc)"
                        r"\.lora_([AB])\.weight")
-
-
-def is_adapter_name(name: str) -> bool:
-    return name.endswith(ADAPTER_SUFFIXES)
 
 
 def adapter_weights(model: GPT2) -> Dict[str, np.ndarray]:
@@ -68,11 +63,6 @@ def merged_model(model: GPT2) -> GPT2:
     for variable in plain.weights:
         variable.assign(weights[weight_name(variable)])
     return plain
-
-
-def trainable_count(model: GPT2) -> int:
-    """Parameters that train: the adapters' with LoRA, else all."""
-    return int(sum(np.prod(v.shape) for v in model.weights if v.trainable))
 
 
 # -- PEFT's format ----------------------------------------------------------------------------------

@@ -114,24 +114,35 @@ def push_model(
 
     client = connect(tracking_uri)
     tags = {**(tags or {}), MODEL_KEY_TAG: model_key}
-    try:
+    with _what_to_do(tracking_uri):
         existing = pushed_version(client, registered_model_name, model_key)
         if existing is not None:
             return _push_again(client, registered_model_name, existing, model_key, blessed)
         experiment_id = ensure_experiment(client, experiment_name, tracking_uri)
         end_dead_runs(client, experiment_id)
         base_uri = registered_base(client, model_dir, experiment_id, registered_model_name)
-        if base_uri:
-            tags.update({ADAPTER_TAG: "lora", BASE_MODEL_TAG: base_uri})
+        tags.update({ADAPTER_TAG: "lora", BASE_MODEL_TAG: base_uri} if base_uri else {})
         run_tags = {**tags, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}  # see end_dead_runs
-        with _killed_on_interrupt(client), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run, \
-                tempfile.TemporaryDirectory() as tmp:
+        with _killed_on_interrupt(client), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
             run_id = run.info.run_id
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
             _log_figures(client, run_id, history, eval_metrics, params, blessed)
             _log_files(model_dir, tensorboard_dir, samples, training_samples)
-            info = _log_pyfunc(model_dir, os.path.join(tmp, "model_dir"), input_example, base_uri)
-        version, aliases = _register(client, info.model_uri, registered_model_name, tags, blessed)
+            model_uri = _log_pyfunc(model_dir, input_example, base_uri).model_uri
+        version, aliases = _register(client, model_uri, registered_model_name, tags, blessed)
+    return PushResult(
+        run_id=run_id, experiment_id=experiment_id, registered_model_name=registered_model_name,
+        version=int(version.version), model_uri=f"models:/{registered_model_name}/{version.version}",
+        aliases=aliases,
+    )
+
+
+@contextlib.contextmanager
+def _what_to_do(tracking_uri: str):
+    """Connection and authentication failures inside the block become a `RegistryError` that says
+    what to do (`describe_error`); other errors pass as they are."""
+    try:
+        yield
     except RegistryError:
         raise
     except Exception as e:  # noqa: BLE001 - connection and auth failures get what to do
@@ -139,11 +150,6 @@ def push_model(
         if error is None:
             raise
         raise error from None
-    return PushResult(
-        run_id=run_id, experiment_id=experiment_id, registered_model_name=registered_model_name,
-        version=int(version.version), model_uri=f"models:/{registered_model_name}/{version.version}",
-        aliases=aliases,
-    )
 
 
 @contextlib.contextmanager
@@ -259,25 +265,27 @@ def _log_files(model_dir: str, tensorboard_dir, samples, training_samples) -> No
         mlflow.log_dict({"samples": training_samples}, "training_samples.json")
 
 
-def _log_pyfunc(model_dir: str, staging_dir: str, input_example, base_uri: Optional[str] = None):
+def _log_pyfunc(model_dir: str, input_example, base_uri: Optional[str] = None):
     """The model as an MLflow pyfunc in the active run; returns MLflow's ModelInfo. Adapters are
     logged with `base_uri` as their base."""
     import mlflow
 
-    staged = stage_model_dir(model_dir, staging_dir)
-    if base_uri:
-        config = read_adapter_config(staged)
-        with open(os.path.join(staged, PEFT_CONFIG), "w") as f:
-            json.dump({**config, "base_model_name_or_path": base_uri}, f, indent=2)
-    example = None
-    if input_example:
-        example = (list(input_example), {**SAMPLING_PARAM_DEFAULTS, "max_new_tokens": 8, "temperature": 0.0})
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=GPT2PyFunc(),
-        artifacts={MODEL_DIR_ARTIFACT: staged},
-        signature=SIGNATURE, input_example=example,
-        pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1", f"mlflow=={mlflow.__version__}"],
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = stage_model_dir(model_dir, os.path.join(tmp, "model_dir"))
+        if base_uri:
+            config = read_adapter_config(staged)
+            with open(os.path.join(staged, PEFT_CONFIG), "w") as f:
+                json.dump({**config, "base_model_name_or_path": base_uri}, f, indent=2)
+        example = None
+        if input_example:
+            example = (list(input_example), {**SAMPLING_PARAM_DEFAULTS, "max_new_tokens": 8, "temperature": 0.0})
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=GPT2PyFunc(),
+            artifacts={MODEL_DIR_ARTIFACT: staged},
+            signature=SIGNATURE, input_example=example,
+            pip_requirements=["tfx-gpt2", "tensorflow==2.16.2", "tensorflow-text==2.16.1",
+                              f"mlflow=={mlflow.__version__}"],
+        )
 
 
 def registered_base(client, model_dir: str, experiment_id: str, name: str) -> Optional[str]:
@@ -297,8 +305,7 @@ def registered_base(client, model_dir: str, experiment_id: str, name: str) -> Op
     if existing is None:
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"base of {name}",
                               tags={MODEL_KEY_TAG: base_dir}) as run, tempfile.TemporaryDirectory() as tmp:
-            info = _log_pyfunc(full_model_dir(base_dir, os.path.join(tmp, "full")), os.path.join(tmp, "model_dir"),
-                               None)
+            info = _log_pyfunc(full_model_dir(base_dir, os.path.join(tmp, "full")), None)
         existing = mlflow.register_model(info.model_uri, base_name, tags={MODEL_KEY_TAG: base_dir})
         logger.info("registered the adapters' base %s as %s version %s (run %s)", base_dir, base_name,
                     existing.version, run.info.run_id)

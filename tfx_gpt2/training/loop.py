@@ -37,8 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfx_gpt2.config.model import GPT2Config, TrainConfig
-from tfx_gpt2.model.gpt2 import GPT2, token_loss, weight_name
-from tfx_gpt2.model.lora import is_adapter_name, merged_model
+from tfx_gpt2.model.gpt2 import GPT2, is_adapter_name, token_loss, weight_name
+from tfx_gpt2.model.lora import merged_model
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.text.blocks import block_dataset
 from tfx_gpt2.training.evaluation import EvaluationError, check_block_length, count_blocks, evaluate
@@ -191,8 +191,12 @@ class TrainState:
     model: GPT2
     optimizer: keras.optimizers.Optimizer
     schedule: WarmupCosine
-    variables: List[tf.Variable]  # the trained ones (all, or the transformer blocks only)
+    variables: List[tf.Variable]  # the trained ones (all, the transformer blocks only, or the adapters)
     step: tf.Variable  # optimizer steps taken (int64)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(int(np.prod(v.shape)) for v in self.variables)
 
 
 def build_state(model_config: GPT2Config, cfg: TrainConfig, init_model: Optional[GPT2],
@@ -668,8 +672,7 @@ def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, chec
         log=TrainLog(log_dir if chief else None, max_steps), checkpoints=checkpoints,
         sampler=Sampler(state.model, tokenizer, cfg) if chief and tokenizer is not None and cfg.samples_every else None,
     )
-    trainable = sum(int(np.prod(v.shape)) for v in state.variables)
-    _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy, trainable)
+    _announce(model_config, cfg, max_steps, start, strategy.num_replicas_in_sync, policy, state.trainable_params)
     t_start = time.monotonic()
     step, samples, stopped_early = run_loop(parts, cfg, start, max_steps)
     seconds = time.monotonic() - t_start
@@ -698,5 +701,5 @@ def _finish(parts: LoopParts, cfg: TrainConfig, step: int, start: int, max_steps
         eval_subset_loss=eval_loss, eval_subset_blocks=parts.evaluation.blocks,
         eval_blocks=parts.evaluation.total_blocks, history=history, samples=samples,
         stopped_early=stopped_early, resumed_from_step=start,
-        trainable_params=sum(int(np.prod(v.shape)) for v in parts.state.variables),
+        trainable_params=parts.state.trainable_params,
     )
