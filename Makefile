@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # Test files run in parallel, one worker per core (a file's tests stay together in one worker).
-XDIST ?= -n auto --dist loadfile
+XDIST ?= -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup run test test-slow lint clean
 

@@ -55,13 +55,17 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-# The longest test files first (measured: `pytest --durations`). With `make test`'s pytest-xdist
-# (--dist loadfile) this order only breaks ties: xdist hands out the files with the most tests first.
-LONGEST_FIRST = ["test_e2e.py", "test_continuous.py", "test_airflow.py", "test_kubeflow.py", "test_trainer_features.py",
-                 "test_beam_scaling.py", "test_serving_deploy.py", "test_serving_isolation.py", "test_serving_access.py",
-                 "test_serving_mlflow.py", "test_playground.py",
-                 "test_serving.py", "test_registry.py", "test_benchmarks.py", "test_mongo_example_gen.py",
-                 "test_docs.py", "test_engine.py", "test_export.py"]
+# The test files, longest first (seconds per file measured with `pytest --durations=0`, 2 workers).
+# `make test` hands the files to the xdist workers in this order (`--no-loadscope-reorder`: without it
+# xdist hands out the files with the most tests first, and a long file with few tests started last
+# kept one worker busy minutes after the other had finished).
+LONGEST_FIRST = ["test_e2e.py", "test_airflow.py", "test_continuous.py", "test_kubeflow.py", "test_trainer_features.py",
+                 "test_benchmarks.py", "test_serving_deploy.py", "test_beam_scaling.py", "test_mongo_example_gen.py",
+                 "test_serving_access.py", "test_export.py", "test_registry.py", "test_faults.py", "test_serving.py",
+                 "test_serving_memory.py", "test_trainer_run_fn.py", "test_serving_isolation.py", "test_feedback.py",
+                 "test_data_validation.py", "test_playground.py", "test_serving_mlflow.py", "test_lora_registry.py",
+                 "test_pyfunc.py", "test_engine.py", "test_cli.py", "test_training.py", "test_sampling.py",
+                 "test_generate.py", "test_docs.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
