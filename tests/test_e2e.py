@@ -14,6 +14,9 @@ One shared sequence of runs into one output directory, used by every test here:
     lora      rank-4 LoRA adapters (16 steps) on the first run's model, registered as `e2e-tiny-lora`:
               the data components come from the cache; the version holds the adapters only, its
               base is registered beside it, and MLflow's pyfunc serves base plus adapters
+    lora warm the same with a warm start: the champion of `e2e-tiny-lora` is that adapter version,
+              whose adapters train on (8 steps, the warm schedule) on the same registered base,
+              and the gate compares the new adapters with it on the same eval blocks
 
 Checks ML Metadata (executions, the cache), MLflow (versions, metrics, aliases, samples, the
 logged pyfunc generating text), TensorBoard (loss and text samples) and that the model beats a
@@ -26,6 +29,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import CORPUS_DIR
@@ -341,3 +345,46 @@ def test_lora_run_registers_an_adapter_version_that_serves(lora_run, monkeypatch
     texts = mlflow.pyfunc.load_model(f"models:/{name}/1").predict(["The", "In Python,"],
                                                                    params={"max_new_tokens": 5, "temperature": 0.0})
     assert len(texts) == 2 and all(isinstance(t, str) and t for t in texts)
+
+
+@pytest.fixture(scope="module")
+def lora_warm_run(lora_run):
+    """The `lora warm` run (see the module docstring), after the `lora` run."""
+    from tfx_gpt2.config.model import warm_schedule
+
+    settings, base, first_lora = lora_run
+    setup = TrainingSetup(train=LORA, init_checkpoint=base, warm_start=True, warm_train=warm_schedule(LORA, max_steps=8))
+    summary = run_and_report(settings, training=setup, registry=RegistryConfig(
+        tracking_uri=settings.tracking_uri, registered_model_name=NAME + "-lora"))
+    return settings, first_lora, summary
+
+
+def test_a_warm_start_from_an_adapter_champion_trains_its_adapters_on(lora_warm_run, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tfx_gpt2.model.lora import read_peft_adapter
+    from tfx_gpt2.registry.champion import download_model_dir
+    from tfx_gpt2.registry.push import ADAPTER_TAG, BASE_MODEL_TAG
+
+    settings, first_lora, summary = lora_warm_run
+    name = NAME + "-lora"
+    client = MlflowClient(settings.tracking_uri)
+    assert first_lora["model_version"] == 1 and summary["model_version"] == 2
+    version = client.get_model_version(name, "2")
+    # the same base: no second version of it
+    assert version.tags[ADAPTER_TAG] == "lora" and version.tags[BASE_MODEL_TAG] == f"models:/{name}-base/1"
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}-base'")] == ["1"]
+    assert version.tags["tfx_gpt2.fine_tuned_from"] == "1" and version.tags["init_checkpoint"] == f"models:/{name}/1"
+    # the gate re-scored the adapter champion on the same eval blocks as its own run did
+    assert summary["champion_version"] == 1
+    assert summary["champion_eval_perplexity"] == pytest.approx(first_lora["eval_perplexity"], rel=1e-4)
+    # the adapters went on from version 1's: 8 steps at a third of the learning rate moved them a
+    # little (adapters started again would start with lora_b at zero: a change as large as lora_b)
+    adapters = {}
+    for v in ("1", "2"):
+        spec, adapters[v], base = read_peft_adapter(download_model_dir(f"models:/{name}/{v}", str(tmp_path / v),
+                                                                       settings.tracking_uri))
+        assert (spec.rank, base) == (LORA.lora_rank, f"models:/{name}-base/1")
+    for key in (k for k in adapters["1"] if k.endswith("lora_b")):
+        change = np.linalg.norm(adapters["2"][key] - adapters["1"][key]) / np.linalg.norm(adapters["1"][key])
+        assert 0 < change < 0.5, (key, change)

@@ -194,7 +194,7 @@ def test_adapter_directory_loads_onto_its_base(tiny_base, tmp_path):
 
 
 @pytest.mark.parametrize("base_ref, hint", [
-    ("models:/gpt2-base/1", "through the registry"),
+    ("models:/gpt2-base/1", "load_model_with_base, which fetches models:/gpt2-base/1 from the registry"),
     ("gpt2", "download OpenAI's 124M"),
     ("/nowhere/base", "copy or link the base model directory"),
 ])

@@ -91,7 +91,7 @@ def test_pyfunc_serves_base_plus_adapters(mlflow_server, pushed, monkeypatch):
 
 
 def test_champion_download_and_the_servers_loader_merge_the_adapters(mlflow_server, pushed, tmp_path, monkeypatch):
-    from tfx_gpt2.serving.deployment import model_dir_of, registered_base_of
+    from tfx_gpt2.serving.deployment import load_version_model, model_dir_of
 
     _, merged, versions = pushed
     champion = download_champion(mlflow_server.uri, NAME, str(tmp_path / "c"))
@@ -101,6 +101,6 @@ def test_champion_download_and_the_servers_loader_merge_the_adapters(mlflow_serv
     np.testing.assert_allclose(logits(load_model(champion.model_dir)), logits(merged[0]), atol=2e-5)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     path = model_dir_of(f"models:/{NAME}/{versions[1].version}")
-    served = load_model(path, base_dir=registered_base_of(path))
+    served = load_version_model(path)
     assert served.lora is None
     np.testing.assert_allclose(logits(served), logits(merged[1]), atol=2e-5)

@@ -50,9 +50,9 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from tfx_gpt2.model.checkpoints import load_model
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.blessing import ChampionScore, decide, decision_params, score_champion
+from tfx_gpt2.registry.champion import load_model_with_base
 from tfx_gpt2.text.blocks import block_dataset, target_counts
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.training.evaluation import check_block_length, evaluate
@@ -92,7 +92,8 @@ class Executor(base_executor.BaseExecutor):
         evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
         blessing = artifact_utils.get_single_instance(output_dict["blessing"])
         model_dir = local_copy(path_utils.serving_model_path(model.uri))
-        gpt2 = load_model(model_dir)
+        # an adapter trained on from a registered adapter champion names its base models:/...
+        gpt2 = load_model_with_base(model_dir, exec_properties.get("tracking_uri") or None)
         splits = artifact_utils.decode_split_names(examples.split_names)
         files = {s: [os.path.join(artifact_utils.get_split_uri([examples], s), "*")] for s in splits}
         if "eval" not in files or "train" not in files:

@@ -51,7 +51,7 @@ from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
 from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, lineage_tags
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.blessing import decide_again
-from tfx_gpt2.registry.champion import COMPARED_WITH_TAG, champion_key
+from tfx_gpt2.registry.champion import COMPARED_WITH_TAG, champion_key, load_model_with_base
 from tfx_gpt2.registry.client import redact_uri
 from tfx_gpt2.registry.locks import registry_lock
 from tfx_gpt2.registry.push import SAMPLE_PROMPTS, push_model
@@ -82,17 +82,17 @@ class MlflowPusherSpec(types.ComponentSpec):
     OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
 
 
-def sample_texts(model_dir: str, num_samples: int):
-    """`num_samples` of `SAMPLE_PROMPTS`, each with its continuation by the model in `model_dir`."""
+def sample_texts(model_dir: str, num_samples: int, tracking_uri: Optional[str] = None):
+    """`num_samples` of `SAMPLE_PROMPTS`, each with its continuation by the model in `model_dir`
+    (adapters on a registered base: the base from `tracking_uri`'s registry)."""
     if not num_samples:
         return []
-    from tfx_gpt2.model.checkpoints import load_model
     from tfx_gpt2.model.generate import generate_text
     from tfx_gpt2.model.sampling import DEFAULT_TOP_K
     from tfx_gpt2.text.bpe import BPETokenizer
 
     prompts = list(SAMPLE_PROMPTS[:num_samples])
-    gpt2 = load_model(model_dir)
+    gpt2 = load_model_with_base(model_dir, tracking_uri)
     # 48 new tokens, or half the context of a model with a short one.
     texts = generate_text(gpt2, BPETokenizer.from_dir(model_dir), prompts,
                           max_new_tokens=min(48, gpt2.config.n_ctx // 2), temperature=0.8, top_k=DEFAULT_TOP_K,
@@ -122,7 +122,7 @@ class Executor(base_executor.BaseExecutor):
             with open(os.path.join(model_dir, SAMPLES_FILE)) as f:
                 training_samples = json.load(f)
         num_samples = exec_properties.get("num_samples")
-        samples = sample_texts(model_dir, 3 if num_samples is None else int(num_samples))
+        samples = sample_texts(model_dir, 3 if num_samples is None else int(num_samples), tracking_uri)
 
         # The run id from TFX's portable launchers (Beam, Kubeflow V2), or Airflow's own.
         run_id = (self._context.pipeline_run_id if self._context else None) or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")

@@ -109,7 +109,9 @@ def adapter_base(path: str) -> str:
     if not base:
         hint = "its adapter_config.json names no base_model_name_or_path; copy the base model directory to base/"
     elif base.startswith("models:/"):
-        hint = "load it through the registry (tfx_gpt2.registry.champion), which stages the base beside it"
+        hint = (f"load it with tfx_gpt2.registry.champion.load_model_with_base, which fetches {base} from the "
+                f"registry, or put the base's model directory in {staged} (`mlflow artifacts download -u {base}`, "
+                "then its artifacts/model_dir)")
     elif base in HF_HUB_NAMES or base in HF_HUB_NAMES.values():
         size = HF_HUB_NAMES.get(base, base)
         hint = (f"download OpenAI's {size} there (tfx_gpt2.model.checkpoints.download_openai_checkpoint"

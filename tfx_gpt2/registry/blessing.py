@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 from tfx_gpt2.config.pipeline import check_min_improvement
 from tfx_gpt2.model.checkpoints import load_model
 from tfx_gpt2.progress import get_logger
-from tfx_gpt2.registry.champion import download_champion
+from tfx_gpt2.registry.champion import download_champion, load_model_with_base
 from tfx_gpt2.text.blocks import block_dataset
 from tfx_gpt2.text.bpe import BPETokenizer
 from tfx_gpt2.training.evaluation import evaluate
@@ -121,7 +121,7 @@ def decide_again(metrics: Dict[str, float], tracking_uri: str, name: str, model_
                  batch_size: int = 8):
     """(blessed, reason) for the model in `model_dir` against the current champion of `name`, with
     the evaluator's `metrics` and rule (`decision_params`), scored on the same `eval_files`."""
-    candidate = load_model(model_dir)
+    candidate = load_model_with_base(model_dir, tracking_uri)
     champion = score_champion(tracking_uri, name, candidate, BPETokenizer.from_dir(model_dir).encoder, eval_files,
                               batch_size)
     if champion.not_comparable:

@@ -143,6 +143,16 @@ def fetch_adapter_base(model_dir: str, tracking_uri: Optional[str] = None, dst: 
     return pyfunc_model_dir(local) or local
 
 
+def load_model_with_base(model_dir: str, tracking_uri: Optional[str] = None):
+    """`load_model(model_dir)`, where an adapter folder whose base is a registered version
+    (`models:/`, as a warm start from an adapter champion writes) gets that base from the registry,
+    into a temporary folder removed once the model is loaded."""
+    from tfx_gpt2.model.checkpoints import load_model
+
+    with tempfile.TemporaryDirectory(prefix="base-") as tmp:
+        return load_model(model_dir, base_dir=fetch_adapter_base(model_dir, tracking_uri, tmp))
+
+
 def stage_adapter_base(model_dir: str, tracking_uri: Optional[str] = None) -> None:
     """`fetch_adapter_base` into `model_dir/base/`, where the loaders look first (for a folder this
     process downloaded; a pyfunc's own artifacts are left as they are)."""

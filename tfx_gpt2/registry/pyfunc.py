@@ -16,7 +16,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from tfx_gpt2.config.model import SAMPLING_PARAM_DEFAULTS
-from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, fetch_adapter_base
+from tfx_gpt2.registry.champion import MODEL_DIR_ARTIFACT, load_model_with_base
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),
@@ -53,16 +53,15 @@ def prompts_of(model_input: Any) -> List[str]:
 
 class GPT2PyFunc(mlflow.pyfunc.PythonModel):
     """Loads the tfx-gpt2 model directory logged as the `model_dir` artifact; a LoRA adapter
-    directory's base comes from the registry (`fetch_adapter_base`, into a folder of its own, so
-    that the artifacts stay as logged) and the adapters are merged."""
+    directory's base comes from the registry (`load_model_with_base`, into a temporary folder of its
+    own, so that the artifacts stay as logged) and the adapters are merged."""
 
     def load_context(self, context):
-        from tfx_gpt2.model.checkpoints import load_model
         from tfx_gpt2.model.generate import Generator
         from tfx_gpt2.text.bpe import BPETokenizer
 
         path = context.artifacts[MODEL_DIR_ARTIFACT]
-        model = load_model(path, base_dir=fetch_adapter_base(path))
+        model = load_model_with_base(path)
         self.generator = Generator(model, BPETokenizer.from_dir(path))
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[Dict[str, Any]] = None) -> List[str]:

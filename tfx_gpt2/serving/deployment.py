@@ -93,24 +93,24 @@ def model_dir_of(pinned: str) -> str:
     return path
 
 
-def registered_base_of(path: str) -> Optional[str]:
-    """The local directory of the registered base of the adapters in `path`, downloaded; None when
-    `path` holds a full model or names its base's directory itself."""
+def load_version_model(path: str):
+    """The model of a downloaded version's folder; LoRA adapters are merged onto their registered
+    base, fetched from the registry into a temporary folder that is removed once loaded (a hot swap
+    leaves no copy behind)."""
     from mlflow.exceptions import MlflowException
 
-    from tfx_gpt2.registry.champion import fetch_adapter_base
+    from tfx_gpt2.registry.champion import load_model_with_base
 
     try:
-        return fetch_adapter_base(path)
+        return load_model_with_base(path)
     except (MlflowException, OSError) as e:
-        raise ModelLoadError(f"cannot download the base of the adapters in {path}: {e}") from None
+        raise ModelLoadError(f"cannot load the model in {path} (adapters: with their registered base): {e}") from None
 
 
 def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int], None]] = None,
          resolved: Optional[Tuple[str, str, str]] = None, note: Callable[[str], None] = lambda phase: None) -> Served:
     """Resolves (unless `resolved` is given), loads and compiles `uri`; the engine is started.
     `note` is told each phase as it begins."""
-    from tfx_gpt2.model.checkpoints import load_model
     from tfx_gpt2.text.bpe import BPETokenizer
 
     if resolved is None:
@@ -119,7 +119,7 @@ def load(uri: str, engine_config: EngineConfig, on_batch: Optional[Callable[[int
     note(f"downloading {pinned}")
     path = model_dir_of(pinned)
     note(f"loading version {version} from {path}")
-    model = load_model(path, base_dir=registered_base_of(path))  # LoRA adapters merged at load
+    model = load_version_model(path)  # LoRA adapters merged at load
     tokenizer = BPETokenizer.from_dir(path)
     engine = Engine(model, tokenizer, engine_config, on_batch=on_batch)
     note(f"compiling version {version}: {sum(programs_expected(engine_config, model.config.n_ctx).values())} "
