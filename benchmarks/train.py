@@ -170,6 +170,22 @@ def memory_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def benchmark_base(args):
+    """The model both sides of `--lora` start from: `--base`, or a seeded random 124M at `--seq-len`."""
+    import dataclasses
+
+    import keras
+
+    from tfx_gpt2.config.model import model_preset
+    from tfx_gpt2.model.checkpoints import load_model
+    from tfx_gpt2.model.gpt2 import GPT2
+
+    if args.base:
+        return load_model(args.base)
+    keras.utils.set_random_seed(0)
+    return GPT2(dataclasses.replace(model_preset("124M"), n_ctx=args.seq_len))
+
+
 def lora_variant(kind: str, args) -> dict:
     """One side of `--lora` (`kind` 'lora' or 'full'), in this process; its figures."""
     import dataclasses
@@ -177,38 +193,33 @@ def lora_variant(kind: str, args) -> dict:
 
     import tensorflow as tf
 
-    from tfx_gpt2.config.model import model_preset, train_preset, with_max_steps
-    from tfx_gpt2.model.checkpoints import load_model
-    from tfx_gpt2.model.gpt2 import GPT2
+    from tfx_gpt2.config.model import train_preset, with_max_steps
     from tfx_gpt2.text.blocks import block_dataset
     from tfx_gpt2.training.evaluation import evaluate
-    from tfx_gpt2.training.loop import train
+    from tfx_gpt2.training.loop import precision_policy, train
     from tfx_gpt2.training.perplexity import perplexity
 
     gpus = tf.config.list_physical_devices("GPU")
     start = memory_now()
-    base = load_model(args.base) if args.base else None
-    cfg = dataclasses.replace(base.config if base else model_preset("124M"), n_ctx=args.seq_len)
-    if base is None:
-        import keras
-
-        keras.utils.set_random_seed(0)
-        base = GPT2(cfg)
     steps = args.steps or 20
     preset = train_preset("lora" if kind == "lora" else "finetune")
     tc = dataclasses.replace(with_max_steps(preset, steps + args.warmup), batch_size=args.batch, eval_every=10_000,
-                             eval_batches=1,
-                             log_every=1, checkpoint_every=0, checkpoint_every_seconds=0.0, lora_dropout=0.0,
-                             shuffle_buffer=64, samples_every=0)
+                             eval_batches=1, log_every=1, checkpoint_every=0, checkpoint_every_seconds=0.0,
+                             lora_dropout=0.0, shuffle_buffer=64, samples_every=0,
+                             mixed_precision=args.mixed_precision, recompute=args.recompute)
     files = [os.path.join(args.data, s, "*") for s in ("train", "eval")]
-    model, result = train(cfg, tc, [files[0]], [files[1]], model=base)
+    # Loaded by train(), which keeps one copy of the weights: the model it trains.
+    model, result = train(None, tc, [files[0]], [files[1]], load_model=lambda: benchmark_base(args))
+    cfg = model.config
     eval_loss, _ = evaluate(model, block_dataset([files[1]], cfg.n_ctx + 1, args.batch))
-    peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] if gpus
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+    peak = tf.config.experimental.get_memory_info("GPU:0" if gpus else "CPU:0")["peak"]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
     return {"kind": kind, "trainable": result.trainable_params, "params": cfg.num_params(),
             "tokens_per_sec": float(np.median([h["tokens_per_sec"] for h in result.history[args.warmup:]])),
-            "peak_bytes": int(peak), "memory": "GPU allocator peak" if gpus else "peak RSS above start (CPU)",
-            "eval_perplexity": perplexity(eval_loss), "steps": result.steps}
+            "peak_bytes": int(peak), "rss_bytes": int(rss),
+            "memory": "TensorFlow allocator peak, " + ("GPU:0" if gpus else "CPU:0"),
+            "eval_perplexity": perplexity(eval_loss), "steps": result.steps,
+            "policy": precision_policy(args.mixed_precision)}
 
 
 def compare_lora(args) -> dict:
@@ -222,21 +233,27 @@ def compare_lora(args) -> dict:
         for kind in ("full", "lora"):
             cmd = [sys.executable, os.path.abspath(__file__), "--variant", kind, "--data", tmp, "--seq-len",
                    str(args.seq_len), "--batch", str(args.batch), "--steps", str(args.steps or 20), "--warmup",
-                   str(args.warmup)] + (["--base", args.base] if args.base else [])
+                   str(args.warmup), "--mixed-precision", args.mixed_precision]
+            cmd += ["--recompute"] if args.recompute else []
+            cmd += ["--base", args.base] if args.base else []
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             sides[kind] = json.loads(out.strip().splitlines()[-1])
     full, lora = sides["full"], sides["lora"]
     ratios = {"trainable_share": lora["trainable"] / lora["params"],
               "memory_ratio": lora["peak_bytes"] / full["peak_bytes"],
+              "rss_ratio": lora["rss_bytes"] / full["rss_bytes"],
               "speed_ratio": lora["tokens_per_sec"] / full["tokens_per_sec"]}
-    print(f"\n124M shape, seq {args.seq_len}, batch {args.batch}, {full['steps']} steps each; memory: {full['memory']}\n")
-    print("| | trainable params | peak memory | tokens/s | eval perplexity |")
-    print("|---|---|---|---|---|")
+    print(f"\n124M shape, seq {args.seq_len}, batch {args.batch}, {full['steps']} steps each, mixed precision "
+          f"{args.mixed_precision} ({full['policy']}){', recompute' if args.recompute else ''}; peak memory: {full['memory']}\n")
+    print("| | trainable params | peak memory | peak RSS above start | tokens/s | eval perplexity |")
+    print("|---|---|---|---|---|---|")
     for side in (full, lora):
         print(f"| {side['kind']} | {side['trainable']:,} ({side['trainable'] / side['params']:.2%}) | "
-              f"{side['peak_bytes'] / 2**30:.2f} GiB | {side['tokens_per_sec']:,.0f} | {side['eval_perplexity']:.1f} |")
+              f"{side['peak_bytes'] / 2**30:.2f} GiB | {side['rss_bytes'] / 2**30:.2f} GiB | "
+              f"{side['tokens_per_sec']:,.0f} | {side['eval_perplexity']:.1f} |")
     print(f"\nLoRA/full: trainable {ratios['trainable_share']:.2%} of the parameters (target < 1%), peak memory "
-          f"{ratios['memory_ratio']:.2f}x (target <= 0.60), tokens/s {ratios['speed_ratio']:.2f}x (target >= 1.2)")
+          f"{ratios['memory_ratio']:.2f}x (target <= 0.60; peak RSS {ratios['rss_ratio']:.2f}x), tokens/s "
+          f"{ratios['speed_ratio']:.2f}x (target >= 1.2)")
     return {**sides, **ratios}
 
 
@@ -253,6 +270,10 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: see above)")
     parser.add_argument("--lora", action="store_true", help="LoRA rank 8 against a full fine-tune (see above)")
     parser.add_argument("--base", default="", help="--lora: the checkpoint to fine-tune (default: a random 124M)")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                        help="--lora: TrainConfig.mixed_precision of both sides (auto: bf16 on recent GPUs, off on a CPU)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="--lora: both sides recompute each block's activations in the backward pass")
     parser.add_argument("--variant", choices=["full", "lora"], help=argparse.SUPPRESS)  # one side of --lora
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -29,6 +29,7 @@ configs and the data, so that a Trainer re-run after a crash resumes where it st
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -68,6 +69,8 @@ def load_base_model(path: str, tokenizer: BPETokenizer, keep_adapters: bool = Fa
     from tfx_gpt2.model.checkpoints import load_checkpoint
 
     model, base_tokenizer = load_checkpoint(path, merge_adapters=not keep_adapters)
+    logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)%s", path, f"{model.config.num_params():,}",
+                model.config.n_ctx, " with LoRA adapters" if keep_adapters else "")
     if model.config.n_vocab != tokenizer.vocab_size or base_tokenizer.encoder != tokenizer.encoder:
         raise TrainingError(
             f"the checkpoint {path} has a vocabulary of {model.config.n_vocab} tokens but the data was encoded "
@@ -117,16 +120,14 @@ def run_fn(fn_args) -> None:
         make_strategy("multi_worker")  # before any TensorFlow op, e.g. loading the base model
     vocab_dir = local_copy(os.path.join(_examples_uri(fn_args.train_files[0]), "vocab"))
     tokenizer = BPETokenizer.from_dir(vocab_dir)
-    base_model, init = None, {}
+    load, init = None, {}
     base = _base_dir(getattr(fn_args, "base_model", None))
     registered = read_registered(base) if base else None
     if registered is not None:
         base, train_config, init = warm_start(registered, base, train_config, custom)
     if base:
-        base_model = load_base_model(local_copy(base), tokenizer, keep_adapters=train_config.lora is not None)
-        logger.info("FINE-TUNING the checkpoint %s (%s parameters, n_ctx %d)%s", base,
-                    f"{base_model.config.num_params():,}", base_model.config.n_ctx,
-                    " with LoRA adapters" if train_config.lora else "")
+        # train() loads it, and releases it once its weights are copied into the model it trains.
+        load = functools.partial(load_base_model, local_copy(base), tokenizer, train_config.lora is not None)
     elif train_config.lora is not None:
         raise TrainingError("TrainConfig.lora_rank > 0 trains adapters on a base model, and this run has none; give "
                             "the pipeline a checkpoint to fine-tune (init_checkpoint), or train from scratch "
@@ -141,7 +142,7 @@ def run_fn(fn_args) -> None:
                                      *fn_args.train_files, base or "scratch")
     model, result = train(
         model_config, train_config, fn_args.train_files, fn_args.eval_files, log_dir=fn_args.model_run_dir,
-        model=base_model, checkpoint_dir=checkpoints, tokenizer=tokenizer,
+        load_model=load, checkpoint_dir=checkpoints, tokenizer=tokenizer,
     )
     out = fn_args.serving_model_dir
     if train_config.distribution == "multi_worker":

@@ -25,12 +25,13 @@ The TFX Trainer's `run_fn` (tfx_gpt2/components/trainer.py) only resolves paths 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -554,6 +555,7 @@ def train(
     model: Optional[GPT2] = None,
     checkpoint_dir: Optional[str] = None,
     tokenizer=None,
+    load_model: Optional[Callable[[], GPT2]] = None,
 ) -> Tuple[GPT2, TrainResult]:
     """Trains GPT-2 on packed blocks.
 
@@ -563,7 +565,12 @@ def train(
         train_files: globs of the training block files.
         eval_files: globs of the eval block files.
         log_dir: TensorBoard log directory (`train/` and `eval/` runs are written below it).
-        model: a model to start from (fine-tuning); a new one is initialised if None.
+        model: a model to start from (fine-tuning); a new one is initialised if None and there is
+            no `load_model`. Its weights are copied into the model trained; it stays in memory as
+            long as the caller holds it, which is the whole call.
+        load_model: instead of `model`, a function that returns it: train() then holds the only
+            reference and releases it once its weights are copied, so that one copy of the
+            weights stays in memory while training (a 1558M model is 6 GB a copy).
         checkpoint_dir: where resumable checkpoints go (with `checkpoint_every`); if it holds one,
             training resumes from it: same step, optimizer state and data position.
         tokenizer: a `BPETokenizer`, for text samples (`samples_every`); None: no samples.
@@ -574,11 +581,16 @@ def train(
     Raises:
         TrainingError: the data does not fit the model, or the loss became NaN or infinite.
     """
+    if model is not None and load_model is not None:
+        raise ValueError("train() takes a model to start from or a function that loads one (load_model), not both.")
+    # A list that _train() empties once the weights are copied: then nothing holds the loaded model.
+    handed_over = [load_model()] if load_model is not None else [model] if model is not None else []
+    del model
     previous_policy = keras.config.dtype_policy()
     policy = precision_policy(train_config.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(model_config, train_config, train_files, eval_files, log_dir, model, checkpoint_dir,
+        return _train(model_config, train_config, train_files, eval_files, log_dir, handed_over, checkpoint_dir,
                       tokenizer, policy)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -652,15 +664,18 @@ def _announce(model_config: GPT2Config, cfg: TrainConfig, max_steps: int, start:
     )
 
 
-def _train(model_config, cfg, train_files, eval_files, log_dir, init_model, checkpoint_dir, tokenizer, policy):
+def _train(model_config, cfg, train_files, eval_files, log_dir, handed_over, checkpoint_dir, tokenizer, policy):
     # First: MultiWorkerMirroredStrategy configures collective ops, which must precede any op.
     strategy = make_strategy(cfg.distribution)
+    init_model = handed_over.pop() if handed_over else None
     keras.utils.set_random_seed(cfg.seed)
     model_config = _effective_config(model_config, cfg, init_model, train_files, eval_files)
     block_len = model_config.n_ctx + 1
     max_steps = steps_for(cfg, train_files)
     _check_batch_split(cfg, strategy.num_replicas_in_sync)
     state = build_state(model_config, cfg, init_model, strategy, policy, max_steps)
+    del init_model  # copied: free its weights now, not after training (its layers refer to each other)
+    gc.collect()
     checkpoints = open_checkpoints(state, checkpoint_dir, cfg, strategy)
     chief = worker_role(strategy)[0]
     start = int(state.step.numpy())
