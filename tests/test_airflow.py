@@ -23,7 +23,7 @@ from mlflow_helpers import free_port
 BIN = os.path.dirname(sys.executable)
 DAG_ID = "tfx-gpt2-airflow-test"
 TASKS = ["TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
-         "PerplexityEvaluator", "MlflowPusher", "latest_spans", "champion_model"]
+         "PerplexityEvaluator", "MlflowPusher", "latest_spans", "champion_model", "eval_tasks"]
 FEEDBACK_DAG = DAG_ID + "-feedback"
 
 

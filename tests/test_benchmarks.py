@@ -91,3 +91,12 @@ def test_sample_benchmark_smoke(capsys):
     assert [r["setting"] for r in rows] == [s[0] for s in sample.SETTINGS]
     assert all(r["ms"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
     assert "peer: greedy decoding" in capsys.readouterr().out
+
+
+def test_evaluate_benchmark_smoke(capsys):
+    import evaluate
+
+    result = evaluate.main(["--shape", "tiny", "--n-ctx", "64", "--items", "20", "--token-budget", "512"])
+    assert result["requests"] == 80 and result["ours"] > 0 and result["peer"] > 0
+    assert result["metrics"]["items"] == 20 and 0 <= result["metrics"]["acc"] <= 1
+    assert "ours / peer" in capsys.readouterr().out

@@ -46,7 +46,7 @@ from tfx_gpt2.registry.client import set_tracking_uri
 
 NAME = "e2e-tiny"
 COMPONENTS = {"TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder", "Trainer",
-              "PerplexityEvaluator", "MlflowPusher"}
+              "PerplexityEvaluator", "MlflowPusher", "eval_tasks"}
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +224,48 @@ def test_mlflow_version_metrics_and_model(runs):
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")  # version 1 again
     texts = model.predict(["The for statement"], params={"max_new_tokens": 5, "temperature": 0.0})
     assert len(texts) == 1 and isinstance(texts[0], str) and texts[0]
+
+
+def test_evaluation_beyond_perplexity_reaches_mlflow_tensorboard_and_lineage(runs, capsys):
+    """Next-word accuracy, the bundled task files and sample quality: in the run's summary, the
+    MLflow run and version, the evaluation's TensorBoard scalars, and `tfx-gpt2 lineage`."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tfx_gpt2.cli import main as cli
+
+    out, first, _ = runs
+    figures = ["next_word_accuracy", "next_word_perplexity", "task_pydoc_last_word_acc",
+               "task_pydoc_last_word_acc_norm", "task_pydoc_next_sentence_acc", "sample_distinct_1",
+               "sample_distinct_2", "sample_repeated_4gram_share", "sample_mean_words"]
+    assert 0 < first["next_word_documents"] <= 200 and first["task_pydoc_last_word_items"] == 100
+    assert 0 <= first["next_word_accuracy"] <= 1 and first["next_word_perplexity"] > 1
+    assert 0 < first["sample_distinct_1"] <= 1 and first["samples"] == 8 and first["sample_mean_words"] > 0
+    client = MlflowClient(tracking_uri=layout(out).mlflow_tracking_uri)
+    version = client.get_model_version(NAME, "1")
+    run = client.get_run(version.run_id)
+    for name in figures:
+        assert run.data.metrics[name] == pytest.approx(first[name])
+        assert float(version.tags[f"tfx_gpt2.eval.{name}"]) == pytest.approx(first[name], rel=1e-5)
+    assert json.loads(version.tags["tfx_gpt2.eval.gate"]) == [
+        {"metric": "eval_perplexity", "direction": "lower", "margin": 0.0}]
+    samples = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation_samples.json"))
+    assert len(samples) == 8 and all(s["prompt"] and "text" in s for s in samples)
+    events = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/tensorboard/evaluation",
+                                                 tracking_uri=layout(out).mlflow_tracking_uri)
+    acc = EventAccumulator(events)
+    acc.Reload()
+    assert set(figures) <= set(acc.Tags()["tensors"])
+    assert [e.step for e in acc.Tensors("next_word_accuracy")] == [80]  # the model's training steps
+    from tfx_gpt2.orchestration.run_report import report
+
+    printed = report(first)  # what the end of a run prints
+    assert "Next word:        accuracy" in printed and "Task:             pydoc_next_sentence: acc" in printed
+    assert "Samples:          distinct-1" in printed
+    cli(["lineage", f"models:/{NAME}/1", "--output-dir", out])
+    printed = capsys.readouterr().out
+    assert "evaluation: " in printed and f"next_word_accuracy {version.tags['tfx_gpt2.eval.next_word_accuracy']}" \
+        in printed and "gate: eval_perplexity lower (margin 0)" in printed
 
 
 def test_tensorboard_has_training_loss(runs):

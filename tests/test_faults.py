@@ -135,7 +135,11 @@ def test_a_champion_that_moved_after_the_evaluation_is_compared_at_push_time(mlf
     from tfx.types import standard_artifacts
 
     from tfx_gpt2.components.mlflow_pusher import current_blessing
+    from tfx_gpt2.config.pipeline import GateMetric
+    from tfx_gpt2.registry.blessing import gate_json
     from tfx_gpt2.registry.champion import NO_CHAMPION
+    from tfx_gpt2.training.quality import QualityData
+    from tfx_gpt2.training.tasks import TaskItem
 
     name = "faults-moved"
     examples = standard_artifacts.Examples()
@@ -144,13 +148,14 @@ def test_a_champion_that_moved_after_the_evaluation_is_compared_at_push_time(mlf
     write_blocks(str(tmp_path / "examples" / "Split-eval" / "blocks.gz"), [[(7 * i + j) % 500 for j in range(17)]
                                                                           for i in range(4)])
 
-    def evaluated(perplexity):
+    def evaluated(perplexity, **gated):
         evaluation, blessing = standard_artifacts.ModelEvaluation(), standard_artifacts.ModelBlessing()
-        evaluation.uri = str(tmp_path / f"evaluation-{perplexity}")
+        evaluation.uri = str(tmp_path / f"evaluation-{perplexity}-{len(gated)}")
         os.makedirs(evaluation.uri, exist_ok=True)
         with open(os.path.join(evaluation.uri, "metrics.json"), "w") as f:
             json.dump({"eval_perplexity": perplexity, "eval_unigram_perplexity": 1e6, "perplexity_threshold": 1e9,
-                       "min_improvement": 0.0, "beat_baseline": 1}, f)
+                       "min_improvement": 0.0, "beat_baseline": 1, **gated}, f)
+        QualityData(tasks={"t": (TaskItem("Python is a", ("language", "banana"), 0),) * 3}).save(evaluation.uri)
         evaluation.set_string_custom_property("champion_key", NO_CHAMPION)
         blessing.set_int_custom_property("blessed", 1)
         blessing.set_string_custom_property("reason", "no champion to beat")
@@ -168,6 +173,14 @@ def test_a_champion_that_moved_after_the_evaluation_is_compared_at_push_time(mlf
     blessed, reason, compared = current_blessing(mlflow_server.uri, name, "m1", models[1], *evaluated(1e7),
                                                  [examples])
     assert not blessed and "moved from none to version 1" in reason and "not below the champion's" in reason
+    # A gate on a task's accuracy: the new champion is scored on the items kept with the evaluation.
+    gate = gate_json((GateMetric("eval_perplexity"), GateMetric("task_t_acc", "higher")))
+    blessed, reason, _ = current_blessing(mlflow_server.uri, name, "m1", models[1],
+                                          *evaluated(1.0, gate=gate, task_t_acc=-1.0), [examples])
+    assert not blessed and "decided again: task_t_acc -1 is not above the champion's" in reason
+    blessed, reason, _ = current_blessing(mlflow_server.uri, name, "m1", models[1],
+                                          *evaluated(1.0, gate=gate, task_t_acc=2.0), [examples])
+    assert blessed and "task_t_acc 2 is above the champion's" in reason
     # Without the blocks to score it on, the model is not promoted, and the reason says what to do.
     blessed, reason, _ = current_blessing(mlflow_server.uri, name, "m1", models[1], *evaluated(1.0), None)
     assert not blessed and "run the pipeline again" in reason

@@ -55,7 +55,7 @@ def compiled(tmp_path_factory):
 
 def test_every_component_with_its_image_and_arguments(compiled):
     _, spec, deployment, stdout = compiled
-    assert set(spec.root.dag.tasks) == TASKS | {"base_model"}
+    assert set(spec.root.dag.tasks) == TASKS | {"base_model", "eval_tasks"}  # the two importers
     assert spec.pipeline_info.name == "tfx-gpt2"
     for name in TASKS:
         container = deployment.executors[f"{name}_executor"].container
@@ -66,7 +66,7 @@ def test_every_component_with_its_image_and_arguments(compiled):
     trainer = deployment.executors["Trainer_executor"].container.resources
     assert (trainer.accelerator.type, trainer.accelerator.count) == ("NVIDIA_L4", 1)
     assert trainer.cpu_limit == 8.0 and trainer.memory_limit == 32.0
-    assert "9 tasks" in stdout
+    assert "10 tasks" in stdout
     # KFP runs no TFX driver, so its cache cannot see the champion move: the evaluator and the
     # pusher always run; the other steps keep KFP's cache.
     uncached = {name for name, task in spec.root.dag.tasks.items() if not task.caching_options.enable_cache}
@@ -137,7 +137,7 @@ def test_the_compiled_pipeline_runs_to_a_registered_model(tmp_path, monkeypatch,
                              capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         ran = [line.split("]")[0][1:] for line in run.stdout.splitlines() if line.endswith(" s") and "done in" in line]
-        assert sorted(ran) == sorted(TASKS - {"MongoExampleGen"} | {"TextExampleGen"})
+        assert sorted(ran) == sorted(TASKS - {"MongoExampleGen"} | {"TextExampleGen", "eval_tasks"})
         # The Trainer's pod would ask for the default GPU; the local run says so.
         assert "[Trainer] the spec asks for 8 CPU, 32 GB, 1 x NVIDIA_TESLA_T4 (not enforced here)" in run.stdout
         with open(root / "run-1" / "MlflowPusher" / "executor_output.json") as f:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -106,3 +107,63 @@ def test_fine_tuning_is_an_explicit_base_model_input(tmp_path):
     downloaded = {c.id: c for c in build(init_checkpoint="openai:355M").components}
     assert downloaded["base_model"].exec_properties["size"] == "355M"
     assert json.loads(downloaded["MlflowPusher"].exec_properties["params_json"])["train.init"] == "openai:355M"
+
+
+def test_the_evaluation_settings_and_the_gate_reach_the_evaluator(tmp_path):
+    from conftest import REPO
+
+    from tfx_gpt2.config.pipeline import EvalConfig, GateMetric
+
+    tasks = os.path.join(REPO, "data", "tasks")
+    gate = (GateMetric("eval_perplexity", "lower", 0.01), GateMetric("task_pydoc_last_word_acc", "higher", -0.05))
+    registry = RegistryConfig("sqlite:////tmp/mlflow.db", gate=gate)
+    pipeline = create_pipeline("p", "/tmp/root", DataConfig(TextFolder("/tmp/data")), TrainingSetup(), registry,
+                               evaluation=EvalConfig(tasks_dir=tasks, next_word_documents=50, samples=4))
+    by_id = {c.id: c for c in pipeline.components}
+    evaluator = by_id["PerplexityEvaluator"]
+    assert by_id["eval_tasks"].exec_properties["artifact_uri"] == tasks
+    assert set(evaluator.inputs) == {"model", "examples", "documents", "tasks"}
+    assert evaluator.inputs["documents"] is by_id["BpeEncoder"].inputs["examples"]  # the documents as text
+    assert (evaluator.exec_properties["next_word_documents"], evaluator.exec_properties["samples"]) == (50, 4)
+    assert json.loads(evaluator.exec_properties["gate"]) == [
+        {"metric": "eval_perplexity", "direction": "lower", "margin": 0.01},
+        {"metric": "task_pydoc_last_word_acc", "direction": "higher", "margin": -0.05}]
+    # Off: no importer, no documents input; the default gate is perplexity with min_improvement.
+    off = create_pipeline("p", "/tmp/root", DataConfig(TextFolder("/tmp/data")), TrainingSetup(),
+                          RegistryConfig("sqlite:////tmp/mlflow.db", min_improvement=0.02),
+                          evaluation=EvalConfig(next_word_documents=0, samples=0))
+    by_id = {c.id: c for c in off.components}
+    assert "eval_tasks" not in by_id and set(by_id["PerplexityEvaluator"].inputs) == {"model", "examples"}
+    assert json.loads(by_id["PerplexityEvaluator"].exec_properties["gate"]) == [
+        {"metric": "eval_perplexity", "direction": "lower", "margin": 0.02}]
+
+
+@pytest.mark.parametrize("gate, evaluation, message", [
+    (("next_word_accuracy", "higher"), dict(next_word_documents=0), "does not measure"),
+    (("task_nope_acc", "higher"), dict(tasks_dir="TASKS"), "has the tasks \\['pydoc_last_word', 'pydoc_next_sentence'\\]"),
+    (("task_pydoc_last_word_acc", "higher"), dict(), "does not measure"),
+    (("sample_distinct_2", "higher"), dict(samples=0), "does not measure"),
+])
+def test_a_gate_metric_that_is_not_measured_is_refused_when_the_pipeline_is_built(gate, evaluation, message):
+    from conftest import REPO
+
+    from tfx_gpt2.config.pipeline import EvalConfig, GateMetric
+
+    evaluation = {k: os.path.join(REPO, "data", "tasks") if v == "TASKS" else v for k, v in evaluation.items()}
+    with pytest.raises(ConfigError, match=message):
+        create_pipeline("p", "/tmp/root", DataConfig(TextFolder("/tmp/data")), TrainingSetup(),
+                        RegistryConfig("sqlite:////tmp/mlflow.db", gate=(GateMetric(*gate),)),
+                        evaluation=EvalConfig(**evaluation))
+
+
+def test_bad_evaluation_settings_are_named():
+    from tfx_gpt2.config.pipeline import EvalConfig, GateMetric
+
+    with pytest.raises(ConfigError, match="EvalConfig.samples = -1 must be a whole number"):
+        EvalConfig(samples=-1)
+    with pytest.raises(ConfigError, match="EvalConfig.tasks_dir = '/nowhere' is not a folder"):
+        EvalConfig(tasks_dir="/nowhere")
+    with pytest.raises(ConfigError, match="min_improvement applies to the default gate only"):
+        RegistryConfig("sqlite:////tmp/m.db", min_improvement=0.01, gate=(GateMetric("eval_perplexity"),))
+    with pytest.raises(ConfigError, match="names a metric twice"):
+        RegistryConfig("sqlite:////tmp/m.db", gate=(GateMetric("eval_perplexity"), GateMetric("eval_perplexity")))

@@ -453,3 +453,28 @@ def test_logprobs_and_echo_are_the_models_log_softmax(our_serve, client, keras_m
     streamed = [c.logprobs for c in chunks if c.logprobs is not None]
     assert [t for lp in streamed for t in lp.tokens] == generated.choices[0].logprobs.tokens
     assert [v for lp in streamed for v in lp.token_logprobs] == generated.choices[0].logprobs.token_logprobs
+
+
+def test_a_task_file_scores_the_same_through_completions(our_serve, keras_model, tokenizer, tmp_path):
+    """lm-evaluation-harness's two ways, ours: in process (`score_requests`, batched and padded) and
+    through the served model's /v1/completions logprobs with echo; the same scores and accuracies."""
+    import numpy as np
+
+    from tfx_gpt2.serving.task_client import score_via_completions, task_metrics_via_completions
+    from tfx_gpt2.training.tasks import choice_metrics, choice_requests, read_task_file, score_requests
+
+    path = tmp_path / "short.jsonl"  # short enough for the served model's context of 16 tokens
+    path.write_text("".join(json.dumps(item) + "\n" for item in [
+        {"context": "Python is a", "choices": ["language", "snake", "banana split"], "gold": 0},
+        {"context": "The for", "choices": ["statement", "loop", "while"], "gold": 0},
+        {"context": "", "choices": ["Hello", "World"], "gold": 1},
+        {"context": "A list is ", "choices": ["mutable", "immutable"], "gold": 0},
+    ]))
+    items = read_task_file(str(path))
+    requests = choice_requests(tokenizer, items)
+    local = score_requests(keras_model, requests)
+    served = score_via_completions(our_serve.url, requests, model=NAME)
+    assert [s.greedy for s in served] == [s.greedy for s in local]
+    assert np.allclose([s.logprob for s in served], [s.logprob for s in local], atol=1e-4)
+    assert task_metrics_via_completions(our_serve.url, tokenizer, items, model=NAME) == \
+        choice_metrics(items, [s.logprob for s in local])

@@ -117,3 +117,20 @@ def test_connecting_to_mlflow_leaves_the_settings_of_the_next_run_alone(monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mine:5000")
     set_tracking_uri(f"sqlite:///{tmp_path}/second.db")
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mine:5000"
+
+
+def test_evaluation_and_gate_settings():
+    from tfx_gpt2.config.pipeline import GateMetric
+    from tfx_gpt2.config.settings import BUNDLED_TASKS
+
+    s = from_env({"TFX_GPT2_GATE": "eval_perplexity:lower:0.01,next_word_accuracy:higher:-0.02",
+                  "TFX_GPT2_NEXT_WORD_DOCUMENTS": "50", "TFX_GPT2_EVAL_SAMPLES": "0"})
+    assert s.registry_config().gate == (GateMetric("eval_perplexity", "lower", 0.01),
+                                        GateMetric("next_word_accuracy", "higher", -0.02))
+    assert s.eval_config().tasks_dir == BUNDLED_TASKS and s.eval_config().next_word_documents == 50
+    assert s.eval_config().samples == 0
+    assert from_env({"TFX_GPT2_EVAL_TASKS_DIR": "none"}).eval_config().tasks_dir == ""
+    with pytest.raises(SettingsError, match="TFX_GPT2_GATE entry 'next_word_accuracy' is not metric:direction"):
+        from_env({"TFX_GPT2_GATE": "next_word_accuracy"}).registry_config()
+    with pytest.raises(SettingsError, match="'eval_perplexity:down'.*must be 'lower' or 'higher'"):
+        from_env({"TFX_GPT2_GATE": "eval_perplexity:down"}).registry_config()

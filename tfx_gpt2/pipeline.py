@@ -29,7 +29,9 @@ from tfx_gpt2.components.span_strategy import LatestSpansStrategy
 from tfx_gpt2.components.text_example_gen import TextExampleGen
 from tfx_gpt2.components.vocab_trainer import VocabTrainer
 from tfx_gpt2.config.model import GPT2Config, to_json
-from tfx_gpt2.config.pipeline import DataConfig, RegistryConfig, TextFolder, TrainingSetup
+from tfx_gpt2.components.artifacts import TaskFiles
+from tfx_gpt2.config.model import ConfigError
+from tfx_gpt2.config.pipeline import DataConfig, EvalConfig, GateMetric, RegistryConfig, TextFolder, TrainingSetup
 from tfx_gpt2.config.settings import PipelineSettings
 from tfx_gpt2.registry.client import flatten_params
 
@@ -128,7 +130,7 @@ def _base_model(init_checkpoint: str):
 
 
 def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConfig,
-               model_config: GPT2Config) -> dict:
+               model_config: GPT2Config, evaluation: EvalConfig = EvalConfig()) -> dict:
     """The MLflow run's params: every config, flattened (no secret is in any of them)."""
     train_config = training.train_config
     return {
@@ -140,6 +142,10 @@ def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConf
         "eval.min_improvement": str(registry.min_improvement),
         "eval.compare_with_champion": str(bool(registry.compare_with_champion)),
         "eval.beat_baseline": str(bool(registry.beat_baseline)),
+        "eval.gate": ", ".join(f"{g.metric} {g.direction} (margin {g.margin:g})" for g in registry.gate_metrics),
+        "eval.tasks_dir": evaluation.tasks_dir or "none",
+        "eval.next_word_documents": str(evaluation.next_word_documents),
+        "eval.samples": str(evaluation.samples),
         "train.init": ("the champion when there is one (warm start), else " if training.warm_start else "")
                       + (training.init_checkpoint or "scratch"),
         **(flatten_params("warm_train", json.loads(to_json(training.warm_train_config))) if training.warm_start
@@ -147,8 +153,42 @@ def run_params(data: DataConfig, training: TrainingSetup, registry: RegistryConf
     }
 
 
+def check_gate(gate, evaluation: EvalConfig) -> None:
+    """Refuses a gate metric that `evaluation` does not measure, when the pipeline is built."""
+    from tfx_gpt2.training.tasks import task_files
+
+    tasks = set(task_files(evaluation.tasks_dir)) if evaluation.tasks_dir and "://" not in evaluation.tasks_dir else None
+    for g in gate:
+        if not evaluation.measures(g.metric):
+            raise ConfigError(f"RegistryConfig.gate has {g.metric!r}, which the evaluator does not measure with "
+                              f"{evaluation}; turn its measure on (EvalConfig) or leave it out of the gate")
+        if g.metric.startswith("task_") and tasks is not None and not any(
+                g.metric in (f"task_{t}_acc", f"task_{t}_acc_norm") for t in tasks):
+            raise ConfigError(f"RegistryConfig.gate has {g.metric!r}, but {evaluation.tasks_dir} has the tasks "
+                              f"{sorted(tasks)}: name task_<task>_acc or task_<task>_acc_norm")
+
+
+def evaluator_for(trainer, encoder, train_config, registry: RegistryConfig, evaluation: EvalConfig, name: str):
+    """The PerplexityEvaluator of the pipeline, and the importer of its task files (or None)."""
+    from tfx_gpt2.registry.blessing import gate_json
+
+    tasks = None
+    if evaluation.tasks_dir:
+        tasks = tfx.dsl.Importer(source_uri=evaluation.tasks_dir, artifact_type=TaskFiles).with_id("eval_tasks")
+    evaluator = PerplexityEvaluator(
+        model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
+        perplexity_threshold=registry.perplexity_threshold, batch_size=train_config.batch_size,
+        tracking_uri=registry.tracking_uri, registered_model_name=name, min_improvement=registry.min_improvement,
+        compare_with_champion=int(registry.compare_with_champion), beat_baseline=int(registry.beat_baseline),
+        documents=encoder.inputs["examples"] if evaluation.next_word_documents else None,
+        tasks=tasks.outputs["result"] if tasks else None, gate=gate_json(registry.gate_metrics),
+        next_word_documents=evaluation.next_word_documents, samples=evaluation.samples,
+    )
+    return evaluator, tasks
+
+
 def training_components(pipeline_name: str, encoder, training: TrainingSetup, registry: RegistryConfig,
-                        model_config: GPT2Config, params: dict) -> list:
+                        model_config: GPT2Config, params: dict, evaluation: EvalConfig = EvalConfig()) -> list:
     """[base_model] [-> champion_model] -> Trainer -> PerplexityEvaluator -> MlflowPusher, on the encoder's blocks;
     `model_config` is `training.model_config`, resolved once (it may read the checkpoint)."""
     train_config = training.train_config
@@ -170,12 +210,8 @@ def training_components(pipeline_name: str, encoder, training: TrainingSetup, re
         eval_args=tfx.proto.EvalArgs(num_steps=train_config.eval_batches),
         custom_config=custom_config,
     )
-    evaluator = PerplexityEvaluator(
-        model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
-        perplexity_threshold=registry.perplexity_threshold, batch_size=train_config.batch_size,
-        tracking_uri=registry.tracking_uri, registered_model_name=name, min_improvement=registry.min_improvement,
-        compare_with_champion=int(registry.compare_with_champion), beat_baseline=int(registry.beat_baseline),
-    )
+    evaluator, tasks = evaluator_for(trainer, encoder, train_config, registry, evaluation, name)
+    components += [tasks] if tasks else []
     pusher = MlflowPusher(
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], model_blessing=evaluator.outputs["blessing"],
@@ -194,6 +230,7 @@ def create_pipeline(
     training: TrainingSetup,
     registry: RegistryConfig,
     *,
+    evaluation: EvalConfig = EvalConfig(),
     metadata_connection_config=None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
@@ -207,6 +244,7 @@ def create_pipeline(
         data: the source, vocabulary, splits and validation bounds (`DataConfig`).
         training: the model, training settings and checkpoint (`TrainingSetup`).
         registry: MLflow and the blessing rule (`RegistryConfig`).
+        evaluation: what the evaluator measures beyond perplexity (`EvalConfig`).
         metadata_connection_config: ML Metadata connection (e.g. sqlite for local runs).
         beam_pipeline_args: arguments of the Beam pipelines that data components run.
         enable_cache: reuse outputs of components whose inputs and settings did not change.
@@ -219,9 +257,10 @@ def create_pipeline(
         ...                 TrainingSetup(model="tiny", train="tiny"), RegistryConfig("sqlite:///mlflow.db"))
     """
     model_config = training.model_config  # read once: with a checkpoint directory, from its files
+    check_gate(registry.gate_metrics, evaluation)
     components = data_components(data, model_config.n_ctx + 1)
     components += training_components(pipeline_name, components[-1], training, registry, model_config,
-                                      run_params(data, training, registry, model_config))
+                                      run_params(data, training, registry, model_config, evaluation), evaluation)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=pipeline_root, components=components,
         enable_cache=enable_cache, metadata_connection_config=metadata_connection_config,
@@ -231,18 +270,19 @@ def create_pipeline(
 
 def pipeline_from_settings(settings: PipelineSettings, metadata_connection_config=None,
                            data: Optional[DataConfig] = None, training: Optional[TrainingSetup] = None,
-                           registry: Optional[RegistryConfig] = None):
+                           registry: Optional[RegistryConfig] = None, evaluation: Optional[EvalConfig] = None):
     """`create_pipeline()` for `settings` (what every runner builds); `data`, `training` or
     `registry` replace the configs the settings make."""
     if settings.tracking_uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(settings.tracking_uri[len("sqlite:///"):]), exist_ok=True)
     return create_pipeline(
         settings.pipeline_name, settings.root, data or settings.data_config(), training or settings.training_setup(),
-        registry or settings.registry_config(), metadata_connection_config=metadata_connection_config,
+        registry or settings.registry_config(), evaluation=evaluation or settings.eval_config(),
+        metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(settings.beam_args), enable_cache=settings.enable_cache,
     )
 
 
 # The configs, importable from here with create_pipeline().
-__all__ = ["DataConfig", "RegistryConfig", "TextFolder", "TrainingSetup", "create_data_pipeline", "create_pipeline",
+__all__ = ["DataConfig", "EvalConfig", "GateMetric", "RegistryConfig", "TextFolder", "TrainingSetup", "create_data_pipeline", "create_pipeline",
            "data_components", "pipeline_from_settings"]

@@ -48,18 +48,19 @@ from tfx.utils import path_utils
 
 from tfx_gpt2.components.evaluator import METRICS_FILE
 from tfx_gpt2.components.trainer import SAMPLES_FILE, TRAIN_METRICS_FILE
-from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, lineage_tags
+from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, eval_tags, lineage_tags
 from tfx_gpt2.progress import get_logger
 from tfx_gpt2.registry.blessing import decide_again
 from tfx_gpt2.registry.champion import COMPARED_WITH_TAG, champion_key, load_model_with_base
 from tfx_gpt2.registry.client import redact_uri
 from tfx_gpt2.registry.locks import registry_lock
 from tfx_gpt2.registry.push import SAMPLE_PROMPTS, push_model
+from tfx_gpt2.training.quality import QualityData
 from tfx_gpt2.uris import local_copy
 
 logger = get_logger("tfx_gpt2.pusher")
 # Settings of the blessing rule kept in the evaluation's figures (params of the run, not metrics).
-DECISION_PARAMS = ("perplexity_threshold", "min_improvement", "beat_baseline")
+DECISION_PARAMS = ("perplexity_threshold", "min_improvement", "beat_baseline", "gate")
 
 
 class MlflowPusherSpec(types.ComponentSpec):
@@ -141,6 +142,7 @@ class Executor(base_executor.BaseExecutor):
                 "blessing_reason": reason,
                 COMPARED_WITH_TAG: compared,
                 **lineage_tags(examples_lineage(input_dict.get("examples"))),
+                **eval_tags(eval_metrics, evaluation.get_string_custom_property("gate") or ""),
             }
             result = push_model(
                 tracking_uri=tracking_uri, experiment_name=exec_properties["experiment_name"],
@@ -148,7 +150,7 @@ class Executor(base_executor.BaseExecutor):
                 model_key=model.uri, params=json.loads(exec_properties.get("params_json") or "{}"),
                 history=train_metrics["history"], eval_metrics=eval_metrics, blessed=blessed,
                 tensorboard_dir=model_run.uri, tags=tags, samples=samples, input_example=list(SAMPLE_PROMPTS[:1]),
-                training_samples=training_samples,
+                training_samples=training_samples, evaluation_dir=local_copy(evaluation.uri),
             )
         _record(pushed_model, result, tracking_uri, blessed, reason)
 
@@ -179,7 +181,8 @@ def current_blessing(tracking_uri: str, name: str, model_key: str, model_dir: st
     with fileio.open(os.path.join(evaluation.uri, METRICS_FILE)) as f:
         metrics = json.load(f)
     eval_files = [os.path.join(artifact_utils.get_split_uri(examples, "eval"), "*")]
-    blessed, reason = decide_again(metrics, tracking_uri, name, model_dir, eval_files)
+    blessed, reason = decide_again(metrics, tracking_uri, name, model_dir, eval_files,
+                                   quality=QualityData.load(evaluation.uri))
     logger.warning("%s: decided again: %s", moved, reason)
     return blessed, f"{moved}; decided again: {reason}", now
 

@@ -3,7 +3,10 @@
     data      DataConfig:      where the documents come from (`TextFolder` or `MongoSource`),
                                the vocabulary, the splits and the validation bounds
     training  TrainingSetup:   the model shape, the training settings, the checkpoint to start from
-    registry  RegistryConfig:  MLflow (tracking URI, names) and the blessing rule
+    registry  RegistryConfig:  MLflow (tracking URI, names) and the blessing rule, with its gate
+                               metrics (`GateMetric`)
+    evaluation EvalConfig:     what the evaluator measures beyond perplexity (next-word accuracy,
+                               task files, sample quality)
 
 Every runner (the Beam example and templates, the Airflow DAG, the Kubeflow runner) builds these
 from `tfx_gpt2.config.settings.PipelineSettings`, so that a setting means the same thing everywhere.
@@ -169,6 +172,77 @@ class TrainingSetup:
         return shape
 
 
+PERPLEXITY = "eval_perplexity"
+DIRECTIONS = ("lower", "higher")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateMetric:
+    """One metric the candidate must win on against the champion, both scored on the same data.
+
+    Attributes:
+        metric: an evaluation metric's name (`eval_perplexity`, `next_word_accuracy`,
+            `task_<name>_acc`, `sample_distinct_2`, ...; docs/evaluation.md lists them).
+        direction: 'lower' or 'higher' is better.
+        margin: the relative improvement required: with 0.01 the candidate must be 1% better
+            than the champion (lower: below champion x 0.99; higher: above champion x 1.01); with
+            0, any improvement. A negative margin is a tolerance: -0.02 lets the candidate be up
+            to 2% worse on this metric (e.g. accuracy, while perplexity must improve).
+    """
+
+    metric: str
+    direction: str = "lower"
+    margin: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(f"GateMetric.metric = {self.metric!r} must be a metric's name, e.g. {PERPLEXITY!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"GateMetric({self.metric!r}).direction = {self.direction!r} must be 'lower' or "
+                              "'higher' (which way is better)")
+        if not -1.0 < self.margin < 1.0:
+            raise ConfigError(f"GateMetric({self.metric!r}).margin = {self.margin} must be in (-1, 1): a fraction "
+                              "(0.01: 1% better than the champion; -0.02: at most 2% worse)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What the evaluator measures beyond perplexity (docs/evaluation.md).
+
+    Attributes:
+        tasks_dir: a folder of multiple-choice task files (`*.jsonl`: context, choices, gold),
+            scored as lm-evaluation-harness scores them; '' for none. `data/tasks` holds two
+            built from the bundled corpus.
+        next_word_documents: how many eval documents' last words to predict (LAMBADA's method);
+            0 turns next-word accuracy off.
+        samples: how many eval documents' openings to continue (fixed seed) for the sample
+            quality figures; 0 turns them off.
+    """
+
+    tasks_dir: str = ""
+    next_word_documents: int = 200
+    samples: int = 8
+
+    def __post_init__(self):
+        for name in ("next_word_documents", "samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"EvalConfig.{name} = {value!r} must be a whole number >= 0 (0 turns it off)")
+        if self.tasks_dir and "://" not in self.tasks_dir and not os.path.isdir(self.tasks_dir):
+            raise ConfigError(f"EvalConfig.tasks_dir = {self.tasks_dir!r} is not a folder; give a folder of *.jsonl "
+                              "task files (data/tasks has two), or '' for none")
+
+    def measures(self, metric: str) -> bool:
+        """Whether these settings measure `metric` (the task metrics: when there is a task folder)."""
+        if metric.startswith("next_word_"):
+            return self.next_word_documents > 0
+        if metric.startswith("sample"):
+            return self.samples > 0
+        if metric.startswith("task_"):
+            return bool(self.tasks_dir)
+        return metric in (PERPLEXITY, "eval_loss", "eval_unigram_perplexity")
+
+
 @dataclasses.dataclass(frozen=True)
 class RegistryConfig:
     """Where the model is registered, and when it becomes the champion.
@@ -184,6 +258,8 @@ class RegistryConfig:
             replace one with another vocabulary).
         beat_baseline: a model is blessed only below the unigram baseline's eval perplexity on
             the same blocks (False turns this off, e.g. for a smoke run that trains a few steps).
+        gate: the metrics the candidate must win on against the champion (`GateMetric`s); empty:
+            `eval_perplexity`, lower, with `min_improvement` as its margin.
     """
 
     tracking_uri: str
@@ -193,10 +269,23 @@ class RegistryConfig:
     min_improvement: float = 0.0
     compare_with_champion: bool = True
     beat_baseline: bool = True
+    gate: Tuple[GateMetric, ...] = ()
 
     def __post_init__(self):
         check_tracking_uri(self.tracking_uri)
         check_min_improvement(self.min_improvement)
+        object.__setattr__(self, "gate", tuple(self.gate))
+        if self.gate and self.min_improvement:
+            raise ConfigError("RegistryConfig: min_improvement applies to the default gate only; with gate given, "
+                              f"set the margin on its {PERPLEXITY!r} entry instead")
+        names = [g.metric for g in self.gate]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"RegistryConfig.gate names a metric twice: {names}")
+
+    @property
+    def gate_metrics(self) -> Tuple[GateMetric, ...]:
+        """The gate in effect (see `gate`)."""
+        return self.gate or (GateMetric(PERPLEXITY, "lower", self.min_improvement),)
 
 
 # Query-string keys that carry a secret (`?token=...`, `?access_token=...`, `?sig=...`).

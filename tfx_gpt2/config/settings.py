@@ -22,11 +22,14 @@ import os
 from typing import Dict, Mapping, Optional, Tuple
 
 from tfx_gpt2.config.model import train_preset, warm_schedule
-from tfx_gpt2.config.pipeline import DataConfig, OutputLayout, RegistryConfig, TextFolder, TrainingSetup
+from tfx_gpt2.config.model import ConfigError
+from tfx_gpt2.config.pipeline import (DataConfig, EvalConfig, GateMetric, OutputLayout, RegistryConfig, TextFolder,
+                                      TrainingSetup)
 from tfx_gpt2.sources.mongo import MongoSource
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUNDLED_CORPUS = os.path.join(REPO, "data", "pydoc_topics")
+BUNDLED_TASKS = os.path.join(REPO, "data", "tasks")  # two task files built from the bundled corpus
 PREFIX = "TFX_GPT2_"
 # The one default output folder (relative to the working directory) of every runner, example and
 # `tfx-gpt2` subcommand; TFX_GPT2_OUTPUT_DIR or --output-dir change it.
@@ -70,6 +73,13 @@ class PipelineSettings:
         mlflow_tracking_uri: default `$MLFLOW_TRACKING_URI`, else sqlite under `output_dir`.
         perplexity_threshold, min_improvement, beat_baseline: the evaluator's blessing rule (see
             `RegistryConfig`).
+        gate: the gate metrics, comma-separated `metric:direction[:margin]`, e.g.
+            `eval_perplexity:lower:0.01,next_word_accuracy:higher:-0.02` (`GateMetric`; empty:
+            eval perplexity with min_improvement).
+        eval_tasks_dir: a folder of multiple-choice task files for the evaluator (default: the two
+            bundled ones, built from the bundled corpus; '' or 'none': no tasks).
+        next_word_documents, eval_samples: eval documents whose last word is predicted, and
+            document openings sampled for the sample figures (`EvalConfig`; 0: off).
         schedule: the Airflow schedule ('' or 'none': only triggered by hand).
         beam_args: Beam pipeline arguments of the data components (space-separated).
         enable_cache: reuse the outputs of components whose inputs did not change.
@@ -105,6 +115,10 @@ class PipelineSettings:
     perplexity_threshold: float = 1e9
     min_improvement: float = 0.0
     beat_baseline: bool = True
+    gate: Tuple[str, ...] = ()
+    eval_tasks_dir: str = BUNDLED_TASKS
+    next_word_documents: int = 200
+    eval_samples: int = 8
     schedule: str = ""
     beam_args: Tuple[str, ...] = DEFAULT_BEAM_ARGS
     enable_cache: bool = True
@@ -146,7 +160,24 @@ class PipelineSettings:
 
     def registry_config(self) -> RegistryConfig:
         return RegistryConfig(tracking_uri=self.tracking_uri, perplexity_threshold=self.perplexity_threshold,
-                              min_improvement=self.min_improvement, beat_baseline=self.beat_baseline)
+                              min_improvement=self.min_improvement, beat_baseline=self.beat_baseline,
+                              gate=tuple(parse_gate_metric(spec) for spec in self.gate))
+
+    def eval_config(self) -> EvalConfig:
+        tasks = "" if self.eval_tasks_dir.lower() in ("", "none") else self.eval_tasks_dir
+        return EvalConfig(tasks_dir=tasks, next_word_documents=self.next_word_documents, samples=self.eval_samples)
+
+
+def parse_gate_metric(spec: str) -> GateMetric:
+    """`metric:direction[:margin]` (a `gate` setting's entry) as a `GateMetric`."""
+    parts = spec.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError("it has no direction")
+        return GateMetric(parts[0], parts[1], float(parts[2]) if len(parts) == 3 else 0.0)
+    except (ValueError, ConfigError) as e:
+        raise SettingsError(f"{PREFIX}GATE entry {spec!r} is not metric:direction[:margin] ({e}); e.g. "
+                            "eval_perplexity:lower:0.01,next_word_accuracy:higher:-0.02") from None
 
 
 def _convert(name: str, value, field: dataclasses.Field, where: str):

@@ -15,6 +15,8 @@ Each version registered by the pipeline is tagged with the spans it was trained 
     tfx_gpt2.feedback.dropped      feedback records that gave no document, per reason (JSON)
     tfx_gpt2.fine_tuned_from       the registered version the training started from (warm start)
     tfx_gpt2.data.lineage          per span: number, documents, feedback watermarks (JSON)
+    tfx_gpt2.eval.<metric>         each of the evaluator's figures (docs/evaluation.md)
+    tfx_gpt2.eval.gate             the gate metrics it was blessed or refused on (JSON)
 
 The same spans are linked to the version in ML Metadata: the Examples artifacts are inputs of the
 MlflowPusher execution whose PushedModel records the version.
@@ -33,6 +35,13 @@ FEEDBACK_SPAN_TAG = "tfx_gpt2.feedback.span"
 FEEDBACK_WATERMARK_TAG = "tfx_gpt2.feedback.watermark"
 FINE_TUNED_FROM_TAG = "tfx_gpt2.fine_tuned_from"
 MAX_TAG_CHARS = 5000  # MLflow's limit on a tag value
+EVAL_TAG = PREFIX + "eval."
+
+
+def eval_tags(metrics: Dict[str, float], gate: str = "") -> Dict[str, str]:
+    """The evaluator's figures (numbers) and gate (JSON) as tags of the version and its run."""
+    tags = {f"{EVAL_TAG}{name}": f"{float(value):.6g}" for name, value in sorted(metrics.items())}
+    return {**tags, f"{EVAL_TAG}gate": gate} if gate else tags
 
 
 def utc(seconds: Optional[float]) -> str:

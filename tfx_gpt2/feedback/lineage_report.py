@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from tfx_gpt2.feedback.lineage import FINE_TUNED_FROM_TAG, PREFIX, utc
+from tfx_gpt2.feedback.lineage import EVAL_TAG, FINE_TUNED_FROM_TAG, PREFIX, utc
 from tfx_gpt2.feedback.records import FeedbackRule
 from tfx_gpt2.registry.champion import version_with_alias
 from tfx_gpt2.registry.client import ALIAS_URI, VERSION_URI, connect
@@ -47,6 +47,7 @@ def version_lineage(tracking_uri: str, uri: str) -> str:
              "  " + (f"fine-tuned from version {tags[FINE_TUNED_FROM_TAG]} (warm start)"
                      if tags.get(FINE_TUNED_FROM_TAG) else
                      f"started from: {tags.get('init_checkpoint') or 'not recorded'}")]
+    lines += _evaluation(tags)
     spans = _spans(tags)
     if not spans:
         lines.append("  trained on: not recorded (a version registered before lineage tags)")
@@ -67,6 +68,20 @@ def version_lineage(tracking_uri: str, uri: str) -> str:
         lines += _counts("documents per key", tags.get(PREFIX + "feedback.keys"))
         lines += _counts("records dropped", tags.get(PREFIX + "feedback.dropped"))
     return "\n".join(lines)
+
+
+def _evaluation(tags: Dict[str, str]) -> List[str]:
+    """The evaluator's figures, gate and reason, from the version's tags."""
+    figures = {k[len(EVAL_TAG):]: v for k, v in sorted(tags.items()) if k.startswith(EVAL_TAG) and k != EVAL_TAG + "gate"}
+    if not figures:
+        return ["  evaluation: not recorded (a version registered before evaluation tags)"]
+    lines = ["  evaluation: " + ", ".join(f"{k} {v}" for k, v in figures.items())]
+    if tags.get(EVAL_TAG + "gate"):
+        gate = json.loads(tags[EVAL_TAG + "gate"])
+        lines.append("  gate: " + ", ".join(f"{g['metric']} {g['direction']} (margin {g['margin']:g})" for g in gate))
+    if tags.get("blessing_reason"):
+        lines.append(f"  blessing: {tags['blessing_reason']}")
+    return lines
 
 
 def _counts(title: str, tag: Optional[str]) -> List[str]:

@@ -119,6 +119,24 @@ def _data_lines(data: Dict[str, object]) -> List[str]:
     return lines
 
 
+def _quality_lines(summary: Dict[str, object]) -> List[str]:
+    """Next-word accuracy, the tasks' accuracies and the samples' figures, when measured."""
+    lines = []
+    if "next_word_accuracy" in summary:
+        lines.append(f"Next word:        accuracy {summary['next_word_accuracy']:.3f} over "
+                     f"{summary['next_word_documents']} eval documents (word perplexity "
+                     f"{summary['next_word_perplexity']:.4g})")
+    tasks = sorted(k[len("task_"):-len("_acc")] for k in summary if k.startswith("task_") and k.endswith("_acc"))
+    for task in tasks:
+        lines.append(f"{'Task:':<18}{task}: acc {summary[f'task_{task}_acc']:.3f}, acc_norm "
+                     f"{summary[f'task_{task}_acc_norm']:.3f} ({summary[f'task_{task}_items']} items)")
+    if "sample_distinct_2" in summary:
+        lines.append(f"Samples:          distinct-1 {summary['sample_distinct_1']:.2f}, distinct-2 "
+                     f"{summary['sample_distinct_2']:.2f}, repeated 4-grams {summary['sample_repeated_4gram_share']:.2f}"
+                     f", {summary['sample_mean_words']:.1f} words")
+    return lines
+
+
 def report(summary: Dict[str, object]) -> str:
     """The lines printed at the end of a local run."""
     states = summary.get("executions") or {}
@@ -132,6 +150,7 @@ def report(summary: Dict[str, object]) -> str:
         f" (aliases: {summary.get('aliases', '')}; blessed: {summary['blessed']})",
         f"Eval perplexity:  {summary['eval_perplexity']:.2f}"
         f"   (unigram baseline on the same tokens: {summary['eval_unigram_perplexity']:.2f})",
+        *_quality_lines(summary),
         f"Blessing:         {summary.get('reason', '')}",
         f"MLflow run:       {summary['mlflow_run_id']}",
     ]

@@ -86,7 +86,7 @@ def push_model(
     params: Mapping[str, str], history: List[Dict[str, float]], eval_metrics: Mapping[str, float], blessed: bool,
     tensorboard_dir: Optional[str] = None, tags: Optional[Mapping[str, str]] = None,
     samples: Optional[List[str]] = None, input_example: Optional[List[str]] = None,
-    training_samples: Optional[List[Dict[str, object]]] = None,
+    training_samples: Optional[List[Dict[str, object]]] = None, evaluation_dir: Optional[str] = None,
 ) -> PushResult:
     """Logs and registers the model in `model_dir`; see the module docstring.
 
@@ -106,6 +106,8 @@ def push_model(
         samples, input_example: generated texts to log as `samples.txt`; the pyfunc's example prompts.
         training_samples: the samples taken while training (`step`, `prompt`, `text`), logged as
             `training_samples.json`.
+        evaluation_dir: the evaluator's output: its `tensorboard/` is logged under
+            `tensorboard/evaluation`, its `samples.json` as `evaluation_samples.json`.
 
     Raises:
         RegistryError: the server is unreachable or refuses the credentials.
@@ -128,6 +130,7 @@ def push_model(
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment_name, redact_uri(tracking_uri))
             _log_figures(client, run_id, history, eval_metrics, params, blessed)
             _log_files(model_dir, tensorboard_dir, samples, training_samples)
+            _log_evaluation(evaluation_dir)
             model_uri = _log_pyfunc(model_dir, input_example, base_uri).model_uri
         version, aliases = _register(client, model_uri, registered_model_name, tags, blessed)
     return PushResult(
@@ -248,6 +251,19 @@ def _log_figures(client, run_id: str, history, eval_metrics, params, blessed: bo
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
     client.log_batch(run_id, tags=[RunTag("blessed", str(bool(blessed)).lower())])
+
+
+def _log_evaluation(evaluation_dir: Optional[str]) -> None:
+    """The evaluator's TensorBoard scalars and samples, into the active run."""
+    import mlflow
+
+    if not evaluation_dir:
+        return
+    if os.path.isdir(os.path.join(evaluation_dir, "tensorboard")):
+        mlflow.log_artifacts(os.path.join(evaluation_dir, "tensorboard"), artifact_path="tensorboard/evaluation")
+    if os.path.exists(os.path.join(evaluation_dir, "samples.json")):
+        with open(os.path.join(evaluation_dir, "samples.json")) as f:
+            mlflow.log_dict(json.load(f), "evaluation_samples.json")
 
 
 def _log_files(model_dir: str, tensorboard_dir, samples, training_samples) -> None:
