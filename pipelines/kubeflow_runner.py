@@ -70,7 +70,9 @@ def cluster_warnings(settings) -> List[str]:
     """What in the settings only works if the pods share this machine's view: local paths and a
     tracking store that is a file."""
     warnings = []
-    for flag, value in (("--pipeline-root", settings.pipeline_root), ("--data-root", settings.data_root)):
+    tasks = settings.eval_tasks_dir if settings.eval_tasks_dir.lower() != "none" else ""
+    for flag, value in (("--pipeline-root", settings.pipeline_root), ("--data-root", settings.data_root),
+                        ("TFX_GPT2_EVAL_TASKS_DIR", tasks)):
         if value and "://" not in value:
             warnings.append(f"{flag} {value} is a local path: every pod must mount it at the same path (a "
                             "ReadWriteMany volume, or a bucket through a CSI FUSE driver); else give gs://...")

@@ -374,7 +374,8 @@ def test_lora_run_registers_an_adapter_version_that_serves(lora_run, monkeypatch
 
     settings, base, summary = lora_run
     assert {c: s for c, s in summary["executions"].items() if s == "CACHED"} == {
-        c: "CACHED" for c in ("TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder")}
+        c: "CACHED" for c in ("TextExampleGen", "StatisticsGen", "TextSchemaGen", "ExampleValidator", "BpeEncoder",
+                              "eval_tasks")}
     name = NAME + "-lora"
     client = MlflowClient(settings.tracking_uri)
     (version,) = client.search_model_versions(f"name = '{name}'")

@@ -167,3 +167,4 @@ def test_bad_evaluation_settings_are_named():
         RegistryConfig("sqlite:////tmp/m.db", min_improvement=0.01, gate=(GateMetric("eval_perplexity"),))
     with pytest.raises(ConfigError, match="names a metric twice"):
         RegistryConfig("sqlite:////tmp/m.db", gate=(GateMetric("eval_perplexity"), GateMetric("eval_perplexity")))
+

@@ -18,6 +18,7 @@ import os
 from typing import List, Optional
 
 from tfx import v1 as tfx
+from tfx.types.experimental.simple_artifacts import Dataset
 
 from tfx_gpt2.components.bpe_encoder import BpeEncoder
 from tfx_gpt2.components.champion_model import ChampionModel
@@ -29,7 +30,6 @@ from tfx_gpt2.components.span_strategy import LatestSpansStrategy
 from tfx_gpt2.components.text_example_gen import TextExampleGen
 from tfx_gpt2.components.vocab_trainer import VocabTrainer
 from tfx_gpt2.config.model import GPT2Config, to_json
-from tfx_gpt2.components.artifacts import TaskFiles
 from tfx_gpt2.config.model import ConfigError
 from tfx_gpt2.config.pipeline import DataConfig, EvalConfig, GateMetric, RegistryConfig, TextFolder, TrainingSetup
 from tfx_gpt2.config.settings import PipelineSettings
@@ -174,7 +174,7 @@ def evaluator_for(trainer, encoder, train_config, registry: RegistryConfig, eval
 
     tasks = None
     if evaluation.tasks_dir:
-        tasks = tfx.dsl.Importer(source_uri=evaluation.tasks_dir, artifact_type=TaskFiles).with_id("eval_tasks")
+        tasks = tfx.dsl.Importer(source_uri=evaluation.tasks_dir, artifact_type=Dataset).with_id("eval_tasks")
     evaluator = PerplexityEvaluator(
         model=trainer.outputs["model"], examples=encoder.outputs["encoded"],
         perplexity_threshold=registry.perplexity_threshold, batch_size=train_config.batch_size,

@@ -10,9 +10,3 @@ class Vocabulary(artifact.Artifact):
 
     TYPE_NAME = "tfx_gpt2.Vocabulary"
 
-
-class TaskFiles(artifact.Artifact):
-    """A folder of multiple-choice task files (`*.jsonl`, one item per line: `context`, `choices`,
-    `gold`), scored by the evaluator as lm-evaluation-harness scores them (`training.tasks`)."""
-
-    TYPE_NAME = "tfx_gpt2.TaskFiles"

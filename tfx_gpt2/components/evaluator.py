@@ -8,7 +8,7 @@ Input artifacts:
         prompts.
     documents (Examples, optional): the documents as text (ExampleGen's), for next-word accuracy
         on the last words of the `eval` split's documents.
-    tasks (TaskFiles, optional): a folder of multiple-choice task files (`training.tasks`).
+    tasks (Dataset, optional): a folder of multiple-choice task files (`training.tasks`).
 Output artifacts:
     evaluation (ModelEvaluation): `metrics.json`, and the same figures as custom properties:
         `<split>_loss`, `<split>_perplexity`, `<split>_tokens`, `<split>_unigram_perplexity`,
@@ -59,9 +59,9 @@ from tfx.dsl.io import fileio
 from tfx.proto.orchestration import driver_output_pb2
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.types.experimental.simple_artifacts import Dataset
 from tfx.utils import path_utils
 
-from tfx_gpt2.components.artifacts import TaskFiles
 from tfx_gpt2.components.trainer import TRAIN_METRICS_FILE
 from tfx_gpt2.components.vocab_trainer import iter_texts, split_files
 from tfx_gpt2.progress import get_logger
@@ -262,7 +262,8 @@ class PerplexityEvaluatorSpec(types.ComponentSpec):
         "model": ChannelParameter(type=standard_artifacts.Model),
         "examples": ChannelParameter(type=standard_artifacts.Examples),
         "documents": ChannelParameter(type=standard_artifacts.Examples, optional=True),
-        "tasks": ChannelParameter(type=TaskFiles, optional=True),
+        # A Dataset (a type Kubeflow's compiler knows): the folder of task files.
+        "tasks": ChannelParameter(type=Dataset, optional=True),
     }
     OUTPUTS = {
         "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
