@@ -297,7 +297,7 @@ class GPT2(keras.Model):
         self.lora = None  # the LoraSpec of the adapters, once `enable_lora` added them
 
     def forward(self, tokens, position_ids=None, key_mask=None, cache=None, write_index=0,
-                training=False, last_only=False, head=None, slice_update=False):
+                training=False, last_only=False, head=None, slice_update=False, positions=None):
         """The general forward pass: padding masks, explicit positions and a key/value cache.
 
         Args:
@@ -308,6 +308,9 @@ class GPT2(keras.Model):
             cache: None, or per layer a `(keys, values)` pair, each `(B, H, T, D)` (see
                 `empty_cache`); the new positions are written at `write_index ...`.
             last_only: return the logits of the last position only, `(B, 1, V)`.
+            positions: `(B, K)` int32 indices: return the logits of those positions only, `(B, K, V)`
+                (scoring reads a few positions of each row; the output projection is most of a
+                small model's work).
             head: optional `(C, V)` copy of `wte` transposed for the output projection. XLA on CPU
                 multiplies by a `(C, V)` matrix several times faster than by `wte` transposed on
                 the fly, so generation loops transpose it once, before their first step.
@@ -337,6 +340,8 @@ class GPT2(keras.Model):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]
+        if positions is not None:
+            x = ops.take_along_axis(x, ops.expand_dims(positions, -1), axis=1)
         if head is None:
             # Tied embeddings: (B, S, V). A matmul with transpose_b, which XLA fuses into the
             # product (about 5% faster training steps on CPU than the equivalent einsum).

@@ -9,7 +9,8 @@ The context is cut from the left to fit `n_ctx`, as the harness does.
 
 `score_requests` runs them in batches. It sorts the requests by length, pads each batch on the
 right up to a multiple of `LENGTH_STEP` (a causal model's earlier positions do not see the padding),
-and fills a batch up to a token budget. Every sequence is then one row of one forward pass.
+and fills a batch up to a token budget. Every sequence is then one row of one forward pass, and
+the output projection (most of a small model's work) runs at the continuation's positions only.
 
 Next-word accuracy (`next_word_requests`). A document's last word is what follows its last space.
 The context is the text before that space, and the continuation is the space and the word, as in
@@ -97,9 +98,11 @@ def _scorer(model: GPT2):
     if fn is None:
         ref = weakref.ref(model)
 
-        @tf.function(reduce_retracing=True, autograph=False)
-        def fn(x, y):  # (B, L) -> each target's log-probability and whether it is the argmax, (B, L)
-            logits = ref()(x, training=False)
+        matrix = tf.TensorSpec([None, None], tf.int32)
+
+        @tf.function(input_signature=[matrix] * 3, autograph=False)  # one trace for every batch shape
+        def fn(x, at, y):  # inputs (B, L), positions (B, K), their targets (B, K) -> log-probabilities,
+            logits = ref().forward(x, positions=at)[0]  # whether each target is the argmax (B, K)
             picked = tf.gather(logits, y, batch_dims=2)
             logprob = picked - tf.reduce_logsumexp(logits, axis=-1)
             return logprob, tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
@@ -127,16 +130,27 @@ def score_requests(model: GPT2, requests: Sequence[Request], token_budget: int =
     scores: List[Score] = [Score(0.0, False)] * len(rows)
     scorer = _scorer(model)
     for batch, width in _batches([len(tokens) - 1 for tokens, _ in rows], token_budget, n_ctx):
-        x = np.zeros((len(batch), width), np.int32)
-        y = np.zeros((len(batch), width), np.int32)
+        x, at, y = _arrays([rows[i] for i in batch], width)
+        logprob, greedy = (t.numpy() for t in scorer(tf.constant(x), tf.constant(at), tf.constant(y)))
         for j, i in enumerate(batch):
-            tokens = rows[i][0]
-            x[j, :len(tokens) - 1], y[j, :len(tokens) - 1] = tokens[:-1], tokens[1:]
-        logprob, greedy = (t.numpy() for t in scorer(tf.constant(x), tf.constant(y)))
-        for j, i in enumerate(batch):
-            end, n = len(rows[i][0]) - 1, rows[i][1]
-            scores[i] = Score(float(logprob[j, end - n:end].sum()), bool(greedy[j, end - n:end].all()))
+            n = rows[i][1]
+            scores[i] = Score(float(logprob[j, :n].sum()), bool(greedy[j, :n].all()))
     return scores
+
+
+def _arrays(rows: Sequence[Tuple[List[int], int]], width: int):
+    """The inputs `(B, width)`, right-padded, and the continuation's positions and targets
+    `(B, K)` (K: the longest continuation; the rest repeat position 0 and are not read)."""
+    k = max(n for _, n in rows)
+    x = np.zeros((len(rows), width), np.int32)
+    at = np.zeros((len(rows), k), np.int32)
+    y = np.zeros((len(rows), k), np.int32)
+    for j, (tokens, n) in enumerate(rows):
+        end = len(tokens) - 1
+        x[j, :end] = tokens[:-1]
+        at[j, :n] = np.arange(end - n, end)
+        y[j, :n] = tokens[end - n + 1:]
+    return x, at, y
 
 
 # ---------------------------------------------------------------------------------------------
